@@ -1,0 +1,27 @@
+//! Compiles `proto/stepcache/v1/*.proto` with the pure-Rust `protox` compiler (no
+//! system `protoc`), writes the descriptor set to OUT_DIR for gRPC reflection and
+//! generates the prost messages and tonic services from it.
+
+use std::{env, fs, path::PathBuf};
+
+use prost::Message;
+
+const PROTOS: &[&str] = &[
+    "proto/stepcache/v1/types.proto",
+    "proto/stepcache/v1/cache_service.proto",
+    "proto/stepcache/v1/metadata_store_service.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    for proto in PROTOS {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let fds = protox::compile(PROTOS, ["proto"])?;
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(out.join("stepcache_descriptor.bin"), fds.encode_to_vec())?;
+    tonic_prost_build::configure()
+        .generate_default_stubs(true)
+        .btree_map(".")
+        .compile_fds(fds)?;
+    Ok(())
+}

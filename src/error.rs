@@ -1,0 +1,99 @@
+//! The one error type of stepcache and its one mapping to gRPC status codes.
+
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Malformed input: the message names the field and why.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// An ID that does not exist in the namespace.
+    #[error("{0}")]
+    NotFound(String),
+    /// An external_id reused with different content.
+    #[error("{0}")]
+    AlreadyExists(String),
+    /// An illegal state change.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Over a configured limit, or shedding load.
+    #[error("{0}")]
+    ResourceExhausted(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// The server is shutting down or cannot serve for now.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A storage fault; details are logged, not sent.
+    #[error("storage error: {0}")]
+    Storage(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidArgument(msg.into())
+    }
+    pub fn not_found(msg: impl Into<String>) -> Self {
+        Error::NotFound(msg.into())
+    }
+    pub fn precondition(msg: impl Into<String>) -> Self {
+        Error::FailedPrecondition(msg.into())
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            Error::InvalidArgument(_) => Code::InvalidArgument,
+            Error::NotFound(_) => Code::NotFound,
+            Error::AlreadyExists(_) => Code::AlreadyExists,
+            Error::FailedPrecondition(_) => Code::FailedPrecondition,
+            Error::ResourceExhausted(_) => Code::ResourceExhausted,
+            Error::Unauthenticated(_) => Code::Unauthenticated,
+            Error::PermissionDenied(_) => Code::PermissionDenied,
+            Error::Unavailable(_) => Code::Unavailable,
+            Error::Storage(_) | Error::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let code = e.code();
+        if code == Code::Internal {
+            tracing::error!(error = %e, "request failed");
+        }
+        Status::new(code, e.to_string())
+    }
+}
+
+impl From<sled::Error> for Error {
+    fn from(e: sled::Error) -> Self {
+        Error::Storage(e.to_string())
+    }
+}
+
+impl From<sled::transaction::TransactionError<Error>> for Error {
+    fn from(e: sled::transaction::TransactionError<Error>) -> Self {
+        match e {
+            sled::transaction::TransactionError::Abort(e) => e,
+            sled::transaction::TransactionError::Storage(e) => e.into(),
+        }
+    }
+}
+
+impl From<prost::DecodeError> for Error {
+    fn from(e: prost::DecodeError) -> Self {
+        Error::Storage(format!("undecodable record: {e}"))
+    }
+}
+
+impl From<tokio::task::JoinError> for Error {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Error::Internal(format!("blocking task failed: {e}"))
+    }
+}

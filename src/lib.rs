@@ -1,0 +1,21 @@
+//! stepcache: a gRPC cache and metadata store for pipeline tasks.
+
+pub mod clock;
+pub mod error;
+pub mod json;
+pub mod key;
+pub mod policy;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod validate;
+
+/// The generated protobuf messages and gRPC services of `stepcache.v1`.
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("stepcache.v1");
+
+    /// The encoded FileDescriptorSet of the proto files (and their imports).
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/stepcache_descriptor.bin"));
+}

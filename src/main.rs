@@ -1,0 +1,139 @@
+//! The `stepcache` command: a thin CLI over the library.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use stepcache::proto::TaskInterface;
+use stepcache::server::{self, Config};
+use stepcache::{json, key};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "stepcache",
+    version,
+    about = "A gRPC cache and metadata store for pipeline tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gRPC server on the embedded sled store.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: SocketAddr,
+        /// Directory of the embedded store (created if missing).
+        #[arg(long, default_value = "./stepcache-data")]
+        data_dir: PathBuf,
+        /// sled's page cache in MiB (its memory use runs somewhat above it).
+        #[arg(long, default_value_t = 64)]
+        cache_capacity_mb: u64,
+        /// Largest decoded gRPC message in bytes.
+        #[arg(long, default_value_t = 32 * 1024 * 1024)]
+        max_message_bytes: usize,
+        /// Largest page of a List call.
+        #[arg(long, default_value_t = 1000)]
+        max_page_size: usize,
+        /// Log format; the level comes from RUST_LOG (default info).
+        #[arg(long, value_enum, default_value = "pretty")]
+        log_format: LogFormat,
+    },
+    /// Print the cache key of a TaskInterface in protojson (a file, or - for stdin).
+    Key {
+        interface: PathBuf,
+        /// Also print the canonical fields that were hashed.
+        #[arg(long)]
+        explain: bool,
+    },
+}
+
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Pretty => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn read_input(path: &PathBuf) -> anyhow::Result<String> {
+    if path.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown requested: finishing in-flight requests");
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            listen,
+            data_dir,
+            cache_capacity_mb,
+            max_message_bytes,
+            max_page_size,
+            log_format,
+        } => {
+            init_logs(log_format);
+            let mut config = Config::new(data_dir);
+            config.store.cache_capacity = cache_capacity_mb * 1024 * 1024;
+            config.limits.max_message_bytes = max_message_bytes;
+            config.limits.max_page_size = max_page_size.min(1000);
+            tokio::runtime::Runtime::new()?.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("binding {listen}"))?;
+                server::run(listener, config, shutdown_signal()).await
+            })
+        }
+        Command::Key { interface, explain } => {
+            let ti: TaskInterface =
+                json::parse("stepcache.v1.TaskInterface", &read_input(&interface)?)?;
+            println!("{}", key::cache_key(&ti)?);
+            if explain {
+                for (path, value) in key::readable_fields(&ti)? {
+                    println!("  {path}={value}");
+                }
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! MetadataStoreService.
+
+use tonic::{Request, Response, Status};
+
+use super::Shared;
+use crate::error::{Error, Result};
+use crate::proto::metadata_store_service_server::MetadataStoreService;
+use crate::proto::{
+    ArtifactState, ExecutionState, GetArtifactsRequest, GetArtifactsResponse, GetEventsRequest,
+    GetEventsResponse, GetExecutionsRequest, GetExecutionsResponse, ListArtifactsRequest,
+    ListArtifactsResponse, ListExecutionsRequest, ListExecutionsResponse, PutArtifactsRequest,
+    PutArtifactsResponse, PutExecutionRequest, PutExecutionResponse,
+};
+use crate::store::{ArtifactFilter, ExecutionFilter};
+use crate::validate;
+
+pub struct Metadata {
+    pub shared: Shared,
+}
+
+/// The namespace filter of a Get call: empty = any namespace.
+fn optional_namespace(ns: &str) -> Result<Option<String>> {
+    if ns.is_empty() {
+        Ok(None)
+    } else {
+        validate::namespace(ns).map(Some)
+    }
+}
+
+fn ids(ids: &[i64], field: &str) -> Result<Vec<i64>> {
+    ids.iter()
+        .map(|id| validate::positive_id(*id, field))
+        .collect()
+}
+
+#[tonic::async_trait]
+impl MetadataStoreService for Metadata {
+    async fn put_artifacts(
+        &self,
+        request: Request<PutArtifactsRequest>,
+    ) -> Result<Response<PutArtifactsResponse>, Status> {
+        let limits = self.shared.limits.clone();
+        let artifacts = request
+            .into_inner()
+            .artifacts
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| validate::artifact(a, &format!("artifacts[{i}]"), &limits))
+            .collect::<Result<Vec<_>>>()?;
+        let artifact_ids = self
+            .shared
+            .blocking(move |s| s.put_artifacts(artifacts))
+            .await?;
+        Ok(Response::new(PutArtifactsResponse { artifact_ids }))
+    }
+
+    async fn get_artifacts(
+        &self,
+        request: Request<GetArtifactsRequest>,
+    ) -> Result<Response<GetArtifactsResponse>, Status> {
+        let req = request.into_inner();
+        let ns = optional_namespace(&req.namespace)?;
+        let ids = ids(&req.ids, "ids")?;
+        let artifacts = self
+            .shared
+            .blocking(move |s| {
+                ids.iter()
+                    .map(|id| s.artifact(*id, ns.as_deref()))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await?;
+        Ok(Response::new(GetArtifactsResponse { artifacts }))
+    }
+
+    async fn list_artifacts(
+        &self,
+        request: Request<ListArtifactsRequest>,
+    ) -> Result<Response<ListArtifactsResponse>, Status> {
+        let req = request.into_inner();
+        let filter = ArtifactFilter {
+            namespace: validate::namespace(&req.namespace)?,
+            artifact_type: (!req.r#type.is_empty()).then(|| req.r#type.clone()),
+            state: match req.state {
+                0 => None,
+                s => Some(
+                    ArtifactState::try_from(s)
+                        .map_err(|_| Error::invalid(format!("state: unknown value {s}")))?,
+                ),
+            },
+        };
+        let size = validate::page_size(req.page_size, &self.shared.limits)?;
+        let after = validate::parse_page_token(&req.page_token)?;
+        let page = self
+            .shared
+            .blocking(move |s| s.list_artifacts(&filter, size, after))
+            .await?;
+        Ok(Response::new(ListArtifactsResponse {
+            artifacts: page.items,
+            next_page_token: validate::page_token(page.next_token),
+        }))
+    }
+
+    async fn put_execution(
+        &self,
+        request: Request<PutExecutionRequest>,
+    ) -> Result<Response<PutExecutionResponse>, Status> {
+        let write = validate::execution_write(request.into_inner(), &self.shared.limits)?;
+        let w = self
+            .shared
+            .blocking(move |s| s.put_execution(&write))
+            .await?;
+        Ok(Response::new(PutExecutionResponse {
+            execution_id: w.execution_id,
+            output_artifact_ids: w.output_artifact_ids,
+            cache_key: w.cache_key,
+            published: w.published,
+        }))
+    }
+
+    async fn get_executions(
+        &self,
+        request: Request<GetExecutionsRequest>,
+    ) -> Result<Response<GetExecutionsResponse>, Status> {
+        let req = request.into_inner();
+        let ns = optional_namespace(&req.namespace)?;
+        let ids = ids(&req.ids, "ids")?;
+        let executions = self
+            .shared
+            .blocking(move |s| {
+                ids.iter()
+                    .map(|id| s.execution(*id, ns.as_deref()))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await?;
+        Ok(Response::new(GetExecutionsResponse { executions }))
+    }
+
+    async fn list_executions(
+        &self,
+        request: Request<ListExecutionsRequest>,
+    ) -> Result<Response<ListExecutionsResponse>, Status> {
+        let req = request.into_inner();
+        let filter = ExecutionFilter {
+            namespace: validate::namespace(&req.namespace)?,
+            component: (!req.component.is_empty()).then(|| req.component.clone()),
+            state: match req.state {
+                0 => None,
+                s => Some(
+                    ExecutionState::try_from(s)
+                        .map_err(|_| Error::invalid(format!("state: unknown value {s}")))?,
+                ),
+            },
+            cache_key: match req.cache_key.as_str() {
+                "" => None,
+                k => Some(validate::cache_key_hex(k, "cache_key")?),
+            },
+        };
+        let size = validate::page_size(req.page_size, &self.shared.limits)?;
+        let after = validate::parse_page_token(&req.page_token)?;
+        let page = self
+            .shared
+            .blocking(move |s| s.list_executions(&filter, size, after))
+            .await?;
+        Ok(Response::new(ListExecutionsResponse {
+            executions: page.items,
+            next_page_token: validate::page_token(page.next_token),
+        }))
+    }
+
+    async fn get_events(
+        &self,
+        request: Request<GetEventsRequest>,
+    ) -> Result<Response<GetEventsResponse>, Status> {
+        let req = request.into_inner();
+        let exec_ids = ids(&req.execution_ids, "execution_ids")?;
+        let art_ids = ids(&req.artifact_ids, "artifact_ids")?;
+        let events = self
+            .shared
+            .blocking(move |s| {
+                let mut events = Vec::new();
+                for id in exec_ids {
+                    s.execution(id, None)?;
+                    events.extend(s.events_of_execution(id)?);
+                }
+                for id in art_ids {
+                    s.artifact(id, None)?;
+                    events.extend(s.events_of_artifact(id)?);
+                }
+                events.sort_by(|a, b| {
+                    (a.execution_id, a.r#type, &a.name, a.index, a.artifact_id).cmp(&(
+                        b.execution_id,
+                        b.r#type,
+                        &b.name,
+                        b.index,
+                        b.artifact_id,
+                    ))
+                });
+                events.dedup();
+                Ok(events)
+            })
+            .await?;
+        Ok(Response::new(GetEventsResponse { events }))
+    }
+}

@@ -1,0 +1,96 @@
+//! Group commit: a write is acknowledged only after a `flush()` that began after
+//! the write was applied. Concurrent writers share one flush: whoever finds no
+//! flush running starts one for every ticket taken so far; the others wait.
+
+use std::sync::{Condvar, Mutex};
+
+use crate::error::Error;
+
+#[derive(Default)]
+struct State {
+    /// Tickets handed out (one per applied write).
+    taken: u64,
+    /// Every ticket up to this one is durable.
+    durable: u64,
+    running: bool,
+}
+
+#[derive(Default)]
+pub struct GroupFlush {
+    state: Mutex<State>,
+    done: Condvar,
+}
+
+impl GroupFlush {
+    /// Blocks until everything written before the call is durable. `flush` is
+    /// the storage's blocking flush. Call from a blocking thread.
+    pub fn wait_durable(&self, flush: impl Fn() -> Result<(), Error>) -> Result<(), Error> {
+        let poisoned = || Error::Internal("flush state poisoned".into());
+        let mut s = self.state.lock().map_err(|_| poisoned())?;
+        s.taken += 1;
+        let ticket = s.taken;
+        loop {
+            if s.durable >= ticket {
+                return Ok(());
+            }
+            if !s.running {
+                s.running = true;
+                let target = s.taken;
+                drop(s);
+                let result = flush();
+                s = self.state.lock().map_err(|_| poisoned())?;
+                s.running = false;
+                if result.is_ok() {
+                    s.durable = s.durable.max(target);
+                }
+                self.done.notify_all();
+                result?;
+                continue;
+            }
+            s = self.done.wait(s).map_err(|_| poisoned())?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn concurrent_writers_share_flushes() {
+        let g = Arc::new(GroupFlush::default());
+        let flushes = Arc::new(AtomicU64::new(0));
+        let threads: Vec<_> = (0..16)
+            .map(|_| {
+                let (g, flushes) = (g.clone(), flushes.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        g.wait_durable(|| {
+                            flushes.fetch_add(1, Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                            Ok(())
+                        })
+                        .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let n = flushes.load(Ordering::SeqCst);
+        assert!(n >= 50, "every writer waited for at least its own flush");
+        assert!(n < 800, "flushes were shared: {n} for 800 writes");
+    }
+
+    #[test]
+    fn a_failed_flush_is_reported_and_retried() {
+        let g = GroupFlush::default();
+        assert!(g
+            .wait_durable(|| Err(Error::Storage("disk".into())))
+            .is_err());
+        assert!(g.wait_durable(|| Ok(())).is_ok());
+    }
+}

@@ -1,0 +1,224 @@
+//! Key layout of the one sled tree. Every record kind has a one-byte prefix;
+//! integers are big-endian so that ranges sort; strings are length-prefixed so
+//! that no byte is reserved. "rev" numbers are `u64::MAX - n`: newest first.
+
+use crate::error::Error;
+use crate::key::CacheKey;
+
+pub const ARTIFACT: u8 = b'a';
+pub const ARTIFACT_BY_NS: u8 = b'b';
+pub const CACHE: u8 = b'c';
+pub const EXECUTION: u8 = b'e';
+pub const EXEC_BY_KEY: u8 = b'k';
+pub const EXEC_BY_NS: u8 = b'l';
+pub const EXEC_BY_COMPONENT: u8 = b'm';
+pub const EVENT_BY_EXEC: u8 = b'v';
+pub const EVENT_BY_ARTIFACT: u8 = b'w';
+pub const EXTERNAL_ID: u8 = b'x';
+
+/// Kinds of records an external_id names.
+pub const KIND_ARTIFACT: u8 = b'a';
+pub const KIND_EXECUTION: u8 = b'e';
+
+/// A builder for composite keys.
+pub struct KeyBuf(Vec<u8>);
+
+impl KeyBuf {
+    pub fn new(prefix: u8) -> Self {
+        let mut v = Vec::with_capacity(64);
+        v.push(prefix);
+        KeyBuf(v)
+    }
+    pub fn u64(mut self, n: u64) -> Self {
+        self.0.extend_from_slice(&n.to_be_bytes());
+        self
+    }
+    pub fn id(self, id: i64) -> Self {
+        // IDs are positive; the cast keeps their order.
+        self.u64(id as u64)
+    }
+    pub fn rev(self, n: u64) -> Self {
+        self.u64(u64::MAX - n)
+    }
+    pub fn rev_id(self, id: i64) -> Self {
+        self.rev(id as u64)
+    }
+    pub fn byte(mut self, b: u8) -> Self {
+        self.0.push(b);
+        self
+    }
+    pub fn u32(mut self, n: u32) -> Self {
+        self.0.extend_from_slice(&n.to_be_bytes());
+        self
+    }
+    pub fn str(mut self, s: &str) -> Self {
+        let len = u32::try_from(s.len()).unwrap_or(u32::MAX);
+        self.0.extend_from_slice(&len.to_be_bytes());
+        self.0.extend_from_slice(s.as_bytes());
+        self
+    }
+    pub fn cache_key(mut self, k: &CacheKey) -> Self {
+        self.0.extend_from_slice(k.as_bytes());
+        self
+    }
+    pub fn raw(mut self, b: &[u8]) -> Self {
+        self.0.extend_from_slice(b);
+        self
+    }
+    pub fn done(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+pub fn artifact(id: i64) -> Vec<u8> {
+    KeyBuf::new(ARTIFACT).id(id).done()
+}
+
+pub fn execution(id: i64) -> Vec<u8> {
+    KeyBuf::new(EXECUTION).id(id).done()
+}
+
+/// Cache index entries of (namespace, key): newest completion first.
+pub fn cache_prefix(ns: &str, key: &CacheKey) -> Vec<u8> {
+    KeyBuf::new(CACHE).str(ns).cache_key(key).done()
+}
+
+pub fn cache_entry(ns: &str, key: &CacheKey, completed_ms: i64, exec_id: i64) -> Vec<u8> {
+    KeyBuf::new(CACHE)
+        .str(ns)
+        .cache_key(key)
+        .rev(completed_ms.max(0) as u64)
+        .id(exec_id)
+        .done()
+}
+
+/// (completed_ms, execution id) from what follows a cache prefix.
+pub fn parse_cache_suffix(suffix: &[u8]) -> Result<(i64, i64), Error> {
+    let (a, b) = (read_u64(suffix, 0)?, read_u64(suffix, 8)?);
+    Ok(((u64::MAX - a) as i64, b as i64))
+}
+
+/// The event of an execution; `rest` of the key (after the prefix and the
+/// execution id) is shared with the by-artifact index.
+pub fn event_tail(event_type: i32, name: &str, index: i32) -> Vec<u8> {
+    KeyBuf::new(event_type.clamp(0, 255) as u8)
+        .str(name)
+        .u32(index.max(0) as u32)
+        .done()
+}
+
+pub fn event_by_exec(exec_id: i64, artifact_id: i64, tail: &[u8]) -> Vec<u8> {
+    KeyBuf::new(EVENT_BY_EXEC)
+        .id(exec_id)
+        .raw(tail)
+        .id(artifact_id)
+        .done()
+}
+
+pub fn event_by_artifact(artifact_id: i64, exec_id: i64, tail: &[u8]) -> Vec<u8> {
+    KeyBuf::new(EVENT_BY_ARTIFACT)
+        .id(artifact_id)
+        .id(exec_id)
+        .raw(tail)
+        .done()
+}
+
+pub fn events_of_execution(exec_id: i64) -> Vec<u8> {
+    KeyBuf::new(EVENT_BY_EXEC).id(exec_id).done()
+}
+
+pub fn events_of_artifact(artifact_id: i64) -> Vec<u8> {
+    KeyBuf::new(EVENT_BY_ARTIFACT).id(artifact_id).done()
+}
+
+/// The by-execution key an event-by-artifact key points at.
+pub fn event_by_artifact_target(k: &[u8]) -> Result<Vec<u8>, Error> {
+    let art = read_u64(k, 1)?;
+    let exec = read_u64(k, 9)?;
+    let tail = k.get(17..).ok_or_else(|| corrupt(k))?;
+    Ok(event_by_exec(exec as i64, art as i64, tail))
+}
+
+pub fn external_id(ns: &str, kind: u8, external_id: &str) -> Vec<u8> {
+    KeyBuf::new(EXTERNAL_ID)
+        .str(ns)
+        .byte(kind)
+        .str(external_id)
+        .done()
+}
+
+pub fn exec_by_ns_prefix(ns: &str) -> Vec<u8> {
+    KeyBuf::new(EXEC_BY_NS).str(ns).done()
+}
+
+pub fn exec_by_component_prefix(ns: &str, component: &str) -> Vec<u8> {
+    KeyBuf::new(EXEC_BY_COMPONENT).str(ns).str(component).done()
+}
+
+pub fn exec_by_key_prefix(ns: &str, key: &CacheKey) -> Vec<u8> {
+    KeyBuf::new(EXEC_BY_KEY).str(ns).cache_key(key).done()
+}
+
+pub fn artifact_by_ns_prefix(ns: &str) -> Vec<u8> {
+    KeyBuf::new(ARTIFACT_BY_NS).str(ns).done()
+}
+
+/// An ID-ordered index entry: `prefix` then the reversed ID.
+pub fn with_rev_id(prefix: &[u8], id: i64) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(&(u64::MAX - id as u64).to_be_bytes());
+    k
+}
+
+/// The ID at the end of an ID-ordered index key.
+pub fn rev_id_suffix(k: &[u8]) -> Result<i64, Error> {
+    let at = k.len().checked_sub(8).ok_or_else(|| corrupt(k))?;
+    Ok((u64::MAX - read_u64(k, at)?) as i64)
+}
+
+pub fn read_u64(b: &[u8], at: usize) -> Result<u64, Error> {
+    let bytes: [u8; 8] = b
+        .get(at..at + 8)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| corrupt(b))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+fn corrupt(k: &[u8]) -> Error {
+    Error::Storage(format!("malformed index key {}", hex::encode(k)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_entries_sort_newest_first() {
+        let k = CacheKey([7; 32]);
+        let older = cache_entry("ns", &k, 1_000, 5);
+        let newer = cache_entry("ns", &k, 2_000, 9);
+        assert!(newer < older);
+        assert!(older.starts_with(&cache_prefix("ns", &k)));
+        let p = cache_prefix("ns", &k).len();
+        assert_eq!(parse_cache_suffix(&newer[p..]).unwrap(), (2_000, 9));
+    }
+
+    #[test]
+    fn namespaces_do_not_share_prefixes() {
+        let k = CacheKey([1; 32]);
+        assert!(!cache_entry("ab", &k, 1, 1).starts_with(&cache_prefix("a", &k)));
+        assert!(!with_rev_id(&exec_by_ns_prefix("ab"), 1).starts_with(&exec_by_ns_prefix("a")));
+    }
+
+    #[test]
+    fn event_indexes_point_at_each_other() {
+        let tail = event_tail(2, "model", 1);
+        let by_art = event_by_artifact(42, 7, &tail);
+        assert_eq!(
+            event_by_artifact_target(&by_art).unwrap(),
+            event_by_exec(7, 42, &tail)
+        );
+        assert!(with_rev_id(b"p", 10) < with_rev_id(b"p", 9));
+        assert_eq!(rev_id_suffix(&with_rev_id(b"p", 10)).unwrap(), 10);
+    }
+}

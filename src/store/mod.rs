@@ -1,0 +1,778 @@
+//! The embedded store on sled: artifacts, executions, events and the cache index,
+//! all in one tree with prefixed keys (see `keys`). Every logical write is one
+//! sled transaction followed by a group-committed flush; calls block, so the
+//! service runs them on `spawn_blocking` threads.
+
+pub mod flush;
+pub mod keys;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use prost::Message;
+use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+
+use crate::clock::{timestamp, timestamp_ms, Clock};
+use crate::error::{Error, Result};
+use crate::key::CacheKey;
+use crate::policy::{self, Candidate, Ineligible};
+use crate::proto::{Artifact, ArtifactState, Event, EventType, Execution, ExecutionState};
+use flush::GroupFlush;
+
+type Tx = TransactionalTree;
+type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
+
+fn abort<T>(e: Error) -> TxResult<T> {
+    Err(ConflictableTransactionError::Abort(e))
+}
+
+fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M> {
+    Ok(M::decode(bytes)?)
+}
+
+/// Storage settings.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// sled's page cache, in bytes (its real memory use runs above it).
+    pub cache_capacity: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            cache_capacity: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// A validated PutExecution.
+#[derive(Debug, Clone)]
+pub struct ExecutionWrite {
+    /// The execution as the caller sent it, namespace filled in; id 0 = create.
+    pub execution: Execution,
+    /// The key of `execution.interface`, when it has one.
+    pub key: Option<CacheKey>,
+    /// (output name, artifact): artifact.id 0 = new.
+    pub outputs: Vec<(String, Artifact)>,
+    pub skip_publish: bool,
+    /// A digest of the request, to tell a retry from a reuse of its external_id.
+    pub digest: [u8; 32],
+}
+
+/// What a PutExecution did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecutionWritten {
+    pub execution_id: i64,
+    pub output_artifact_ids: Vec<i64>,
+    pub cache_key: String,
+    pub published: bool,
+}
+
+/// The outcome of a cache lookup.
+#[derive(Debug, Clone)]
+pub enum Lookup {
+    Hit {
+        execution: Box<Execution>,
+        outputs: BTreeMap<String, Vec<Artifact>>,
+    },
+    Miss {
+        reason: String,
+    },
+}
+
+/// A page of records, newest first, and the token of the next page.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    pub next_token: Option<i64>,
+}
+
+/// Filters of ListExecutions.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutionFilter {
+    pub namespace: String,
+    pub component: Option<String>,
+    pub state: Option<ExecutionState>,
+    pub cache_key: Option<CacheKey>,
+}
+
+/// Filters of ListArtifacts.
+#[derive(Debug, Clone, Default)]
+pub struct ArtifactFilter {
+    pub namespace: String,
+    pub artifact_type: Option<String>,
+    pub state: Option<ArtifactState>,
+}
+
+pub struct Store {
+    db: sled::Db,
+    tree: sled::Tree,
+    flush: GroupFlush,
+    clock: Arc<dyn Clock>,
+}
+
+impl Store {
+    pub fn open(path: &Path, config: &StoreConfig, clock: Arc<dyn Clock>) -> Result<Store> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(config.cache_capacity)
+            .open()
+            .map_err(|e| {
+                Error::Storage(format!(
+                    "cannot open the store at {}: {e}. If the data is corrupt, stop the \
+                     server, move the directory aside and restore it from a backup \
+                     (stepcache import); stepcache will not serve from a damaged store",
+                    path.display()
+                ))
+            })?;
+        let tree = db.open_tree("stepcache")?;
+        Ok(Store {
+            db,
+            tree,
+            flush: GroupFlush::default(),
+            clock,
+        })
+    }
+
+    pub fn now_ms(&self) -> i64 {
+        self.clock.now_ms()
+    }
+
+    /// Blocks until every write applied so far is on disk.
+    pub fn durable(&self) -> Result<()> {
+        self.flush.wait_durable(|| {
+            self.db.flush()?;
+            Ok(())
+        })
+    }
+
+    fn get<M: Message + Default>(&self, key: &[u8]) -> Result<Option<M>> {
+        self.tree.get(key)?.map(|v| decode(&v)).transpose()
+    }
+
+    /// An execution of the namespace (any namespace when `ns` is None).
+    pub fn execution(&self, id: i64, ns: Option<&str>) -> Result<Execution> {
+        match self.get::<Execution>(&keys::execution(id))? {
+            Some(e) if ns.is_none_or(|ns| e.namespace == ns) => Ok(e),
+            _ => Err(not_found("execution", id, ns)),
+        }
+    }
+
+    pub fn artifact(&self, id: i64, ns: Option<&str>) -> Result<Artifact> {
+        match self.get::<Artifact>(&keys::artifact(id))? {
+            Some(a) if ns.is_none_or(|ns| a.namespace == ns) => Ok(a),
+            _ => Err(not_found("artifact", id, ns)),
+        }
+    }
+
+    /// Creates (id 0) or updates artifacts, all or none.
+    pub fn put_artifacts(&self, artifacts: Vec<Artifact>) -> Result<Vec<i64>> {
+        let now = self.now_ms();
+        let ids = self.tree.transaction(|tx| {
+            artifacts
+                .iter()
+                .enumerate()
+                .map(|(i, a)| put_artifact_tx(tx, a.clone(), now, &format!("artifacts[{i}]")))
+                .collect::<TxResult<Vec<i64>>>()
+        })?;
+        self.durable()?;
+        Ok(ids)
+    }
+
+    /// One atomic write: new output artifacts, the execution, its events and the
+    /// cache-index entry when it completes (unless `skip_publish`).
+    pub fn put_execution(&self, w: &ExecutionWrite) -> Result<ExecutionWritten> {
+        let now = self.now_ms();
+        match self.tree.transaction(|tx| put_execution_tx(tx, w, now))? {
+            Written::New(written) => {
+                self.durable()?;
+                Ok(written)
+            }
+            Written::Replayed(id) => self.replay(id, w),
+        }
+    }
+
+    /// The answer to a retried PutExecution: the original's IDs, nothing written.
+    fn replay(&self, id: i64, w: &ExecutionWrite) -> Result<ExecutionWritten> {
+        let exec = self.execution(id, None)?;
+        let outputs: BTreeMap<(String, i32), i64> = self
+            .events_of_execution(id)?
+            .into_iter()
+            .filter(|e| e.r#type == EventType::Output as i32)
+            .map(|e| ((e.name, e.index), e.artifact_id))
+            .collect();
+        let mut next_index: BTreeMap<&str, i32> = BTreeMap::new();
+        let mut output_artifact_ids = Vec::with_capacity(w.outputs.len());
+        for (name, _) in &w.outputs {
+            let index = next_index.entry(name.as_str()).or_insert(0);
+            let id = outputs
+                .get(&(name.clone(), *index))
+                .copied()
+                .ok_or_else(|| {
+                    Error::Storage(format!(
+                        "execution {id} lacks its output event {name}[{index}]"
+                    ))
+                })?;
+            output_artifact_ids.push(id);
+            *index += 1;
+        }
+        // The original was acknowledged only once durable; a retry may race it.
+        self.durable()?;
+        Ok(ExecutionWritten {
+            execution_id: id,
+            output_artifact_ids,
+            published: exec.state == ExecutionState::Complete as i32
+                && !w.skip_publish
+                && w.key.is_some(),
+            cache_key: exec.cache_key,
+        })
+    }
+
+    /// Records that a lookup was served from `original`: a CACHED execution with
+    /// the same interface and OUTPUT events to the same artifacts.
+    pub fn record_cached(
+        &self,
+        original: &Execution,
+        outputs: &BTreeMap<String, Vec<Artifact>>,
+    ) -> Result<Execution> {
+        let now = self.now_ms();
+        let exec = self.tree.transaction(|tx| {
+            let id = new_id(tx)?;
+            let exec = Execution {
+                id,
+                namespace: original.namespace.clone(),
+                external_id: String::new(),
+                interface: original.interface.clone(),
+                cache_key: original.cache_key.clone(),
+                state: ExecutionState::Cached as i32,
+                output_parameters: original.output_parameters.clone(),
+                cached_from_execution_id: original.id,
+                cache_ttl: None,
+                properties: BTreeMap::new(),
+                create_time: Some(timestamp(now)),
+                update_time: Some(timestamp(now)),
+            };
+            insert_new_execution_tx(tx, &exec, now)?;
+            for (name, arts) in outputs {
+                for (i, a) in arts.iter().enumerate() {
+                    insert_event_tx(tx, exec.id, a.id, EventType::Output, name, i, now)?;
+                }
+            }
+            Ok(exec)
+        })?;
+        self.durable()?;
+        Ok(exec)
+    }
+
+    /// The newest servable COMPLETE execution of (namespace, key).
+    pub fn lookup(
+        &self,
+        ns: &str,
+        key: &CacheKey,
+        max_staleness_ms: Option<i64>,
+    ) -> Result<Lookup> {
+        let now = self.now_ms();
+        let prefix = keys::cache_prefix(ns, key);
+        let mut passed_over: Vec<Ineligible> = Vec::new();
+        for item in self.tree.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let (completed_ms, exec_id) = keys::parse_cache_suffix(&k[prefix.len()..])?;
+            let execution = self.execution(exec_id, Some(ns))?;
+            let outputs = self.outputs_of(exec_id)?;
+            let candidate = Candidate {
+                completed_ms,
+                ttl_ms: policy::duration_ms(execution.cache_ttl.as_ref(), "cache_ttl")
+                    .ok()
+                    .flatten(),
+                outputs_live: outputs
+                    .values()
+                    .flatten()
+                    .all(|a| a.state == ArtifactState::Live as i32),
+                invalidated: v.first() == Some(&INVALIDATED),
+            };
+            match policy::eligibility(&candidate, now, max_staleness_ms) {
+                Ok(()) => {
+                    return Ok(Lookup::Hit {
+                        execution: Box::new(execution),
+                        outputs,
+                    })
+                }
+                // Entries come newest first: once one is stale, all the rest are.
+                Err(Ineligible::Stale) => {
+                    passed_over.push(Ineligible::Stale);
+                    break;
+                }
+                Err(why) => passed_over.push(why),
+            }
+        }
+        Ok(Lookup::Miss {
+            reason: policy::miss_reason(&passed_over),
+        })
+    }
+
+    /// The output artifacts of an execution by output name, in index order.
+    pub fn outputs_of(&self, exec_id: i64) -> Result<BTreeMap<String, Vec<Artifact>>> {
+        let mut out: BTreeMap<String, Vec<Artifact>> = BTreeMap::new();
+        for ev in self.events_of_execution(exec_id)? {
+            if ev.r#type == EventType::Output as i32 {
+                let a = self.artifact(ev.artifact_id, None)?;
+                out.entry(ev.name).or_default().push(a);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn events_of_execution(&self, exec_id: i64) -> Result<Vec<Event>> {
+        self.tree
+            .scan_prefix(keys::events_of_execution(exec_id))
+            .map(|item| decode(&item?.1))
+            .collect()
+    }
+
+    pub fn events_of_artifact(&self, artifact_id: i64) -> Result<Vec<Event>> {
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(keys::events_of_artifact(artifact_id)) {
+            let (k, _) = item?;
+            let target = keys::event_by_artifact_target(&k)?;
+            if let Some(ev) = self.get::<Event>(&target)? {
+                out.push(ev);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Executions newest first, filtered, from after the page token.
+    pub fn list_executions(
+        &self,
+        f: &ExecutionFilter,
+        page_size: usize,
+        after: Option<i64>,
+    ) -> Result<Page<Execution>> {
+        let prefix = match (&f.cache_key, &f.component) {
+            (Some(k), _) => keys::exec_by_key_prefix(&f.namespace, k),
+            (None, Some(c)) => keys::exec_by_component_prefix(&f.namespace, c),
+            (None, None) => keys::exec_by_ns_prefix(&f.namespace),
+        };
+        self.page(&prefix, page_size, after, |id| {
+            let e = self.execution(id, Some(&f.namespace))?;
+            let keep = f.state.is_none_or(|s| e.state == s as i32)
+                && f.component
+                    .as_ref()
+                    .is_none_or(|c| e.interface.as_ref().is_some_and(|i| &i.component == c));
+            Ok(keep.then_some(e))
+        })
+    }
+
+    pub fn list_artifacts(
+        &self,
+        f: &ArtifactFilter,
+        page_size: usize,
+        after: Option<i64>,
+    ) -> Result<Page<Artifact>> {
+        let prefix = keys::artifact_by_ns_prefix(&f.namespace);
+        self.page(&prefix, page_size, after, |id| {
+            let a = self.artifact(id, Some(&f.namespace))?;
+            let keep = f.state.is_none_or(|s| a.state == s as i32)
+                && f.artifact_type.as_ref().is_none_or(|t| &a.r#type == t);
+            Ok(keep.then_some(a))
+        })
+    }
+
+    /// Walks an ID-ordered index (newest first) from after `after`, keeping what
+    /// `load` returns, until a page is full.
+    fn page<T>(
+        &self,
+        prefix: &[u8],
+        page_size: usize,
+        after: Option<i64>,
+        mut load: impl FnMut(i64) -> Result<Option<T>>,
+    ) -> Result<Page<T>> {
+        let start = match after {
+            // Newer IDs sort first, so the page after `id` starts at `id - 1`.
+            Some(id) => keys::with_rev_id(prefix, id.saturating_sub(1).max(0)),
+            None => prefix.to_vec(),
+        };
+        let mut items = Vec::new();
+        let mut last = None;
+        for item in self.tree.range(start..) {
+            let (k, _) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            let id = keys::rev_id_suffix(&k)?;
+            if items.len() == page_size {
+                return Ok(Page {
+                    items,
+                    next_token: last,
+                });
+            }
+            last = Some(id);
+            if let Some(t) = load(id)? {
+                items.push(t);
+            }
+        }
+        Ok(Page {
+            items,
+            next_token: None,
+        })
+    }
+
+    /// Flushes everything; called at shutdown.
+    pub fn close(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+/// The cache-index value of an entry that must never be served again.
+pub const INVALIDATED: u8 = 1;
+const VALID: u8 = 0;
+
+fn not_found(kind: &str, id: i64, ns: Option<&str>) -> Error {
+    match ns {
+        Some(ns) => Error::not_found(format!("{kind} {id} does not exist in namespace {ns:?}")),
+        None => Error::not_found(format!("{kind} {id} does not exist")),
+    }
+}
+
+fn new_id(tx: &Tx) -> TxResult<i64> {
+    // sled's IDs start at 0 and are monotonic across restarts; ours start at 1.
+    let id = tx.generate_id()?;
+    Ok(i64::try_from(id.saturating_add(1)).unwrap_or(i64::MAX))
+}
+
+fn tx_get<M: Message + Default>(tx: &Tx, key: &[u8]) -> TxResult<Option<M>> {
+    match tx.get(key)? {
+        Some(v) => decode(&v).map(Some).or_else(abort),
+        None => Ok(None),
+    }
+}
+
+fn put<M: Message>(tx: &Tx, key: Vec<u8>, m: &M) -> TxResult<()> {
+    tx.insert(key, m.encode_to_vec())?;
+    Ok(())
+}
+
+/// The digest of a record's content, for external_id idempotency.
+pub fn content_digest<M: Message>(m: &M) -> [u8; 32] {
+    *blake3::hash(&m.encode_to_vec()).as_bytes()
+}
+
+/// Resolves an external_id: Some(original id) when it names a record with the
+/// same content; ALREADY_EXISTS when the content differs.
+fn resolve_external_id(
+    tx: &Tx,
+    ns: &str,
+    kind: u8,
+    external_id: &str,
+    digest: &[u8; 32],
+) -> TxResult<Option<i64>> {
+    if external_id.is_empty() {
+        return Ok(None);
+    }
+    let Some(v) = tx.get(keys::external_id(ns, kind, external_id))? else {
+        return Ok(None);
+    };
+    let id = keys::read_u64(&v, 0).or_else(abort)? as i64;
+    if v.get(8..40) != Some(digest.as_slice()) {
+        let what = if kind == keys::KIND_ARTIFACT {
+            "an artifact"
+        } else {
+            "an execution"
+        };
+        return abort(Error::AlreadyExists(format!(
+            "external_id {external_id:?} already names {what} ({id}) in namespace {ns:?} \
+             with different content"
+        )));
+    }
+    Ok(Some(id))
+}
+
+fn insert_external_id(
+    tx: &Tx,
+    ns: &str,
+    kind: u8,
+    ext: &str,
+    id: i64,
+    digest: &[u8; 32],
+) -> TxResult<()> {
+    if !ext.is_empty() {
+        let mut v = (id as u64).to_be_bytes().to_vec();
+        v.extend_from_slice(digest);
+        tx.insert(keys::external_id(ns, kind, ext), v)?;
+    }
+    Ok(())
+}
+
+fn put_artifact_tx(tx: &Tx, mut a: Artifact, now: i64, field: &str) -> TxResult<i64> {
+    if a.id == 0 {
+        let digest = content_digest(&a);
+        if let Some(id) = resolve_external_id(
+            tx,
+            &a.namespace,
+            keys::KIND_ARTIFACT,
+            &a.external_id,
+            &digest,
+        )? {
+            return Ok(id);
+        }
+        a.id = new_id(tx)?;
+        if a.state == ArtifactState::Unspecified as i32 {
+            a.state = ArtifactState::Live as i32;
+        }
+        a.create_time = Some(timestamp(now));
+        a.update_time = Some(timestamp(now));
+        insert_external_id(
+            tx,
+            &a.namespace,
+            keys::KIND_ARTIFACT,
+            &a.external_id,
+            a.id,
+            &digest,
+        )?;
+        tx.insert(
+            keys::with_rev_id(&keys::artifact_by_ns_prefix(&a.namespace), a.id),
+            &[],
+        )?;
+        put(tx, keys::artifact(a.id), &a)?;
+        return Ok(a.id);
+    }
+    let Some(old) = tx_get::<Artifact>(tx, &keys::artifact(a.id))? else {
+        return abort(Error::not_found(format!(
+            "{field}.id: artifact {} does not exist",
+            a.id
+        )));
+    };
+    if old.namespace != a.namespace {
+        return abort(Error::not_found(format!(
+            "{field}.id: artifact {} does not exist in namespace {:?}",
+            a.id, a.namespace
+        )));
+    }
+    if a.external_id.is_empty() {
+        a.external_id = old.external_id.clone();
+    } else if a.external_id != old.external_id {
+        return abort(Error::precondition(format!(
+            "{field}.external_id cannot change once set (it is {:?})",
+            old.external_id
+        )));
+    }
+    if a.state == ArtifactState::Unspecified as i32 {
+        a.state = old.state;
+    }
+    a.create_time = old.create_time;
+    a.update_time = Some(timestamp(now));
+    put(tx, keys::artifact(a.id), &a)?;
+    Ok(a.id)
+}
+
+fn is_terminal(state: i32) -> bool {
+    [
+        ExecutionState::Complete,
+        ExecutionState::Failed,
+        ExecutionState::Cached,
+        ExecutionState::Canceled,
+    ]
+    .iter()
+    .any(|s| *s as i32 == state)
+}
+
+/// What the write transaction did: wrote, or found the original of a retry.
+enum Written {
+    New(ExecutionWritten),
+    Replayed(i64),
+}
+
+fn put_execution_tx(tx: &Tx, w: &ExecutionWrite, now: i64) -> TxResult<Written> {
+    let req = &w.execution;
+    let ns = req.namespace.as_str();
+    let cache_key = w.key.map(|k| k.to_string()).unwrap_or_default();
+    let mut exec;
+    if req.id == 0 {
+        if let Some(id) =
+            resolve_external_id(tx, ns, keys::KIND_EXECUTION, &req.external_id, &w.digest)?
+        {
+            return Ok(Written::Replayed(id));
+        }
+        exec = req.clone();
+        exec.id = new_id(tx)?;
+        exec.cache_key = cache_key;
+        exec.create_time = Some(timestamp(now));
+        exec.update_time = Some(timestamp(now));
+        if exec.cached_from_execution_id != 0 {
+            let from: Option<Execution> =
+                tx_get(tx, &keys::execution(exec.cached_from_execution_id))?;
+            if from.is_none_or(|f| f.namespace != ns) {
+                return abort(not_found(
+                    "execution.cached_from_execution_id: execution",
+                    exec.cached_from_execution_id,
+                    Some(ns),
+                ));
+            }
+        }
+        insert_external_id(
+            tx,
+            ns,
+            keys::KIND_EXECUTION,
+            &exec.external_id,
+            exec.id,
+            &w.digest,
+        )?;
+        insert_new_execution_tx(tx, &exec, now)?;
+        if let Some(ti) = &exec.interface {
+            for (name, ids) in &ti.input_artifacts {
+                for (i, id) in ids.ids.iter().enumerate() {
+                    let a: Option<Artifact> = tx_get(tx, &keys::artifact(*id))?;
+                    if a.is_none_or(|a| a.namespace != ns) {
+                        return abort(not_found(
+                            &format!("execution.interface.input_artifacts.{name}: artifact"),
+                            *id,
+                            Some(ns),
+                        ));
+                    }
+                    insert_event_tx(tx, exec.id, *id, EventType::Input, name, i, now)?;
+                }
+            }
+        }
+    } else {
+        let Some(old) = tx_get::<Execution>(tx, &keys::execution(req.id))? else {
+            return abort(not_found("execution.id: execution", req.id, Some(ns)));
+        };
+        if old.namespace != ns {
+            return abort(not_found("execution.id: execution", req.id, Some(ns)));
+        }
+        if is_terminal(old.state) {
+            return abort(Error::precondition(format!(
+                "execution {} is {} (terminal): it cannot change",
+                old.id,
+                state_name(old.state)
+            )));
+        }
+        if req.interface.is_some() && req.interface != old.interface {
+            return abort(Error::precondition(format!(
+                "execution {}: interface is immutable once set",
+                old.id
+            )));
+        }
+        if !req.external_id.is_empty() && req.external_id != old.external_id {
+            return abort(Error::precondition(format!(
+                "execution {}: external_id cannot change once set",
+                old.id
+            )));
+        }
+        exec = old;
+        exec.state = req.state;
+        exec.output_parameters.extend(req.output_parameters.clone());
+        exec.properties.extend(req.properties.clone());
+        if req.cache_ttl.is_some() {
+            exec.cache_ttl = req.cache_ttl;
+        }
+        exec.update_time = Some(timestamp(now));
+        put(tx, keys::execution(exec.id), &exec)?;
+    }
+
+    let mut output_ids = Vec::with_capacity(w.outputs.len());
+    let mut next_index: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, (name, art)) in w.outputs.iter().enumerate() {
+        let field = format!("outputs[{i}].artifact");
+        let id = if art.id == 0 {
+            put_artifact_tx(tx, art.clone(), now, &field)?
+        } else {
+            let a: Option<Artifact> = tx_get(tx, &keys::artifact(art.id))?;
+            if a.is_none_or(|a| a.namespace != ns) {
+                return abort(not_found(
+                    &format!("{field}.id: artifact"),
+                    art.id,
+                    Some(ns),
+                ));
+            }
+            art.id
+        };
+        let index = next_index.entry(name.as_str()).or_insert(0);
+        // Outputs added by an update follow those already recorded.
+        let existing = tx.get(keys::event_by_exec(
+            exec.id,
+            id,
+            &keys::event_tail(EventType::Output as i32, name, *index as i32),
+        ))?;
+        if existing.is_some() {
+            return abort(Error::precondition(format!(
+                "{field}: output {name:?}[{index}] is already recorded"
+            )));
+        }
+        insert_event_tx(tx, exec.id, id, EventType::Output, name, *index, now)?;
+        *index += 1;
+        output_ids.push(id);
+    }
+
+    let published = exec.state == ExecutionState::Complete as i32 && !w.skip_publish;
+    if published {
+        if let Some(key) = &w.key {
+            tx.insert(keys::cache_entry(ns, key, now, exec.id), &[VALID])?;
+        }
+    }
+    Ok(Written::New(ExecutionWritten {
+        execution_id: exec.id,
+        output_artifact_ids: output_ids,
+        cache_key: exec.cache_key.clone(),
+        published: published && w.key.is_some(),
+    }))
+}
+
+fn insert_new_execution_tx(tx: &Tx, exec: &Execution, _now: i64) -> TxResult<()> {
+    let ns = exec.namespace.as_str();
+    put(tx, keys::execution(exec.id), exec)?;
+    tx.insert(
+        keys::with_rev_id(&keys::exec_by_ns_prefix(ns), exec.id),
+        &[],
+    )?;
+    if let Some(ti) = &exec.interface {
+        tx.insert(
+            keys::with_rev_id(&keys::exec_by_component_prefix(ns, &ti.component), exec.id),
+            &[],
+        )?;
+    }
+    if let Ok(key) = exec.cache_key.parse::<CacheKey>() {
+        tx.insert(
+            keys::with_rev_id(&keys::exec_by_key_prefix(ns, &key), exec.id),
+            &[],
+        )?;
+    }
+    Ok(())
+}
+
+fn insert_event_tx(
+    tx: &Tx,
+    exec_id: i64,
+    artifact_id: i64,
+    kind: EventType,
+    name: &str,
+    index: usize,
+    now: i64,
+) -> TxResult<()> {
+    let index = i32::try_from(index).unwrap_or(i32::MAX);
+    let ev = Event {
+        artifact_id,
+        execution_id: exec_id,
+        r#type: kind as i32,
+        name: name.to_string(),
+        index,
+        time: Some(timestamp(now)),
+    };
+    let tail = keys::event_tail(kind as i32, name, index);
+    put(tx, keys::event_by_exec(exec_id, artifact_id, &tail), &ev)?;
+    tx.insert(keys::event_by_artifact(artifact_id, exec_id, &tail), &[])?;
+    Ok(())
+}
+
+pub fn state_name(state: i32) -> &'static str {
+    ExecutionState::try_from(state)
+        .map(|s| s.as_str_name())
+        .unwrap_or("an unknown state")
+}
+
+/// Completion time of an execution record, for callers that need it.
+pub fn update_ms(e: &Execution) -> i64 {
+    e.update_time.as_ref().map(timestamp_ms).unwrap_or(0)
+}
