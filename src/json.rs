@@ -34,13 +34,15 @@ pub fn from_value<M: Message + Default>(
     parse(full_name, &v.to_string())
 }
 
-/// Renders a message as protojson with the proto field names.
+/// Renders a message as protojson with the proto field names, zero values included.
 pub fn render<M: Message>(full_name: &str, m: &M) -> Result<serde_json::Value, Error> {
     let mut dynamic = DynamicMessage::new(descriptor(full_name)?);
     dynamic
         .transcode_from(m)
         .map_err(|e| Error::Internal(format!("transcoding {full_name}: {e}")))?;
-    let opts = SerializeOptions::new().use_proto_field_name(true);
+    let opts = SerializeOptions::new()
+        .use_proto_field_name(true)
+        .skip_default_fields(false);
     dynamic
         .serialize_with_options(serde_json::value::Serializer, &opts)
         .map_err(|e| Error::Internal(format!("rendering {full_name}: {e}")))

@@ -274,6 +274,27 @@ pub fn differences(old: &BTreeMap<String, String>, new: &BTreeMap<String, String
         .collect()
 }
 
+/// Of `candidates`, the one whose hashed fields differ least from `target`
+/// (ties go to the earliest), with its differences from `target`.
+pub fn nearest<'a>(
+    target: &TaskInterface,
+    candidates: impl IntoIterator<Item = &'a TaskInterface>,
+) -> Result<Option<(usize, Vec<String>)>, Error> {
+    let want = readable_fields(target)?;
+    let mut best: Option<(usize, Vec<String>)> = None;
+    for (i, c) in candidates.into_iter().enumerate() {
+        // A recorded interface that no longer validates cannot be compared.
+        let Ok(fields) = readable_fields(c) else {
+            continue;
+        };
+        let diff = differences(&fields, &want);
+        if best.as_ref().is_none_or(|(_, d)| diff.len() < d.len()) {
+            best = Some((i, diff));
+        }
+    }
+    Ok(best)
+}
+
 fn quote(s: &str) -> String {
     serde_json::Value::String(s.to_string()).to_string()
 }
@@ -409,6 +430,19 @@ mod tests {
         assert!("abc".parse::<CacheKey>().is_err());
         assert!("g".repeat(64).parse::<CacheKey>().is_err());
         assert!("é".repeat(32).parse::<CacheKey>().is_err());
+    }
+
+    #[test]
+    fn nearest_prefers_fewest_differences_then_earliest() {
+        let mut one = base();
+        one.parameters.insert("lr".into(), num(0.2));
+        let mut two = one.clone();
+        two.container.as_mut().unwrap().image = "other".into();
+        let target = base();
+        let (i, d) = nearest(&target, [&two, &one, &one]).unwrap().unwrap();
+        assert_eq!(i, 1);
+        assert_eq!(d, vec!["parameters.lr: 0.2 -> 0.1".to_string()]);
+        assert!(nearest(&target, []).unwrap().is_none());
     }
 
     #[test]

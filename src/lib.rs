@@ -1,5 +1,6 @@
 //! stepcache: a gRPC cache and metadata store for pipeline tasks.
 
+pub mod cli;
 pub mod clock;
 pub mod error;
 pub mod json;

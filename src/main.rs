@@ -8,7 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use stepcache::proto::TaskInterface;
 use stepcache::server::{self, Config};
-use stepcache::{json, key};
+use stepcache::{cli, json, key};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -50,6 +50,54 @@ enum Command {
         /// Log format; the level comes from RUST_LOG (default info).
         #[arg(long, value_enum, default_value = "pretty")]
         log_format: LogFormat,
+    },
+    /// Ask a server whether a task (a TaskInterface in protojson) would hit.
+    Get {
+        #[arg(long)]
+        interface: PathBuf,
+        /// Look up as a manual run (trigger MANUAL: the cache is not read).
+        #[arg(long)]
+        manual: bool,
+        #[command(flatten)]
+        target: cli::Target,
+    },
+    /// Make cache entries unservable, by key, execution, artifact or component.
+    Invalidate {
+        #[command(flatten)]
+        by: cli::InvalidateBy,
+        #[command(flatten)]
+        target: cli::Target,
+    },
+    /// Cache entries and lookup counts of a namespace.
+    Stats {
+        #[command(flatten)]
+        target: cli::Target,
+    },
+    /// Why a task misses: the nearest recorded execution and what differs.
+    Explain {
+        #[arg(long)]
+        interface: PathBuf,
+        #[command(flatten)]
+        target: cli::Target,
+    },
+    /// Delete executions older than a given age (e.g. 30d), with their events,
+    /// cache entries and output artifacts nothing else references.
+    Prune {
+        #[arg(long)]
+        older_than: String,
+        /// Only count what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        target: cli::Target,
+    },
+    /// Drop expired and invalidated cache-index entries.
+    Gc {
+        /// Every namespace, not only --namespace.
+        #[arg(long)]
+        all_namespaces: bool,
+        #[command(flatten)]
+        target: cli::Target,
     },
     /// Print the cache key of a TaskInterface in protojson (a file, or - for stdin).
     Key {
@@ -101,6 +149,14 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested: finishing in-flight requests");
 }
 
+/// Runs a client subcommand to completion.
+fn client(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -124,6 +180,25 @@ fn main() -> anyhow::Result<()> {
                 server::run(listener, config, shutdown_signal()).await
             })
         }
+        Command::Get {
+            interface,
+            manual,
+            target,
+        } => client(cli::get(&target, &read_input(&interface)?, manual)),
+        Command::Invalidate { by, target } => client(cli::invalidate(&target, by)),
+        Command::Stats { target } => client(cli::stats(&target)),
+        Command::Explain { interface, target } => {
+            client(cli::explain(&target, &read_input(&interface)?))
+        }
+        Command::Prune {
+            older_than,
+            dry_run,
+            target,
+        } => client(cli::prune(&target, &older_than, dry_run)),
+        Command::Gc {
+            all_namespaces,
+            target,
+        } => client(cli::gc(&target, all_namespaces)),
         Command::Key { interface, explain } => {
             let ti: TaskInterface =
                 json::parse("stepcache.v1.TaskInterface", &read_input(&interface)?)?;

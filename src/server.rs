@@ -53,6 +53,7 @@ pub async fn run(
     let shared = Shared {
         store: Arc::new(store),
         limits: Arc::new(config.limits.clone()),
+        stats: Arc::default(),
     };
     let max = config.limits.max_message_bytes;
 

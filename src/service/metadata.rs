@@ -8,8 +8,9 @@ use crate::proto::metadata_store_service_server::MetadataStoreService;
 use crate::proto::{
     ArtifactState, ExecutionState, GetArtifactsRequest, GetArtifactsResponse, GetEventsRequest,
     GetEventsResponse, GetExecutionsRequest, GetExecutionsResponse, ListArtifactsRequest,
-    ListArtifactsResponse, ListExecutionsRequest, ListExecutionsResponse, PutArtifactsRequest,
-    PutArtifactsResponse, PutExecutionRequest, PutExecutionResponse,
+    ListArtifactsResponse, ListExecutionsRequest, ListExecutionsResponse, PruneExecutionsRequest,
+    PruneExecutionsResponse, PutArtifactsRequest, PutArtifactsResponse, PutExecutionRequest,
+    PutExecutionResponse,
 };
 use crate::store::{ArtifactFilter, ExecutionFilter};
 use crate::validate;
@@ -200,5 +201,27 @@ impl MetadataStoreService for Metadata {
             })
             .await?;
         Ok(Response::new(GetEventsResponse { events }))
+    }
+
+    async fn prune_executions(
+        &self,
+        request: Request<PruneExecutionsRequest>,
+    ) -> Result<Response<PruneExecutionsResponse>, Status> {
+        let req = request.into_inner();
+        let ns = validate::namespace(&req.namespace)?;
+        let older_than = crate::policy::duration_ms(req.older_than.as_ref(), "older_than")?
+            .filter(|ms| *ms > 0)
+            .ok_or_else(|| Error::invalid("older_than is required and must be positive"))?;
+        let dry_run = req.dry_run;
+        let p = self
+            .shared
+            .blocking(move |s| s.prune(&ns, older_than, dry_run))
+            .await?;
+        Ok(Response::new(PruneExecutionsResponse {
+            executions_deleted: p.executions,
+            events_deleted: p.events,
+            artifacts_deleted: p.artifacts,
+            cache_entries_deleted: p.cache_entries,
+        }))
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod cache;
 pub mod metadata;
+pub mod stats;
 
 use std::sync::Arc;
 
@@ -14,6 +15,7 @@ use crate::validate::Limits;
 pub struct Shared {
     pub store: Arc<Store>,
     pub limits: Arc<Limits>,
+    pub stats: Arc<stats::Stats>,
 }
 
 impl Shared {

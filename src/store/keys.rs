@@ -78,7 +78,8 @@ pub fn execution(id: i64) -> Vec<u8> {
     KeyBuf::new(EXECUTION).id(id).done()
 }
 
-/// Cache index entries of (namespace, key): newest completion first.
+/// Cache index entries of (namespace, key): newest completion first, and the
+/// newest execution first within one millisecond.
 pub fn cache_prefix(ns: &str, key: &CacheKey) -> Vec<u8> {
     KeyBuf::new(CACHE).str(ns).cache_key(key).done()
 }
@@ -88,14 +89,14 @@ pub fn cache_entry(ns: &str, key: &CacheKey, completed_ms: i64, exec_id: i64) ->
         .str(ns)
         .cache_key(key)
         .rev(completed_ms.max(0) as u64)
-        .id(exec_id)
+        .rev_id(exec_id)
         .done()
 }
 
 /// (completed_ms, execution id) from what follows a cache prefix.
 pub fn parse_cache_suffix(suffix: &[u8]) -> Result<(i64, i64), Error> {
     let (a, b) = (read_u64(suffix, 0)?, read_u64(suffix, 8)?);
-    Ok(((u64::MAX - a) as i64, b as i64))
+    Ok(((u64::MAX - a) as i64, (u64::MAX - b) as i64))
 }
 
 /// The event of an execution; `rest` of the key (after the prefix and the
@@ -176,6 +177,14 @@ pub fn rev_id_suffix(k: &[u8]) -> Result<i64, Error> {
     Ok((u64::MAX - read_u64(k, at)?) as i64)
 }
 
+pub fn read_u32(b: &[u8], at: usize) -> Result<u32, Error> {
+    let bytes: [u8; 4] = b
+        .get(at..at + 4)
+        .and_then(|s| s.try_into().ok())
+        .ok_or_else(|| corrupt(b))?;
+    Ok(u32::from_be_bytes(bytes))
+}
+
 pub fn read_u64(b: &[u8], at: usize) -> Result<u64, Error> {
     let bytes: [u8; 8] = b
         .get(at..at + 8)
@@ -198,6 +207,8 @@ mod tests {
         let older = cache_entry("ns", &k, 1_000, 5);
         let newer = cache_entry("ns", &k, 2_000, 9);
         assert!(newer < older);
+        // In the same millisecond, the later execution comes first.
+        assert!(cache_entry("ns", &k, 1_000, 6) < older);
         assert!(older.starts_with(&cache_prefix("ns", &k)));
         let p = cache_prefix("ns", &k).len();
         assert_eq!(parse_cache_suffix(&newer[p..]).unwrap(), (2_000, 9));

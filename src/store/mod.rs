@@ -5,6 +5,7 @@
 
 pub mod flush;
 pub mod keys;
+pub mod maintenance;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -772,7 +773,7 @@ pub fn state_name(state: i32) -> &'static str {
         .unwrap_or("an unknown state")
 }
 
-/// Completion time of an execution record, for callers that need it.
-pub fn update_ms(e: &Execution) -> i64 {
-    e.update_time.as_ref().map(timestamp_ms).unwrap_or(0)
+/// Creation time of an execution record.
+pub fn create_ms(e: &Execution) -> i64 {
+    e.create_time.as_ref().map(timestamp_ms).unwrap_or(0)
 }

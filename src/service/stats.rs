@@ -1,0 +1,74 @@
+//! Lookup counters per namespace, since the server started.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::proto::Outcome;
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counts {
+    pub hits: i64,
+    pub misses: i64,
+    pub disabled: i64,
+}
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    by_namespace: Mutex<HashMap<String, Counts>>,
+}
+
+impl Stats {
+    /// Counts one lookup's outcome (RESERVED and IN_PROGRESS count as misses:
+    /// the cache had no result to serve).
+    pub fn record(&self, ns: &str, outcome: Outcome) {
+        let Ok(mut map) = self.by_namespace.lock() else {
+            return;
+        };
+        let c = map.entry(ns.to_string()).or_default();
+        match outcome {
+            Outcome::Hit => c.hits += 1,
+            Outcome::Disabled => c.disabled += 1,
+            Outcome::Miss | Outcome::Reserved | Outcome::InProgress => c.misses += 1,
+            Outcome::Unspecified => {}
+        }
+    }
+
+    pub fn get(&self, ns: &str) -> Counts {
+        self.by_namespace
+            .lock()
+            .ok()
+            .and_then(|m| m.get(ns).copied())
+            .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_per_namespace() {
+        let s = Stats::default();
+        s.record("a", Outcome::Hit);
+        s.record("a", Outcome::Miss);
+        s.record("a", Outcome::Reserved);
+        s.record("b", Outcome::Disabled);
+        assert_eq!(
+            s.get("a"),
+            Counts {
+                hits: 1,
+                misses: 2,
+                disabled: 0
+            }
+        );
+        assert_eq!(
+            s.get("b"),
+            Counts {
+                hits: 0,
+                misses: 0,
+                disabled: 1
+            }
+        );
+        assert_eq!(s.get("c"), Counts::default());
+    }
+}

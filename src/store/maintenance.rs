@@ -1,0 +1,278 @@
+//! Invalidation, garbage collection, retention and the counts behind the stats.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{keys, Store, INVALIDATED};
+use crate::error::Result;
+use crate::key::CacheKey;
+use crate::policy;
+use crate::proto::{EventType, Execution};
+
+/// What InvalidateCache selects.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    Key(CacheKey),
+    Execution(i64),
+    Artifact(i64),
+    Component(String),
+}
+
+/// What a prune deleted (or would delete, on a dry run).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pruned {
+    pub executions: i64,
+    pub events: i64,
+    pub artifacts: i64,
+    pub cache_entries: i64,
+}
+
+/// Executions pruned per transaction.
+const PRUNE_BATCH: usize = 256;
+
+impl Store {
+    /// Index entries of (namespace, key) with their execution IDs.
+    fn entries_of_key(&self, ns: &str, key: &CacheKey) -> Result<Vec<(Vec<u8>, i64)>> {
+        let prefix = keys::cache_prefix(ns, key);
+        let mut out = Vec::new();
+        for item in self.tree.scan_prefix(&prefix) {
+            let (k, _) = item?;
+            let (_, exec_id) = keys::parse_cache_suffix(&k[prefix.len()..])?;
+            out.push((k.to_vec(), exec_id));
+        }
+        Ok(out)
+    }
+
+    /// The index entries of one execution (none unless it was published).
+    fn entries_of_execution(&self, e: &Execution) -> Result<Vec<Vec<u8>>> {
+        let Ok(key) = e.cache_key.parse::<CacheKey>() else {
+            return Ok(Vec::new());
+        };
+        Ok(self
+            .entries_of_key(&e.namespace, &key)?
+            .into_iter()
+            .filter(|(_, id)| *id == e.id)
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// Marks the selected entries so that they are never served again; returns
+    /// how many were newly invalidated.
+    pub fn invalidate(&self, ns: &str, selector: &Selector) -> Result<i64> {
+        let mut entries: BTreeSet<Vec<u8>> = BTreeSet::new();
+        match selector {
+            Selector::Key(key) => {
+                entries.extend(self.entries_of_key(ns, key)?.into_iter().map(|(k, _)| k));
+            }
+            Selector::Execution(id) => {
+                entries.extend(self.entries_of_execution(&self.execution(*id, Some(ns))?)?);
+            }
+            Selector::Artifact(id) => {
+                self.artifact(*id, Some(ns))?;
+                for ev in self.events_of_artifact(*id)? {
+                    if ev.r#type == EventType::Output as i32 {
+                        let e = self.execution(ev.execution_id, Some(ns))?;
+                        entries.extend(self.entries_of_execution(&e)?);
+                    }
+                }
+            }
+            Selector::Component(component) => {
+                // Every key of the component's executions; all entries of such a
+                // key belong to the component, which is part of the key.
+                let mut cache_keys = BTreeSet::new();
+                for item in self
+                    .tree
+                    .scan_prefix(keys::exec_by_component_prefix(ns, component))
+                {
+                    let id = keys::rev_id_suffix(&item?.0)?;
+                    if let Ok(k) = self.execution(id, Some(ns))?.cache_key.parse::<CacheKey>() {
+                        cache_keys.insert(k);
+                    }
+                }
+                for k in cache_keys {
+                    entries.extend(self.entries_of_key(ns, &k)?.into_iter().map(|(k, _)| k));
+                }
+            }
+        }
+        let n = self.tree.transaction(|tx| {
+            let mut n = 0i64;
+            for k in &entries {
+                if let Some(v) = tx.get(k)? {
+                    if v.first() != Some(&INVALIDATED) {
+                        tx.insert(k.as_slice(), &[INVALIDATED])?;
+                        n += 1;
+                    }
+                }
+            }
+            Ok(n)
+        })?;
+        if n > 0 {
+            self.durable()?;
+        }
+        Ok(n)
+    }
+
+    /// Index entries of a namespace that are not invalidated.
+    pub fn count_entries(&self, ns: &str) -> Result<i64> {
+        let mut n = 0;
+        for item in self
+            .tree
+            .scan_prefix(keys::KeyBuf::new(keys::CACHE).str(ns).done())
+        {
+            if item?.1.first() != Some(&INVALIDATED) {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Removes index entries that can never be served again: invalidated ones
+    /// and those past their execution's TTL. `ns` None = every namespace.
+    pub fn collect_garbage(&self, ns: Option<&str>) -> Result<i64> {
+        let prefix = match ns {
+            Some(ns) => keys::KeyBuf::new(keys::CACHE).str(ns).done(),
+            None => vec![keys::CACHE],
+        };
+        let now = self.now_ms();
+        let mut dead = Vec::new();
+        for item in self.tree.scan_prefix(&prefix) {
+            let (k, v) = item?;
+            let expired = || -> Result<bool> {
+                // namespace (u32 length + bytes) + 32-byte key precede the suffix.
+                let ns_len = keys::read_u32(&k, 1)? as usize;
+                let suffix_at = 1 + 4 + ns_len + 32;
+                let (completed_ms, exec_id) =
+                    keys::parse_cache_suffix(&k[suffix_at.min(k.len())..])?;
+                let e = self.execution(exec_id, None)?;
+                let ttl = policy::duration_ms(e.cache_ttl.as_ref(), "cache_ttl")
+                    .ok()
+                    .flatten();
+                Ok(matches!(ttl, Some(ttl) if now.saturating_sub(completed_ms) > ttl))
+            };
+            if v.first() == Some(&INVALIDATED) || expired()? {
+                dead.push(k.to_vec());
+            }
+        }
+        for chunk in dead.chunks(1000) {
+            self.tree.transaction(|tx| {
+                for k in chunk {
+                    tx.remove(k.as_slice())?;
+                }
+                Ok(())
+            })?;
+        }
+        if !dead.is_empty() {
+            self.durable()?;
+        }
+        Ok(dead.len() as i64)
+    }
+
+    /// Deletes executions of `ns` created more than `older_than_ms` ago, with
+    /// their events and index entries, and their output artifacts that no
+    /// remaining event references. Each batch is one transaction, so a crash
+    /// leaves every execution either whole or gone.
+    pub fn prune(&self, ns: &str, older_than_ms: i64, dry_run: bool) -> Result<Pruned> {
+        let cutoff = self.now_ms().saturating_sub(older_than_ms);
+        // Oldest first; IDs grow with creation time.
+        let mut victims: Vec<Execution> = Vec::new();
+        for item in self.tree.scan_prefix(keys::exec_by_ns_prefix(ns)).rev() {
+            let id = keys::rev_id_suffix(&item?.0)?;
+            let e = self.execution(id, Some(ns))?;
+            if super::create_ms(&e) >= cutoff {
+                break;
+            }
+            victims.push(e);
+        }
+        let position: BTreeMap<i64, usize> =
+            victims.iter().enumerate().map(|(i, e)| (e.id, i)).collect();
+
+        // Output artifacts referenced only by victims die with the last of them.
+        let mut dies_with: BTreeMap<usize, Vec<i64>> = BTreeMap::new();
+        let mut seen = BTreeSet::new();
+        let mut total = Pruned::default();
+        let mut plans: Vec<(Vec<Vec<u8>>, i64, i64)> = Vec::with_capacity(victims.len());
+        for e in &victims {
+            let mut doomed = vec![
+                keys::execution(e.id),
+                keys::with_rev_id(&keys::exec_by_ns_prefix(ns), e.id),
+            ];
+            if let Some(ti) = &e.interface {
+                doomed.push(keys::with_rev_id(
+                    &keys::exec_by_component_prefix(ns, &ti.component),
+                    e.id,
+                ));
+            }
+            if let Ok(k) = e.cache_key.parse::<CacheKey>() {
+                doomed.push(keys::with_rev_id(&keys::exec_by_key_prefix(ns, &k), e.id));
+            }
+            if !e.external_id.is_empty() {
+                doomed.push(keys::external_id(ns, keys::KIND_EXECUTION, &e.external_id));
+            }
+            let entries = self.entries_of_execution(e)?;
+            let n_entries = entries.len() as i64;
+            doomed.extend(entries);
+            let events = self.events_of_execution(e.id)?;
+            let n_events = events.len() as i64;
+            for ev in &events {
+                let tail = keys::event_tail(ev.r#type, &ev.name, ev.index);
+                doomed.push(keys::event_by_exec(e.id, ev.artifact_id, &tail));
+                doomed.push(keys::event_by_artifact(ev.artifact_id, e.id, &tail));
+                if ev.r#type == EventType::Output as i32 && seen.insert(ev.artifact_id) {
+                    let mut last = Some(0usize);
+                    for item in self
+                        .tree
+                        .scan_prefix(keys::events_of_artifact(ev.artifact_id))
+                    {
+                        let exec_id = keys::read_u64(&item?.0, 9)? as i64;
+                        last = match (last, position.get(&exec_id)) {
+                            (Some(l), Some(p)) => Some(l.max(*p)),
+                            _ => None,
+                        };
+                    }
+                    if let Some(l) = last {
+                        dies_with.entry(l).or_default().push(ev.artifact_id);
+                    }
+                }
+            }
+            plans.push((doomed, n_events, n_entries));
+        }
+
+        for (batch_no, batch) in plans.chunks(PRUNE_BATCH).enumerate() {
+            let first = batch_no * PRUNE_BATCH;
+            let mut doomed: Vec<Vec<u8>> = Vec::new();
+            for (i, (keys_of, n_events, n_entries)) in batch.iter().enumerate() {
+                doomed.extend(keys_of.iter().cloned());
+                total.executions += 1;
+                total.events += n_events;
+                total.cache_entries += n_entries;
+                for art_id in dies_with.get(&(first + i)).into_iter().flatten() {
+                    let a = self.artifact(*art_id, None)?;
+                    doomed.push(keys::artifact(a.id));
+                    doomed.push(keys::with_rev_id(
+                        &keys::artifact_by_ns_prefix(&a.namespace),
+                        a.id,
+                    ));
+                    if !a.external_id.is_empty() {
+                        doomed.push(keys::external_id(
+                            &a.namespace,
+                            keys::KIND_ARTIFACT,
+                            &a.external_id,
+                        ));
+                    }
+                    total.artifacts += 1;
+                }
+            }
+            if !dry_run {
+                self.tree.transaction(|tx| {
+                    for k in &doomed {
+                        tx.remove(k.as_slice())?;
+                    }
+                    Ok(())
+                })?;
+            }
+        }
+        if !dry_run && total.executions > 0 {
+            self.durable()?;
+        }
+        Ok(total)
+    }
+}
