@@ -12,6 +12,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::proto::cache_service_server::CacheServiceServer;
 use crate::proto::metadata_store_service_server::MetadataStoreServiceServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::reservations::Waiters;
 use crate::service::cache::Cache;
 use crate::service::metadata::Metadata;
 use crate::service::Shared;
@@ -50,9 +51,18 @@ pub async fn run(
     let clock = config.clock.clone();
     let store =
         tokio::task::spawn_blocking(move || Store::open(&data_dir, &store_config, clock)).await??;
+    // Waiters answer as soon as shutdown starts, so that the graceful shutdown
+    // (which waits for in-flight requests) never hangs on them.
+    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+    };
     let shared = Shared {
         store: Arc::new(store),
         limits: Arc::new(config.limits.clone()),
+        waiters: Arc::new(Waiters::default()),
+        shutdown: stopping_rx,
     };
     let max = config.limits.max_message_bytes;
 

@@ -5,7 +5,10 @@ pub mod metadata;
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
 use crate::error::Result;
+use crate::reservations::Waiters;
 use crate::store::Store;
 use crate::validate::Limits;
 
@@ -14,6 +17,10 @@ use crate::validate::Limits;
 pub struct Shared {
     pub store: Arc<Store>,
     pub limits: Arc<Limits>,
+    /// Who waits on which key (WaitForCachedExecution); writes wake them.
+    pub waiters: Arc<Waiters>,
+    /// Turns true when the server starts shutting down: waiters answer then.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 impl Shared {
