@@ -13,6 +13,9 @@
 //! - its own deadline, or
 //! - the server shutting down.
 //!
+//! A heartbeat (ExtendReservation) wakes nobody: each waiter reads the store
+//! once when the old expiry passes and sleeps on until the new one.
+//!
 //! Slots are created by the first waiter of a key and removed when its last
 //! waiter leaves, so the registry holds only keys somebody waits on.
 

@@ -164,6 +164,7 @@ async fn churn(channels: &[Channel], clients: usize, secs: u64) -> anyhow::Resul
 
 async fn wakeups(channels: &[Channel], k: usize, rounds: usize) -> anyhow::Result<()> {
     let mut all = Vec::new();
+    let mut from_send = Vec::new();
     let mut puts = Vec::new();
     let mut early = 0;
     for round in 0..rounds {
@@ -213,9 +214,11 @@ async fn wakeups(channels: &[Channel], k: usize, rounds: usize) -> anyhow::Resul
                 early += 1;
             }
             all.push(at.saturating_duration_since(replied));
+            from_send.push(at.saturating_duration_since(sent));
         }
     }
     all.sort();
+    from_send.sort();
     puts.sort();
     println!(
         "wake-up: {k} waiters x {rounds} rounds; delay from the PutExecution reply to each waiter's HIT: {}",
@@ -224,6 +227,10 @@ async fn wakeups(channels: &[Channel], k: usize, rounds: usize) -> anyhow::Resul
     println!(
         "wake-up: {early} of {} HITs arrived before the publisher saw its own reply (counted as 0)",
         all.len()
+    );
+    println!(
+        "wake-up: delay from sending the PutExecution to each waiter's HIT (includes its flush): {}",
+        summary(&from_send)
     );
     println!(
         "wake-up: PutExecution (publish + release + flush) latency {}",
