@@ -6,6 +6,7 @@ pub mod error;
 pub mod json;
 pub mod key;
 pub mod policy;
+pub mod reservations;
 pub mod server;
 pub mod service;
 pub mod store;

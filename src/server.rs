@@ -5,13 +5,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::clock::{Clock, SystemClock};
 use crate::proto::cache_service_server::CacheServiceServer;
 use crate::proto::metadata_store_service_server::MetadataStoreServiceServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::reservations::Waiters;
 use crate::service::cache::Cache;
 use crate::service::metadata::Metadata;
 use crate::service::Shared;
@@ -50,10 +51,19 @@ pub async fn run(
     let clock = config.clock.clone();
     let store =
         tokio::task::spawn_blocking(move || Store::open(&data_dir, &store_config, clock)).await??;
+    // Waiters answer as soon as shutdown starts, so that the graceful shutdown
+    // (which waits for in-flight requests) never hangs on them.
+    let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping.send(true);
+    };
     let shared = Shared {
         store: Arc::new(store),
         limits: Arc::new(config.limits.clone()),
         stats: Arc::default(),
+        waiters: Arc::new(Waiters::default()),
+        shutdown: stopping_rx,
     };
     let max = config.limits.max_message_bytes;
 
@@ -83,13 +93,16 @@ pub async fn run(
     .max_encoding_message_size(max);
 
     tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "serving");
+    // TCP_NODELAY on accepted connections: without it small replies wait on
+    // Nagle + delayed ACK (~40 ms), which showed as wake-up latency.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(cache)
         .add_service(metadata)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     let store = shared.store.clone();
     drop(shared);

@@ -310,11 +310,15 @@ pub fn execution_write(req: PutExecutionRequest, limits: &Limits) -> Result<Exec
         }
         outputs.push((o.name, a));
     }
+    if !req.reservation_owner.is_empty() {
+        crate::reservations::owner(&req.reservation_owner, "reservation_owner")?;
+    }
     Ok(ExecutionWrite {
         execution: e,
         key,
         outputs,
         skip_publish: req.skip_publish,
+        reservation_owner: req.reservation_owner,
         digest,
     })
 }

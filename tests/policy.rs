@@ -402,7 +402,39 @@ async fn stats_match_the_calls_made() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((s.entries, s.hits), (1, 5));
+    assert_eq!((s.entries, s.hits, s.in_progress), (1, 5, 0));
+    // A reserved key counts as in progress until its lease runs out.
+    let mut req = lookup_req("st", &iface("s3", &[], &[]));
+    req.reservation = Some(ReservationRequest {
+        owner: "w1".into(),
+        lease: Some(secs(30)),
+    });
+    let r = e
+        .cache
+        .get_cached_execution(req)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.outcome, Outcome::Reserved as i32);
+    let s = e
+        .cache
+        .get_cache_stats(GetCacheStatsRequest {
+            namespace: "st".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((s.misses, s.in_progress), (4, 1));
+    e.clock.advance_ms(30_001);
+    let s = e
+        .cache
+        .get_cache_stats(GetCacheStatsRequest {
+            namespace: "st".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(s.in_progress, 0);
     e.server.stop().await;
 }
 

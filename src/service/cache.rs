@@ -4,7 +4,10 @@ use std::collections::BTreeMap;
 
 use tonic::{Request, Response, Status};
 
+use tokio::time::{Duration, Instant};
+
 use super::Shared;
+use crate::clock::timestamp;
 use crate::error::{Error, Result};
 use crate::key::{self, CacheKey};
 use crate::policy::{self, Decision};
@@ -12,14 +15,17 @@ use crate::proto::cache_service_server::CacheService;
 use crate::proto::get_cached_execution_request::Target;
 use crate::proto::invalidate_cache_request::Selector as ProtoSelector;
 use crate::proto::{
-    ArtifactList, ComputeCacheKeyRequest, ComputeCacheKeyResponse, ExecutionState,
-    ExplainCacheMissRequest, ExplainCacheMissResponse, GarbageCollectCacheRequest,
-    GarbageCollectCacheResponse, GetCacheStatsRequest, GetCacheStatsResponse,
-    GetCachedExecutionRequest, GetCachedExecutionResponse, InvalidateCacheRequest,
-    InvalidateCacheResponse, Outcome,
+    ArtifactList, ComputeCacheKeyRequest, ComputeCacheKeyResponse, Execution, ExecutionState,
+    ExplainCacheMissRequest, ExplainCacheMissResponse, ExtendReservationRequest,
+    ExtendReservationResponse, GarbageCollectCacheRequest, GarbageCollectCacheResponse,
+    GetCacheStatsRequest, GetCacheStatsResponse, GetCachedExecutionRequest,
+    GetCachedExecutionResponse, InvalidateCacheRequest, InvalidateCacheResponse, Outcome,
+    ReleaseReservationRequest, ReleaseReservationResponse, Reservation,
+    WaitForCachedExecutionRequest, WaitForCachedExecutionResponse,
 };
+use crate::reservations::{self, Holder, Step, Waited};
 use crate::store::maintenance::Selector;
-use crate::store::{ExecutionFilter, Lookup};
+use crate::store::{Claimed, ExecutionFilter};
 use crate::validate;
 
 pub struct Cache {
@@ -65,48 +71,153 @@ impl CacheService for Cache {
             req.policy.as_ref().and_then(|p| p.max_staleness.as_ref()),
             "policy.max_staleness",
         )?;
-        let mut resp = GetCachedExecutionResponse {
-            cache_key: key.to_string(),
-            ..Default::default()
-        };
+        let ask = req
+            .reservation
+            .as_ref()
+            .map(|r| reservations::ask(r, "reservation"))
+            .transpose()?;
         if let Decision::Disabled(reason) = decision {
             self.shared.stats.record(&ns, Outcome::Disabled);
-            resp.outcome = Outcome::Disabled as i32;
-            resp.reason = reason;
-            return Ok(Response::new(resp));
+            // DISABLED never reserves.
+            return Ok(Response::new(GetCachedExecutionResponse {
+                outcome: Outcome::Disabled as i32,
+                cache_key: key.to_string(),
+                reason,
+                ..Default::default()
+            }));
         }
         let stats_ns = ns.clone();
         let record = req.record_cached_execution;
-        let (lookup, cached) = self
+        let (claimed, cached) = self
             .shared
             .blocking(move |store| {
-                let lookup = store.lookup(&ns, &key, max_staleness)?;
-                let cached = match (&lookup, record) {
-                    (Lookup::Hit { execution, outputs }, true) => {
+                let claimed = match &ask {
+                    None => store.lookup(&ns, &key, max_staleness)?.into(),
+                    Some(ask) => store.lookup_or_claim(&ns, &key, max_staleness, Some(ask))?,
+                };
+                let cached = match (&claimed, record) {
+                    (Claimed::Hit { execution, outputs }, true) => {
                         Some(store.record_cached(execution, outputs)?)
                     }
                     _ => None,
                 };
-                Ok((lookup, cached))
+                Ok((claimed, cached))
             })
             .await?;
-        match lookup {
-            Lookup::Hit { execution, outputs } => {
-                resp.outcome = Outcome::Hit as i32;
-                resp.execution = Some(*execution);
-                resp.output_artifacts = artifact_lists(outputs);
-                resp.cached_execution = cached;
-            }
-            Lookup::Miss { reason } => {
-                resp.outcome = Outcome::Miss as i32;
-                resp.reason = reason;
-            }
-        }
+        let resp = respond(&key, claimed, cached);
         self.shared.stats.record(
             &stats_ns,
             Outcome::try_from(resp.outcome).unwrap_or_default(),
         );
         Ok(Response::new(resp))
+    }
+
+    async fn wait_for_cached_execution(
+        &self,
+        request: Request<WaitForCachedExecutionRequest>,
+    ) -> Result<Response<WaitForCachedExecutionResponse>, Status> {
+        let req = request.into_inner();
+        let ns = validate::namespace(&req.namespace)?;
+        let key = validate::cache_key_hex(&req.cache_key, "cache_key")?;
+        let timeout_ms = reservations::bounded_ms(
+            req.timeout.as_ref(),
+            reservations::DEFAULT_WAIT_MS,
+            "timeout",
+        )?;
+        let ask = req
+            .reservation
+            .as_ref()
+            .map(|r| reservations::ask(r, "reservation"))
+            .transpose()?;
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms.unsigned_abs());
+        let mut sub = self.shared.waiters.subscribe(&ns, &key);
+        let mut shutdown = self.shared.shutdown.clone();
+        let store = self.shared.store.clone();
+        let waited = reservations::wait(
+            &mut sub,
+            deadline,
+            || store.now_ms(),
+            &mut shutdown,
+            || {
+                let (shared, ns, ask) = (self.shared.clone(), ns.clone(), ask.clone());
+                async move {
+                    let claimed = shared
+                        .blocking(move |s| s.lookup_or_claim(&ns, &key, None, ask.as_ref()))
+                        .await?;
+                    Ok(match claimed {
+                        Claimed::Held { holder, .. } => Step::Held(holder),
+                        other => Step::Done(other),
+                    })
+                }
+            },
+        )
+        .await?;
+        drop(sub);
+        let resp = match waited {
+            Waited::Done(claimed) => respond(&key, claimed, None),
+            Waited::TimedOut(holder) => GetCachedExecutionResponse {
+                outcome: Outcome::InProgress as i32,
+                cache_key: key.to_string(),
+                reason: format!(
+                    "still reserved by {:?} after waiting {timeout_ms} ms",
+                    holder.owner
+                ),
+                reservation: Some(reservation(&holder)),
+                ..Default::default()
+            },
+            Waited::ShuttingDown(_) => {
+                return Err(Error::Unavailable(
+                    "the server is shutting down: call WaitForCachedExecution again once it \
+                     is back (reservations are kept)"
+                        .into(),
+                )
+                .into())
+            }
+        };
+        Ok(Response::new(WaitForCachedExecutionResponse {
+            outcome: resp.outcome,
+            cache_key: resp.cache_key,
+            execution: resp.execution,
+            output_artifacts: resp.output_artifacts,
+            cached_execution: resp.cached_execution,
+            reservation: resp.reservation,
+            reason: resp.reason,
+        }))
+    }
+
+    async fn extend_reservation(
+        &self,
+        request: Request<ExtendReservationRequest>,
+    ) -> Result<Response<ExtendReservationResponse>, Status> {
+        let req = request.into_inner();
+        let ns = validate::namespace(&req.namespace)?;
+        let key = validate::cache_key_hex(&req.cache_key, "cache_key")?;
+        let owner = reservations::owner(&req.owner, "owner")?;
+        let lease_ms =
+            reservations::bounded_ms(req.lease.as_ref(), reservations::DEFAULT_LEASE_MS, "lease")?;
+        let holder = self
+            .shared
+            .blocking(move |s| s.extend_reservation(&ns, &key, &owner, lease_ms))
+            .await?;
+        Ok(Response::new(ExtendReservationResponse {
+            reservation: Some(reservation(&holder)),
+        }))
+    }
+
+    async fn release_reservation(
+        &self,
+        request: Request<ReleaseReservationRequest>,
+    ) -> Result<Response<ReleaseReservationResponse>, Status> {
+        let req = request.into_inner();
+        let ns = validate::namespace(&req.namespace)?;
+        let key = validate::cache_key_hex(&req.cache_key, "cache_key")?;
+        let owner = reservations::owner(&req.owner, "owner")?;
+        let ns2 = ns.clone();
+        self.shared
+            .blocking(move |s| s.release_reservation(&ns2, &key, &owner))
+            .await?;
+        self.shared.waiters.notify(&ns, &key);
+        Ok(Response::new(ReleaseReservationResponse {}))
     }
 
     async fn invalidate_cache(
@@ -185,13 +296,16 @@ impl CacheService for Cache {
     ) -> Result<Response<GetCacheStatsResponse>, Status> {
         let ns = validate::namespace(&request.into_inner().namespace)?;
         let counts = self.shared.stats.get(&ns);
-        let entries = self.shared.blocking(move |s| s.count_entries(&ns)).await?;
+        let (entries, in_progress) = self
+            .shared
+            .blocking(move |s| Ok((s.count_entries(&ns)?, s.count_reservations(&ns)?)))
+            .await?;
         Ok(Response::new(GetCacheStatsResponse {
             entries,
             hits: counts.hits,
             misses: counts.misses,
             disabled: counts.disabled,
-            in_progress: 0,
+            in_progress,
         }))
     }
 
@@ -213,8 +327,47 @@ impl CacheService for Cache {
     }
 }
 
-/// How many recent executions of a component ExplainCacheMiss compares.
-const EXPLAIN_WINDOW: usize = 200;
+fn reservation(h: &Holder) -> Reservation {
+    Reservation {
+        owner: h.owner.clone(),
+        expire_time: Some(timestamp(h.expire_ms)),
+    }
+}
+
+/// The answer to a lookup (GetCachedExecution and WaitForCachedExecution).
+fn respond(
+    key: &CacheKey,
+    claimed: Claimed,
+    cached: Option<Execution>,
+) -> GetCachedExecutionResponse {
+    let mut resp = GetCachedExecutionResponse {
+        cache_key: key.to_string(),
+        ..Default::default()
+    };
+    match claimed {
+        Claimed::Hit { execution, outputs } => {
+            resp.outcome = Outcome::Hit as i32;
+            resp.execution = Some(*execution);
+            resp.output_artifacts = artifact_lists(outputs);
+            resp.cached_execution = cached;
+        }
+        Claimed::Miss { reason } => {
+            resp.outcome = Outcome::Miss as i32;
+            resp.reason = reason;
+        }
+        Claimed::Granted { holder, reason } => {
+            resp.outcome = Outcome::Reserved as i32;
+            resp.reason = format!("{reason}; reserved for {:?}", holder.owner);
+            resp.reservation = Some(reservation(&holder));
+        }
+        Claimed::Held { holder, reason } => {
+            resp.outcome = Outcome::InProgress as i32;
+            resp.reason = format!("{reason}; an identical task runs under {:?}", holder.owner);
+            resp.reservation = Some(reservation(&holder));
+        }
+    }
+    resp
+}
 
 pub fn artifact_lists(
     outputs: BTreeMap<String, Vec<crate::proto::Artifact>>,
@@ -224,3 +377,6 @@ pub fn artifact_lists(
         .map(|(name, artifacts)| (name, ArtifactList { artifacts }))
         .collect()
 }
+
+/// How many recent executions of a component ExplainCacheMiss compares.
+const EXPLAIN_WINDOW: usize = 200;

@@ -106,15 +106,23 @@ impl MetadataStoreService for Metadata {
         request: Request<PutExecutionRequest>,
     ) -> Result<Response<PutExecutionResponse>, Status> {
         let write = validate::execution_write(request.into_inner(), &self.shared.limits)?;
+        let ns = write.execution.namespace.clone();
         let w = self
             .shared
             .blocking(move |s| s.put_execution(&write))
             .await?;
+        if w.published || w.reservation_released {
+            // Wake the key's waiters: they answer HIT, or one takes it over.
+            if let Ok(key) = w.cache_key.parse::<crate::key::CacheKey>() {
+                self.shared.waiters.notify(&ns, &key);
+            }
+        }
         Ok(Response::new(PutExecutionResponse {
             execution_id: w.execution_id,
             output_artifact_ids: w.output_artifact_ids,
             cache_key: w.cache_key,
             published: w.published,
+            reservation_released: w.reservation_released,
         }))
     }
 

@@ -6,7 +6,10 @@ pub mod stats;
 
 use std::sync::Arc;
 
+use tokio::sync::watch;
+
 use crate::error::Result;
+use crate::reservations::Waiters;
 use crate::store::Store;
 use crate::validate::Limits;
 
@@ -16,6 +19,10 @@ pub struct Shared {
     pub store: Arc<Store>,
     pub limits: Arc<Limits>,
     pub stats: Arc<stats::Stats>,
+    /// Who waits on which key (WaitForCachedExecution); writes wake them.
+    pub waiters: Arc<Waiters>,
+    /// Turns true when the server starts shutting down: waiters answer then.
+    pub shutdown: watch::Receiver<bool>,
 }
 
 impl Shared {

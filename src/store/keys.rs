@@ -12,6 +12,7 @@ pub const EXECUTION: u8 = b'e';
 pub const EXEC_BY_KEY: u8 = b'k';
 pub const EXEC_BY_NS: u8 = b'l';
 pub const EXEC_BY_COMPONENT: u8 = b'm';
+pub const RESERVATION: u8 = b'r';
 pub const EVENT_BY_EXEC: u8 = b'v';
 pub const EVENT_BY_ARTIFACT: u8 = b'w';
 pub const EXTERNAL_ID: u8 = b'x';
@@ -146,6 +147,11 @@ pub fn external_id(ns: &str, kind: u8, external_id: &str) -> Vec<u8> {
         .byte(kind)
         .str(external_id)
         .done()
+}
+
+/// The reservation of (namespace, key): value = expiry ms (BE) + owner.
+pub fn reservation(ns: &str, key: &CacheKey) -> Vec<u8> {
+    KeyBuf::new(RESERVATION).str(ns).cache_key(key).done()
 }
 
 pub fn exec_by_ns_prefix(ns: &str) -> Vec<u8> {

@@ -125,6 +125,22 @@ impl Store {
         Ok(n)
     }
 
+    /// Reservations of a namespace whose lease has not run out: identical tasks
+    /// running now under someone's reservation.
+    pub fn count_reservations(&self, ns: &str) -> Result<i64> {
+        let now = self.now_ms();
+        let mut n = 0;
+        for item in self
+            .tree
+            .scan_prefix(keys::KeyBuf::new(keys::RESERVATION).str(ns).done())
+        {
+            if crate::reservations::Holder::decode(&item?.1)?.expire_ms > now {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
     /// Removes index entries that can never be served again: invalidated ones
     /// and those past their execution's TTL. `ns` None = every namespace.
     pub fn collect_garbage(&self, ns: Option<&str>) -> Result<i64> {

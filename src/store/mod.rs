@@ -9,7 +9,7 @@ pub mod maintenance;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use prost::Message;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
@@ -19,6 +19,7 @@ use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::policy::{self, Candidate, Ineligible};
 use crate::proto::{Artifact, ArtifactState, Event, EventType, Execution, ExecutionState};
+use crate::reservations::{self, Ask, Claim, Holder};
 use flush::GroupFlush;
 
 type Tx = TransactionalTree;
@@ -57,6 +58,9 @@ pub struct ExecutionWrite {
     /// (output name, artifact): artifact.id 0 = new.
     pub outputs: Vec<(String, Artifact)>,
     pub skip_publish: bool,
+    /// Who claims to hold the key's reservation (empty: not said); see
+    /// `reservations::released_by_write`.
+    pub reservation_owner: String,
     /// A digest of the request, to tell a retry from a reuse of its external_id.
     pub digest: [u8; 32],
 }
@@ -68,6 +72,8 @@ pub struct ExecutionWritten {
     pub output_artifact_ids: Vec<i64>,
     pub cache_key: String,
     pub published: bool,
+    /// True when this write released the key's reservation.
+    pub reservation_released: bool,
 }
 
 /// The outcome of a cache lookup.
@@ -81,6 +87,33 @@ pub enum Lookup {
         reason: String,
     },
 }
+
+/// The outcome of a lookup that settles the key's reservation on a miss.
+#[derive(Debug, Clone)]
+pub enum Claimed {
+    Hit {
+        execution: Box<Execution>,
+        outputs: BTreeMap<String, Vec<Artifact>>,
+    },
+    /// The caller holds the reservation now (durably); why it missed.
+    Granted { holder: Holder, reason: String },
+    /// Someone else holds it; why it missed.
+    Held { holder: Holder, reason: String },
+    /// Nobody holds it, and the caller did not ask for it.
+    Miss { reason: String },
+}
+
+impl From<Lookup> for Claimed {
+    fn from(l: Lookup) -> Claimed {
+        match l {
+            Lookup::Hit { execution, outputs } => Claimed::Hit { execution, outputs },
+            Lookup::Miss { reason } => Claimed::Miss { reason },
+        }
+    }
+}
+
+/// Stripes of the lock that orders lookups-that-reserve against publishes.
+const KEY_LOCKS: usize = 64;
 
 /// A page of records, newest first, and the token of the next page.
 #[derive(Debug, Clone)]
@@ -111,6 +144,10 @@ pub struct Store {
     tree: sled::Tree,
     flush: GroupFlush,
     clock: Arc<dyn Clock>,
+    /// Held (by key stripe) around "look up, then reserve" and around each write
+    /// that publishes or releases, so that a reservation is never granted for a
+    /// key whose result was published after the lookup saw nothing.
+    key_locks: Vec<Mutex<()>>,
 }
 
 impl Store {
@@ -133,11 +170,21 @@ impl Store {
             tree,
             flush: GroupFlush::default(),
             clock,
+            key_locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
         })
     }
 
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    fn key_lock(&self, key: &CacheKey) -> Result<MutexGuard<'_, ()>> {
+        let i = usize::from(key.as_bytes()[0]) % KEY_LOCKS;
+        self.key_locks
+            .get(i)
+            .ok_or_else(|| Error::Internal("key lock out of range".into()))?
+            .lock()
+            .map_err(|_| Error::Internal("key lock poisoned".into()))
     }
 
     /// Blocks until every write applied so far is on disk.
@@ -183,9 +230,22 @@ impl Store {
 
     /// One atomic write: new output artifacts, the execution, its events and the
     /// cache-index entry when it completes (unless `skip_publish`).
+    /// Releases the key's reservation as `reservations::released_by_write` says.
     pub fn put_execution(&self, w: &ExecutionWrite) -> Result<ExecutionWritten> {
-        let now = self.now_ms();
-        match self.tree.transaction(|tx| put_execution_tx(tx, w, now))? {
+        // An update may leave the interface out: its key is the stored one.
+        let lock_key = match w.key {
+            Some(k) => Some(k),
+            None if w.execution.id > 0 => self
+                .get::<Execution>(&keys::execution(w.execution.id))?
+                .and_then(|e| e.cache_key.parse::<CacheKey>().ok()),
+            None => None,
+        };
+        let written = {
+            let _guard = lock_key.as_ref().map(|k| self.key_lock(k)).transpose()?;
+            let now = self.now_ms();
+            self.tree.transaction(|tx| put_execution_tx(tx, w, now))?
+        };
+        match written {
             Written::New(written) => {
                 self.durable()?;
                 Ok(written)
@@ -227,6 +287,7 @@ impl Store {
                 && !w.skip_publish
                 && w.key.is_some(),
             cache_key: exec.cache_key,
+            reservation_released: false,
         })
     }
 
@@ -310,6 +371,99 @@ impl Store {
         Ok(Lookup::Miss {
             reason: policy::miss_reason(&passed_over),
         })
+    }
+
+    /// Looks the key up; on a miss settles its reservation in one step that no
+    /// publish of the key can interleave with: granted to `ask` (durably) when
+    /// nobody else holds it, else the holder; `Miss` when nobody holds it and
+    /// there is no `ask`.
+    pub fn lookup_or_claim(
+        &self,
+        ns: &str,
+        key: &CacheKey,
+        max_staleness_ms: Option<i64>,
+        ask: Option<&Ask>,
+    ) -> Result<Claimed> {
+        // Hits need no lock.
+        if let Lookup::Hit { execution, outputs } = self.lookup(ns, key, max_staleness_ms)? {
+            return Ok(Claimed::Hit { execution, outputs });
+        }
+        let claim = {
+            let _guard = self.key_lock(key)?;
+            let reason = match self.lookup(ns, key, max_staleness_ms)? {
+                Lookup::Hit { execution, outputs } => {
+                    return Ok(Claimed::Hit { execution, outputs })
+                }
+                Lookup::Miss { reason } => reason,
+            };
+            let now = self.now_ms();
+            let rkey = keys::reservation(ns, key);
+            let claim = self.tree.transaction(|tx| {
+                let claim = reservations::claim(reservation_tx(tx, &rkey)?.as_ref(), ask, now);
+                if let Claim::Grant(h) = &claim {
+                    tx.insert(rkey.as_slice(), h.encode())?;
+                }
+                Ok(claim)
+            })?;
+            (claim, reason)
+        };
+        match claim {
+            (Claim::Grant(holder), reason) => {
+                self.durable()?;
+                Ok(Claimed::Granted { holder, reason })
+            }
+            (Claim::Held(holder), reason) => Ok(Claimed::Held { holder, reason }),
+            (Claim::Free, reason) => Ok(Claimed::Miss { reason }),
+        }
+    }
+
+    /// The reservation record of a key as stored (it may have expired).
+    pub fn reservation(&self, ns: &str, key: &CacheKey) -> Result<Option<Holder>> {
+        self.tree
+            .get(keys::reservation(ns, key))?
+            .map(|v| Holder::decode(&v))
+            .transpose()
+    }
+
+    /// A heartbeat: the lease of `owner` restarts from now. FAILED_PRECONDITION
+    /// when `owner` does not hold the reservation (or its lease is over).
+    pub fn extend_reservation(
+        &self,
+        ns: &str,
+        key: &CacheKey,
+        owner: &str,
+        lease_ms: i64,
+    ) -> Result<Holder> {
+        let now = self.now_ms();
+        let rkey = keys::reservation(ns, key);
+        let holder = self.tree.transaction(|tx| {
+            let current = reservation_tx(tx, &rkey)?;
+            reservations::held_by(current.as_ref(), owner, now, "extend the reservation")
+                .or_else(abort)?;
+            let h = Holder {
+                owner: owner.to_string(),
+                expire_ms: now.saturating_add(lease_ms),
+            };
+            tx.insert(rkey.as_slice(), h.encode())?;
+            Ok(h)
+        })?;
+        self.durable()?;
+        Ok(holder)
+    }
+
+    /// Gives the reservation up. FAILED_PRECONDITION when `owner` does not hold
+    /// it (or its lease is over).
+    pub fn release_reservation(&self, ns: &str, key: &CacheKey, owner: &str) -> Result<()> {
+        let now = self.now_ms();
+        let rkey = keys::reservation(ns, key);
+        self.tree.transaction(|tx| {
+            let current = reservation_tx(tx, &rkey)?;
+            reservations::held_by(current.as_ref(), owner, now, "release the reservation")
+                .or_else(abort)?;
+            tx.remove(rkey.as_slice())?;
+            Ok(())
+        })?;
+        self.durable()
     }
 
     /// The output artifacts of an execution by output name, in index order.
@@ -441,6 +595,13 @@ fn new_id(tx: &Tx) -> TxResult<i64> {
     // sled's IDs start at 0 and are monotonic across restarts; ours start at 1.
     let id = tx.generate_id()?;
     Ok(i64::try_from(id.saturating_add(1)).unwrap_or(i64::MAX))
+}
+
+fn reservation_tx(tx: &Tx, rkey: &[u8]) -> TxResult<Option<Holder>> {
+    match tx.get(rkey)? {
+        Some(v) => Holder::decode(&v).map(Some).or_else(abort),
+        None => Ok(None),
+    }
 }
 
 fn tx_get<M: Message + Default>(tx: &Tx, key: &[u8]) -> TxResult<Option<M>> {
@@ -707,17 +868,42 @@ fn put_execution_tx(tx: &Tx, w: &ExecutionWrite, now: i64) -> TxResult<Written> 
         output_ids.push(id);
     }
 
-    let published = exec.state == ExecutionState::Complete as i32 && !w.skip_publish;
-    if published {
-        if let Some(key) = &w.key {
-            tx.insert(keys::cache_entry(ns, key, now, exec.id), &[VALID])?;
+    // An update may leave the interface out: the key is the recorded one.
+    let key = w.key.or_else(|| exec.cache_key.parse::<CacheKey>().ok());
+    let published =
+        exec.state == ExecutionState::Complete as i32 && !w.skip_publish && key.is_some();
+    if let (true, Some(key)) = (published, &key) {
+        tx.insert(keys::cache_entry(ns, key, now, exec.id), &[VALID])?;
+    }
+
+    // The reservation of the key.
+    let mut reservation_released = false;
+    if let Some(key) = key {
+        let rkey = keys::reservation(ns, &key);
+        let ends_task = [
+            ExecutionState::Complete,
+            ExecutionState::Failed,
+            ExecutionState::Canceled,
+        ]
+        .iter()
+        .any(|s| *s as i32 == exec.state);
+        let current = reservation_tx(tx, &rkey)?;
+        if reservations::released_by_write(
+            current.as_ref(),
+            ends_task,
+            published,
+            &w.reservation_owner,
+        ) {
+            tx.remove(rkey)?;
+            reservation_released = true;
         }
     }
     Ok(Written::New(ExecutionWritten {
         execution_id: exec.id,
         output_artifact_ids: output_ids,
         cache_key: exec.cache_key.clone(),
-        published: published && w.key.is_some(),
+        published,
+        reservation_released,
     }))
 }
 
