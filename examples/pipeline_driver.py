@@ -120,7 +120,7 @@ class Pipeline:
         def train(out: Path) -> TaskOutputs:
             xs, ys = read_xy(data_path)
             n, mx, my = len(xs), sum(xs) / len(xs), sum(ys) / len(ys)
-            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
             model = out / "model.json"
             model.write_text(json.dumps({"slope": round(slope, 6), "intercept": round(my - slope * mx, 6), "n": n}))
             return TaskOutputs(artifacts={"model": file_artifact(model)})
@@ -141,7 +141,7 @@ class Pipeline:
         def evaluate(out: Path) -> TaskOutputs:
             m = json.loads(model_path.read_text())
             xs, ys = read_xy(data_path)
-            mse = sum((m["slope"] * x + m["intercept"] - y) ** 2 for x, y in zip(xs, ys)) / len(xs)
+            mse = sum((m["slope"] * x + m["intercept"] - y) ** 2 for x, y in zip(xs, ys, strict=True)) / len(xs)
             metrics = out / "metrics.json"
             metrics.write_text(json.dumps({"mse": round(mse, 6)}))
             return TaskOutputs(artifacts={"metrics": file_artifact(metrics)}, parameters={"mse": round(mse, 6)})
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = [
         f"run {n} {row.task}: {row.result.outcome.name}, expected {want.name}"
         for n, (_, rows) in runs.items()
-        for row, want in zip(rows, EXPECTED[n])
+        for row, want in zip(rows, EXPECTED[n], strict=True)
         if row.result.outcome != want
     ]
     prep1, prep3 = runs[1][1][0], runs[3][1][0]

@@ -24,6 +24,11 @@ PY=$VENV/bin/python
 "$PY" -m pip install --quiet "./clients/python[test]" pyyaml types-PyYAML
 rm -rf clients/python/build
 
+PY_SOURCES=(clients/python examples/pipeline_driver.py scripts/validate-deploy.py)
+echo "== python-ci: ruff (lint and format)"
+"$VENV/bin/ruff" check --config clients/python/pyproject.toml "${PY_SOURCES[@]}"
+"$VENV/bin/ruff" format --check --config clients/python/pyproject.toml "${PY_SOURCES[@]}"
+
 echo "== python-ci: mypy --strict (the installed SDK, its tests, the example, the scripts)"
 MYPY=("$PY" -m mypy --config-file clients/python/pyproject.toml)
 "${MYPY[@]}" -m stepcache -m stepcache.client -m stepcache.key -m stepcache.step

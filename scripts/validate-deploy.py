@@ -118,7 +118,9 @@ def check_statefulset(where: str, sts: dict[str, Any], services: dict[str, dict[
             grpc = ct.get(probe, {}).get("grpc")
             c.check(grpc is not None, cw, f"{probe} must be a native grpc probe")
             if grpc is not None:
-                c.check(str(grpc.get("port")) in ports, cw, f"{probe}.grpc.port {grpc.get('port')} is not a containerPort")
+                c.check(
+                    str(grpc.get("port")) in ports, cw, f"{probe}.grpc.port {grpc.get('port')} is not a containerPort"
+                )
 
         for name, svc in services.items():
             if svc["spec"].get("selector", {}).items() <= labels.items():
@@ -133,7 +135,11 @@ def check_dockerfile(path: Path, c: Checker) -> None:
     c.check(len(stages) >= 2, str(path), "must be multi-stage (a builder and a runtime stage)")
     runtime = lines[stages[-1] :] if stages else []
     users = [ln.split()[1] for ln in runtime if ln.upper().startswith("USER ")]
-    c.check(bool(users) and users[-1].split(":")[0] not in ("root", "0"), str(path), "the runtime stage must run as non-root")
+    c.check(
+        bool(users) and users[-1].split(":")[0] not in ("root", "0"),
+        str(path),
+        "the runtime stage must run as non-root",
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -141,7 +147,7 @@ def main(argv: list[str]) -> int:
     c = Checker()
     docs = load(deploy, c)
     kinds = {d["kind"] for _, _, d in docs}
-    c.check(REQUIRED_KINDS <= kinds, str(deploy), f"missing kinds: {sorted(REQUIRED_KINDS - kinds)}")
+    c.check(kinds >= REQUIRED_KINDS, str(deploy), f"missing kinds: {sorted(REQUIRED_KINDS - kinds)}")
     services = {d["metadata"]["name"]: d for _, _, d in docs if d["kind"] == "Service"}
     for path, where, doc in docs:
         if doc["kind"] == "StatefulSet":

@@ -29,9 +29,7 @@ def proto_root() -> Path:
     for root in PROTO_ROOTS:
         if any((root / "stepcache" / "v1").glob("*.proto")):
             return root
-    raise FileNotFoundError(
-        "no stepcache/v1/*.proto under " + " or ".join(str(r) for r in PROTO_ROOTS)
-    )
+    raise FileNotFoundError("no stepcache/v1/*.proto under " + " or ".join(str(r) for r in PROTO_ROOTS))
 
 
 def generate(out_dir: Path) -> None:
@@ -85,9 +83,7 @@ def runtime_requirements() -> list[str]:
     """grpcio and protobuf at least as new as the code generator in this build."""
     tools_version = importlib.metadata.version("grpcio-tools")
     protobuf = [
-        r
-        for r in importlib.metadata.requires("grpcio-tools") or []
-        if r.replace(" ", "").startswith("protobuf")
+        r for r in importlib.metadata.requires("grpcio-tools") or [] if r.replace(" ", "").startswith("protobuf")
     ]
     return [f"grpcio>={tools_version}", *protobuf, "blake3>=0.4"]
 

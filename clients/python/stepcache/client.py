@@ -12,7 +12,7 @@ import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Union
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf import duration_pb2, json_format, struct_pb2
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 #: A duration as a ``timedelta`` or in seconds.
-DurationLike = Union[timedelta, float, int]
+DurationLike: TypeAlias = timedelta | float | int
 
 
 class Outcome(enum.IntEnum):
@@ -88,7 +88,7 @@ class NewArtifact:
 
 #: One output artifact: a URI, a ``NewArtifact``, or an ``Artifact`` message
 #: (an existing one when its ``id`` is set); or a list of those.
-OutputLike = Union[str, NewArtifact, types_pb2.Artifact, Sequence[Union[str, NewArtifact, types_pb2.Artifact]]]
+OutputLike: TypeAlias = str | NewArtifact | types_pb2.Artifact | Sequence[str | NewArtifact | types_pb2.Artifact]
 
 
 @dataclass(frozen=True)
@@ -327,7 +327,7 @@ class Client:
         )
         resp = self.metadata.PutExecution(req, timeout=self.timeout)
         ids: dict[str, list[int]] = {}
-        for out, artifact_id in zip(out_msgs, resp.output_artifact_ids):
+        for out, artifact_id in zip(out_msgs, resp.output_artifact_ids, strict=True):
             ids.setdefault(out.name, []).append(artifact_id)
         return PutResult(
             execution_id=resp.execution_id,

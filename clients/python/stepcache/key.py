@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import struct
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar, Union
+from typing import Any, TypeAlias, TypeVar
 
 import blake3
 from google.protobuf import json_format, struct_pb2
@@ -24,7 +24,7 @@ DOMAIN_TAG = "stepcache/task-interface/v1"
 
 #: A ``TaskInterface`` message, or the same in protojson as a dict (snake_case
 #: or lowerCamelCase field names, artifact IDs as numbers or strings).
-InterfaceLike = Union[types_pb2.TaskInterface, Mapping[str, Any]]
+InterfaceLike: TypeAlias = types_pb2.TaskInterface | Mapping[str, Any]
 
 T = TypeVar("T")
 
@@ -77,14 +77,14 @@ def _value(v: struct_pb2.Value, path: str) -> bytes:
         return b"\x03" + _str(v.string_value)
     if kind == "list_value":
         items = v.list_value.values
-        return b"\x04" + struct.pack(">I", len(items)) + b"".join(
-            _value(item, f"{path}[{i}]") for i, item in enumerate(items)
+        return (
+            b"\x04"
+            + struct.pack(">I", len(items))
+            + b"".join(_value(item, f"{path}[{i}]") for i, item in enumerate(items))
         )
     fields = v.struct_value.fields
     keys = sorted(fields, key=lambda k: k.encode("utf-8"))
-    return b"\x05" + struct.pack(">I", len(keys)) + b"".join(
-        _str(k) + _value(fields[k], f"{path}.{k}") for k in keys
-    )
+    return b"\x05" + struct.pack(">I", len(keys)) + b"".join(_str(k) + _value(fields[k], f"{path}.{k}") for k in keys)
 
 
 def canonical_bytes(interface: InterfaceLike) -> bytes:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Union
+from typing import Any, TypeAlias
 
-from stepcache.client import Client, DurationLike, ExecutionState, OutputLike, Outcome, Trigger
+from stepcache.client import Client, DurationLike, ExecutionState, Outcome, OutputLike, Trigger
 from stepcache.key import InterfaceLike, to_interface
 from stepcache.v1 import metadata_store_service_pb2, types_pb2
 
@@ -23,7 +23,7 @@ class TaskOutputs:
 
 
 #: ``run_fn`` returns either ``TaskOutputs`` or just the output artifacts by name.
-RunFn = Callable[[], Union[TaskOutputs, Mapping[str, OutputLike]]]
+RunFn: TypeAlias = Callable[[], TaskOutputs | Mapping[str, OutputLike]]
 
 
 @dataclass(frozen=True)

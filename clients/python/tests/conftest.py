@@ -17,7 +17,6 @@ from typing import Any
 
 import grpc
 import pytest
-
 from stepcache import Client
 
 REPO_ROOT = Path(__file__).resolve().parents[3]

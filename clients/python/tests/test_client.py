@@ -6,7 +6,6 @@ from typing import Any
 
 import grpc
 import pytest
-
 from stepcache import Client, ExecutionState, NewArtifact, Outcome, Trigger, cache_key
 from stepcache.v1 import types_pb2
 

@@ -10,7 +10,6 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import json_format
-
 from stepcache import Client, InvalidInterfaceError, cache_key, canonical_bytes
 from stepcache.v1 import types_pb2
 

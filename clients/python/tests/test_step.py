@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from stepcache import Client, ExecutionState, NewArtifact, Outcome, TaskOutputs, Trigger, cached_step
 from stepcache.v1 import metadata_store_service_pb2
 
