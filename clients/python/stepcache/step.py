@@ -123,9 +123,12 @@ def cached_step(
         cache_ttl=cache_ttl,
         reservation_owner=owner,
     )
+    # The server's view of the new artifacts (state, timestamps...).
     ids = [i for name_ids in put.outputs.values() for i in name_ids]
-    req = metadata_store_service_pb2.GetArtifactsRequest(ids=ids, namespace=client.namespace)
-    by_id = {a.id: a for a in client.metadata.GetArtifacts(req, timeout=client.timeout).artifacts}
+    by_id: dict[int, types_pb2.Artifact] = {}
+    if ids:
+        req = metadata_store_service_pb2.GetArtifactsRequest(ids=ids, namespace=client.namespace)
+        by_id = {a.id: a for a in client.metadata.GetArtifacts(req, timeout=client.timeout).artifacts}
     return StepResult(
         outcome=result.outcome,
         cache_key=put.cache_key,

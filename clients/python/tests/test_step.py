@@ -50,6 +50,12 @@ def test_plain_mapping_of_uris(client: Client) -> None:
     assert result.artifact("features").type == "system.Dataset"
 
 
+def test_a_task_without_outputs(client: Client) -> None:
+    first = cached_step(client, {"component": "side-effect"}, lambda: {})
+    assert first.ran and first.outputs == {}
+    assert not cached_step(client, {"component": "side-effect"}, lambda: {}).ran
+
+
 def test_a_failing_task_is_recorded_failed_and_not_served(client: Client) -> None:
     iface = IFACE | {"component": "boom"}
 
