@@ -1,0 +1,139 @@
+"""``cached_step``: lookup -> run on a miss -> record, in one call."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeAlias
+
+from stepcache.client import Client, DurationLike, ExecutionState, Outcome, OutputLike, Trigger
+from stepcache.key import InterfaceLike, to_interface
+from stepcache.v1 import metadata_store_service_pb2, types_pb2
+
+__all__ = ["StepResult", "TaskOutputs", "cached_step"]
+
+
+@dataclass(frozen=True)
+class TaskOutputs:
+    """What a task produced: output artifacts by name, and output parameters."""
+
+    artifacts: Mapping[str, OutputLike] = field(default_factory=dict)
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+#: ``run_fn`` returns either ``TaskOutputs`` or just the output artifacts by name.
+RunFn: TypeAlias = Callable[[], TaskOutputs | Mapping[str, OutputLike]]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """How a step was satisfied, and its outputs."""
+
+    #: The lookup's outcome: HIT (nothing ran), or MISS/DISABLED/RESERVED (it ran).
+    outcome: Outcome
+    cache_key: str
+    #: The execution recorded for this step: the new one when it ran; on a HIT
+    #: the CACHED execution when one was recorded, else the original.
+    execution_id: int
+    #: Output artifacts by output name (the same IDs as the original's on a HIT).
+    outputs: dict[str, list[types_pb2.Artifact]]
+    output_parameters: dict[str, Any]
+    #: Why the lookup did not hit, in the server's words (empty on a HIT).
+    reason: str = ""
+
+    @property
+    def ran(self) -> bool:
+        """True when ``run_fn`` was executed."""
+        return self.outcome != Outcome.HIT
+
+    def artifact(self, name: str) -> types_pb2.Artifact:
+        """The single artifact of output ``name``."""
+        (only,) = self.outputs[name]
+        return only
+
+
+def cached_step(
+    client: Client,
+    interface: InterfaceLike,
+    run_fn: RunFn,
+    *,
+    trigger: Trigger | None = None,
+    enabled: bool | None = None,
+    max_staleness: DurationLike | None = None,
+    record_cached: bool = True,
+    cache_ttl: DurationLike | None = None,
+    reservation_owner: str | None = None,
+    lease: DurationLike | None = None,
+    wait_timeout: DurationLike = timedelta(minutes=10),
+) -> StepResult:
+    """Serves the step from cache, or runs ``run_fn`` and records its outputs.
+
+    1. ``get_cached``: on a HIT the step is skipped and the original outputs
+       (same artifact IDs) are returned; with ``record_cached`` a CACHED
+       execution is recorded for this run.
+    2. Otherwise ``run_fn()`` runs and returns its outputs (URIs, ``NewArtifact``
+       or ``Artifact`` messages by output name, or ``TaskOutputs``).
+    3. ``put_execution`` records them as COMPLETE, which publishes the entry.
+       If ``run_fn`` raises, a FAILED execution is recorded (never served) and
+       the exception propagates.
+
+    With ``reservation_owner``, a miss takes the key's reservation, so that an
+    identical step elsewhere waits (``IN_PROGRESS``) instead of running twice;
+    this call waits up to ``wait_timeout`` for such a holder in turn, and
+    raises ``TimeoutError`` if the holder neither finishes nor gives up by then.
+    """
+    ti = to_interface(interface)
+    result = client.get_cached(
+        ti,
+        trigger=trigger,
+        enabled=enabled,
+        max_staleness=max_staleness,
+        record_cached=record_cached,
+        reservation_owner=reservation_owner,
+        lease=lease,
+    )
+    if result.outcome == Outcome.IN_PROGRESS:
+        result = client.wait(result.cache_key, wait_timeout, reservation_owner=reservation_owner, lease=lease)
+        if result.outcome == Outcome.IN_PROGRESS:
+            raise TimeoutError(f"{ti.component}: still in progress elsewhere after {wait_timeout}")
+    if result.hit:
+        recorded = result.cached_execution or result.execution
+        return StepResult(
+            outcome=result.outcome,
+            cache_key=result.cache_key,
+            execution_id=recorded.id if recorded is not None else 0,
+            outputs=result.outputs,
+            output_parameters=result.output_parameters,
+            reason=result.reason,
+        )
+
+    owner = reservation_owner or ""
+    try:
+        produced = run_fn()
+    except Exception:
+        client.put_execution(ti, state=ExecutionState.FAILED, reservation_owner=owner)
+        raise
+    if not isinstance(produced, TaskOutputs):
+        produced = TaskOutputs(artifacts=produced)
+    put = client.put_execution(
+        ti,
+        outputs=produced.artifacts,
+        output_parameters=produced.parameters,
+        cache_ttl=cache_ttl,
+        reservation_owner=owner,
+    )
+    # The server's view of the new artifacts (state, timestamps...).
+    ids = [i for name_ids in put.outputs.values() for i in name_ids]
+    by_id: dict[int, types_pb2.Artifact] = {}
+    if ids:
+        req = metadata_store_service_pb2.GetArtifactsRequest(ids=ids, namespace=client.namespace)
+        by_id = {a.id: a for a in client.metadata.GetArtifacts(req, timeout=client.timeout).artifacts}
+    return StepResult(
+        outcome=result.outcome,
+        cache_key=put.cache_key,
+        execution_id=put.execution_id,
+        outputs={name: [by_id[i] for i in name_ids] for name, name_ids in put.outputs.items()},
+        output_parameters=dict(produced.parameters),
+        reason=result.reason,
+    )
