@@ -1,5 +1,7 @@
 //! stepcache: a gRPC cache and metadata store for pipeline tasks.
 
+pub mod admission;
+pub mod auth;
 pub mod cli;
 pub mod clock;
 pub mod error;

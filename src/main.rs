@@ -47,6 +47,27 @@ enum Command {
         /// Largest page of a List call.
         #[arg(long, default_value_t = 1000)]
         max_page_size: usize,
+        /// Most entries in each map or list of an interface, and most outputs of a PutExecution.
+        #[arg(long, default_value_t = 10_000)]
+        max_interface_entries: usize,
+        /// Longest string field (names, URIs, image...), in bytes.
+        #[arg(long, default_value_t = 64 * 1024)]
+        max_string_bytes: usize,
+        /// Requests in flight at once; more are answered RESOURCE_EXHAUSTED at once.
+        #[arg(long, default_value_t = 1024)]
+        max_in_flight: usize,
+        /// WaitForCachedExecution calls waiting at once.
+        #[arg(long, default_value_t = 10_000)]
+        max_waiters: usize,
+        /// Bearer tokens file (lines `TOKEN NS[,NS...]` or `TOKEN *`); auth is off without it.
+        #[arg(long)]
+        auth_tokens: Option<PathBuf>,
+        /// PEM certificate chain for TLS (with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key for TLS (with --tls-cert).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// Log format; the level comes from RUST_LOG (default info).
         #[arg(long, value_enum, default_value = "pretty")]
         log_format: LogFormat,
@@ -98,6 +119,12 @@ enum Command {
         all_namespaces: bool,
         #[command(flatten)]
         target: cli::Target,
+    },
+    /// Check the integrity of a data dir (offline: the server must be stopped).
+    /// Exits non-zero when a record is not whole.
+    Check {
+        #[arg(long, default_value = "./stepcache-data")]
+        data_dir: PathBuf,
     },
     /// Print the cache key of a TaskInterface in protojson (a file, or - for stdin).
     Key {
@@ -166,13 +193,40 @@ fn main() -> anyhow::Result<()> {
             cache_capacity_mb,
             max_message_bytes,
             max_page_size,
+            max_interface_entries,
+            max_string_bytes,
+            max_in_flight,
+            max_waiters,
+            auth_tokens,
+            tls_cert,
+            tls_key,
             log_format,
         } => {
             init_logs(log_format);
             let mut config = Config::new(data_dir);
             config.store.cache_capacity = cache_capacity_mb * 1024 * 1024;
             config.limits.max_message_bytes = max_message_bytes;
-            config.limits.max_page_size = max_page_size.min(1000);
+            config.limits.max_page_size = max_page_size.clamp(1, 1000);
+            config.limits.max_interface_entries = max_interface_entries;
+            config.limits.max_string_bytes = max_string_bytes;
+            config.admission.max_in_flight = max_in_flight.max(1);
+            config.admission.max_waiters = max_waiters.max(1);
+            if let Some(path) = auth_tokens {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                config.auth = Some(std::sync::Arc::new(
+                    stepcache::auth::Tokens::parse(&text)
+                        .with_context(|| format!("in {}", path.display()))?,
+                ));
+            }
+            if let (Some(cert), Some(key)) = (tls_cert, tls_key) {
+                config.tls = Some(server::TlsPem {
+                    cert: std::fs::read(&cert)
+                        .with_context(|| format!("reading {}", cert.display()))?,
+                    key: std::fs::read(&key)
+                        .with_context(|| format!("reading {}", key.display()))?,
+                });
+            }
             tokio::runtime::Runtime::new()?.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
@@ -199,6 +253,30 @@ fn main() -> anyhow::Result<()> {
             all_namespaces,
             target,
         } => client(cli::gc(&target, all_namespaces)),
+        Command::Check { data_dir } => {
+            let store = stepcache::store::Store::open(
+                &data_dir,
+                &Default::default(),
+                std::sync::Arc::new(stepcache::clock::SystemClock),
+            )?;
+            let r = store.check()?;
+            println!(
+                "{} executions, {} artifacts, {} events, {} cache entries, {} problems",
+                r.executions,
+                r.artifacts,
+                r.events,
+                r.cache_entries,
+                r.problems.len()
+            );
+            for p in &r.problems {
+                println!("  {p}");
+            }
+            if r.problems.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!("the store is not consistent")
+            }
+        }
         Command::Key { interface, explain } => {
             let ti: TaskInterface =
                 json::parse("stepcache.v1.TaskInterface", &read_input(&interface)?)?;

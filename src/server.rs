@@ -5,9 +5,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::LayerExt;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::Server;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
 
+use crate::admission::{AdmissionLayer, AdmissionLimits};
+use crate::auth::{Authenticate, Tokens};
 use crate::clock::{Clock, SystemClock};
 use crate::proto::cache_service_server::CacheServiceServer;
 use crate::proto::metadata_store_service_server::MetadataStoreServiceServer;
@@ -26,6 +30,18 @@ pub struct Config {
     pub store: StoreConfig,
     pub limits: Limits,
     pub clock: Arc<dyn Clock>,
+    pub admission: AdmissionLimits,
+    /// Bearer tokens and their namespaces; None = auth off.
+    pub auth: Option<Arc<Tokens>>,
+    /// PEM certificate chain and key; None = plaintext.
+    pub tls: Option<TlsPem>,
+}
+
+/// A TLS identity in PEM.
+#[derive(Clone)]
+pub struct TlsPem {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
 }
 
 impl Config {
@@ -35,6 +51,9 @@ impl Config {
             store: StoreConfig::default(),
             limits: Limits::default(),
             clock: Arc::new(SystemClock),
+            admission: AdmissionLimits::default(),
+            auth: None,
+            tls: None,
         }
     }
 }
@@ -92,11 +111,30 @@ pub async fn run(
     .max_decoding_message_size(max)
     .max_encoding_message_size(max);
 
-    tracing::info!(addr = %listener.local_addr()?, data_dir = %config.data_dir.display(), "serving");
+    // Health and reflection stay open (probes, grpcurl); the two services sit
+    // behind authentication (when on) and one shared admission limit.
+    let admission = AdmissionLayer::new(config.admission);
+    let auth = Authenticate(config.auth.clone());
+    let auth_on = config.auth.is_some();
+    let cache = InterceptedService::new(admission.named_layer(cache), auth.clone());
+    let metadata = InterceptedService::new(admission.named_layer(metadata), auth);
+
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        data_dir = %config.data_dir.display(),
+        tls = config.tls.is_some(),
+        auth = auth_on,
+        "serving"
+    );
     // TCP_NODELAY on accepted connections: without it small replies wait on
     // Nagle + delayed ACK (~40 ms), which showed as wake-up latency.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder
+            .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key)))?;
+    }
+    builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

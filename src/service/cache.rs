@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use tokio::time::{Duration, Instant};
 
 use super::Shared;
+use crate::auth::Caller;
 use crate::clock::timestamp;
 use crate::error::{Error, Result};
 use crate::key::{self, CacheKey};
@@ -57,8 +58,9 @@ impl CacheService for Cache {
         &self,
         request: Request<GetCachedExecutionRequest>,
     ) -> Result<Response<GetCachedExecutionResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
-        let ns = validate::namespace(&req.namespace)?;
+        let ns = caller.namespace(&req.namespace)?;
         let key: CacheKey = match &req.target {
             Some(Target::Interface(ti)) => {
                 validate::interface(ti, "interface", &self.shared.limits)?
@@ -116,8 +118,9 @@ impl CacheService for Cache {
         &self,
         request: Request<WaitForCachedExecutionRequest>,
     ) -> Result<Response<WaitForCachedExecutionResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
-        let ns = validate::namespace(&req.namespace)?;
+        let ns = caller.namespace(&req.namespace)?;
         let key = validate::cache_key_hex(&req.cache_key, "cache_key")?;
         let timeout_ms = reservations::bounded_ms(
             req.timeout.as_ref(),
@@ -189,8 +192,9 @@ impl CacheService for Cache {
         &self,
         request: Request<ExtendReservationRequest>,
     ) -> Result<Response<ExtendReservationResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
-        let ns = validate::namespace(&req.namespace)?;
+        let ns = caller.namespace(&req.namespace)?;
         let key = validate::cache_key_hex(&req.cache_key, "cache_key")?;
         let owner = reservations::owner(&req.owner, "owner")?;
         let lease_ms =
@@ -208,8 +212,9 @@ impl CacheService for Cache {
         &self,
         request: Request<ReleaseReservationRequest>,
     ) -> Result<Response<ReleaseReservationResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
-        let ns = validate::namespace(&req.namespace)?;
+        let ns = caller.namespace(&req.namespace)?;
         let key = validate::cache_key_hex(&req.cache_key, "cache_key")?;
         let owner = reservations::owner(&req.owner, "owner")?;
         let ns2 = ns.clone();
@@ -224,8 +229,9 @@ impl CacheService for Cache {
         &self,
         request: Request<InvalidateCacheRequest>,
     ) -> Result<Response<InvalidateCacheResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
-        let ns = validate::namespace(&req.namespace)?;
+        let ns = caller.namespace(&req.namespace)?;
         let selector = match req.selector {
             Some(ProtoSelector::CacheKey(k)) => {
                 Selector::Key(validate::cache_key_hex(&k, "cache_key")?)
@@ -258,8 +264,9 @@ impl CacheService for Cache {
         &self,
         request: Request<ExplainCacheMissRequest>,
     ) -> Result<Response<ExplainCacheMissResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
-        let ns = validate::namespace(&req.namespace)?;
+        let ns = caller.namespace(&req.namespace)?;
         let ti = req
             .interface
             .ok_or_else(|| Error::invalid("interface is required"))?;
@@ -294,7 +301,7 @@ impl CacheService for Cache {
         &self,
         request: Request<GetCacheStatsRequest>,
     ) -> Result<Response<GetCacheStatsResponse>, Status> {
-        let ns = validate::namespace(&request.into_inner().namespace)?;
+        let ns = Caller::of(&request).namespace(&request.into_inner().namespace)?;
         let counts = self.shared.stats.get(&ns);
         let (entries, in_progress) = self
             .shared
@@ -313,11 +320,13 @@ impl CacheService for Cache {
         &self,
         request: Request<GarbageCollectCacheRequest>,
     ) -> Result<Response<GarbageCollectCacheResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let ns = if req.all_namespaces {
+            caller.allow_all()?;
             None
         } else {
-            Some(validate::namespace(&req.namespace)?)
+            Some(caller.namespace(&req.namespace)?)
         };
         let removed = self
             .shared

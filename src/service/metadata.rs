@@ -3,6 +3,7 @@
 use tonic::{Request, Response, Status};
 
 use super::Shared;
+use crate::auth::Caller;
 use crate::error::{Error, Result};
 use crate::proto::metadata_store_service_server::MetadataStoreService;
 use crate::proto::{
@@ -19,12 +20,13 @@ pub struct Metadata {
     pub shared: Shared,
 }
 
-/// The namespace filter of a Get call: empty = any namespace.
-fn optional_namespace(ns: &str) -> Result<Option<String>> {
+/// The namespace filter of a Get call: empty = any namespace (the caller's
+/// access is then checked on each record).
+fn optional_namespace(caller: &Caller, ns: &str) -> Result<Option<String>> {
     if ns.is_empty() {
         Ok(None)
     } else {
-        validate::namespace(ns).map(Some)
+        caller.namespace(ns).map(Some)
     }
 }
 
@@ -40,13 +42,18 @@ impl MetadataStoreService for Metadata {
         &self,
         request: Request<PutArtifactsRequest>,
     ) -> Result<Response<PutArtifactsResponse>, Status> {
+        let caller = Caller::of(&request);
         let limits = self.shared.limits.clone();
         let artifacts = request
             .into_inner()
             .artifacts
             .into_iter()
             .enumerate()
-            .map(|(i, a)| validate::artifact(a, &format!("artifacts[{i}]"), &limits))
+            .map(|(i, a)| {
+                let a = validate::artifact(a, &format!("artifacts[{i}]"), &limits)?;
+                caller.allow(&a.namespace)?;
+                Ok(a)
+            })
             .collect::<Result<Vec<_>>>()?;
         let artifact_ids = self
             .shared
@@ -59,8 +66,9 @@ impl MetadataStoreService for Metadata {
         &self,
         request: Request<GetArtifactsRequest>,
     ) -> Result<Response<GetArtifactsResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
-        let ns = optional_namespace(&req.namespace)?;
+        let ns = optional_namespace(&caller, &req.namespace)?;
         let ids = ids(&req.ids, "ids")?;
         let artifacts = self
             .shared
@@ -70,6 +78,9 @@ impl MetadataStoreService for Metadata {
                     .collect::<Result<Vec<_>>>()
             })
             .await?;
+        for a in &artifacts {
+            caller.allow(&a.namespace)?;
+        }
         Ok(Response::new(GetArtifactsResponse { artifacts }))
     }
 
@@ -77,9 +88,10 @@ impl MetadataStoreService for Metadata {
         &self,
         request: Request<ListArtifactsRequest>,
     ) -> Result<Response<ListArtifactsResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let filter = ArtifactFilter {
-            namespace: validate::namespace(&req.namespace)?,
+            namespace: caller.namespace(&req.namespace)?,
             artifact_type: (!req.r#type.is_empty()).then(|| req.r#type.clone()),
             state: match req.state {
                 0 => None,
@@ -105,8 +117,10 @@ impl MetadataStoreService for Metadata {
         &self,
         request: Request<PutExecutionRequest>,
     ) -> Result<Response<PutExecutionResponse>, Status> {
+        let caller = Caller::of(&request);
         let write = validate::execution_write(request.into_inner(), &self.shared.limits)?;
         let ns = write.execution.namespace.clone();
+        caller.allow(&ns)?;
         let w = self
             .shared
             .blocking(move |s| s.put_execution(&write))
@@ -130,8 +144,9 @@ impl MetadataStoreService for Metadata {
         &self,
         request: Request<GetExecutionsRequest>,
     ) -> Result<Response<GetExecutionsResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
-        let ns = optional_namespace(&req.namespace)?;
+        let ns = optional_namespace(&caller, &req.namespace)?;
         let ids = ids(&req.ids, "ids")?;
         let executions = self
             .shared
@@ -141,6 +156,9 @@ impl MetadataStoreService for Metadata {
                     .collect::<Result<Vec<_>>>()
             })
             .await?;
+        for e in &executions {
+            caller.allow(&e.namespace)?;
+        }
         Ok(Response::new(GetExecutionsResponse { executions }))
     }
 
@@ -148,9 +166,10 @@ impl MetadataStoreService for Metadata {
         &self,
         request: Request<ListExecutionsRequest>,
     ) -> Result<Response<ListExecutionsResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let filter = ExecutionFilter {
-            namespace: validate::namespace(&req.namespace)?,
+            namespace: caller.namespace(&req.namespace)?,
             component: (!req.component.is_empty()).then(|| req.component.clone()),
             state: match req.state {
                 0 => None,
@@ -180,6 +199,7 @@ impl MetadataStoreService for Metadata {
         &self,
         request: Request<GetEventsRequest>,
     ) -> Result<Response<GetEventsResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let exec_ids = ids(&req.execution_ids, "execution_ids")?;
         let art_ids = ids(&req.artifact_ids, "artifact_ids")?;
@@ -188,11 +208,11 @@ impl MetadataStoreService for Metadata {
             .blocking(move |s| {
                 let mut events = Vec::new();
                 for id in exec_ids {
-                    s.execution(id, None)?;
+                    caller.allow(&s.execution(id, None)?.namespace)?;
                     events.extend(s.events_of_execution(id)?);
                 }
                 for id in art_ids {
-                    s.artifact(id, None)?;
+                    caller.allow(&s.artifact(id, None)?.namespace)?;
                     events.extend(s.events_of_artifact(id)?);
                 }
                 events.sort_by(|a, b| {
@@ -215,8 +235,9 @@ impl MetadataStoreService for Metadata {
         &self,
         request: Request<PruneExecutionsRequest>,
     ) -> Result<Response<PruneExecutionsResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
-        let ns = validate::namespace(&req.namespace)?;
+        let ns = caller.namespace(&req.namespace)?;
         let older_than = crate::policy::duration_ms(req.older_than.as_ref(), "older_than")?
             .filter(|ms| *ms > 0)
             .ok_or_else(|| Error::invalid("older_than is required and must be positive"))?;

@@ -26,6 +26,17 @@ pub struct Pruned {
     pub cache_entries: i64,
 }
 
+/// What an integrity check found.
+#[derive(Debug, Clone, Default)]
+pub struct Integrity {
+    pub executions: u64,
+    pub artifacts: u64,
+    pub events: u64,
+    pub cache_entries: u64,
+    /// Each inconsistency in words (empty = consistent).
+    pub problems: Vec<String>,
+}
+
 /// Executions pruned per transaction.
 const PRUNE_BATCH: usize = 256;
 
@@ -123,6 +134,118 @@ impl Store {
             }
         }
         Ok(n)
+    }
+
+    /// Checks that every record is whole: each event has its execution, artifact
+    /// and by-artifact twin; each index entry has its execution; each
+    /// execution has its INPUT events and index entries; each published entry
+    /// points at a COMPLETE execution of the same key. Reads the whole store.
+    pub fn check(&self) -> Result<Integrity> {
+        let mut r = Integrity::default();
+        let exists = |k: &[u8]| -> Result<bool> { Ok(self.tree.contains_key(k)?) };
+        for item in self.tree.iter() {
+            let (k, v) = item?;
+            let Some(&prefix) = k.first() else { continue };
+            match prefix {
+                keys::ARTIFACT => r.artifacts += 1,
+                keys::EXECUTION => {
+                    r.executions += 1;
+                    let e: Execution = super::decode(&v)?;
+                    if !exists(&keys::with_rev_id(
+                        &keys::exec_by_ns_prefix(&e.namespace),
+                        e.id,
+                    ))? {
+                        r.problems.push(format!(
+                            "execution {} lacks its namespace index entry",
+                            e.id
+                        ));
+                    }
+                    let events = self.events_of_execution(e.id)?;
+                    if let Some(ti) = &e.interface {
+                        for (name, ids) in &ti.input_artifacts {
+                            for (i, id) in ids.ids.iter().enumerate() {
+                                let found = events.iter().any(|ev| {
+                                    ev.r#type == EventType::Input as i32
+                                        && &ev.name == name
+                                        && ev.index as usize == i
+                                        && ev.artifact_id == *id
+                                });
+                                if !found {
+                                    r.problems.push(format!(
+                                        "execution {} lacks its INPUT event {name}[{i}]",
+                                        e.id
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                }
+                keys::EVENT_BY_EXEC => {
+                    r.events += 1;
+                    let ev: crate::proto::Event = super::decode(&v)?;
+                    let tail = keys::event_tail(ev.r#type, &ev.name, ev.index);
+                    if !exists(&keys::execution(ev.execution_id))? {
+                        r.problems
+                            .push(format!("event of missing execution {}", ev.execution_id));
+                    }
+                    if !exists(&keys::artifact(ev.artifact_id))? {
+                        r.problems
+                            .push(format!("event of missing artifact {}", ev.artifact_id));
+                    }
+                    if !exists(&keys::event_by_artifact(
+                        ev.artifact_id,
+                        ev.execution_id,
+                        &tail,
+                    ))? {
+                        r.problems.push(format!(
+                            "event {}->{} lacks its by-artifact entry",
+                            ev.execution_id, ev.artifact_id
+                        ));
+                    }
+                }
+                keys::EVENT_BY_ARTIFACT if !exists(&keys::event_by_artifact_target(&k)?)? => {
+                    r.problems.push(format!(
+                        "dangling by-artifact event entry {}",
+                        hex::encode(&k)
+                    ));
+                }
+                keys::CACHE => {
+                    r.cache_entries += 1;
+                    let ns_len = keys::read_u32(&k, 1)? as usize;
+                    let key_at = 1 + 4 + ns_len;
+                    let (_, exec_id) =
+                        keys::parse_cache_suffix(k.get(key_at + 32..).unwrap_or_default())?;
+                    match self.tree.get(keys::execution(exec_id))? {
+                        None => r
+                            .problems
+                            .push(format!("cache entry of missing execution {exec_id}")),
+                        Some(bytes) => {
+                            let e: Execution = super::decode(&bytes)?;
+                            let key_hex = k
+                                .get(key_at..key_at + 32)
+                                .map(hex::encode)
+                                .unwrap_or_default();
+                            if e.state != crate::proto::ExecutionState::Complete as i32
+                                || e.cache_key != key_hex
+                            {
+                                r.problems.push(format!(
+                                    "cache entry of execution {exec_id} that is not COMPLETE with that key"
+                                ));
+                            }
+                        }
+                    }
+                }
+                keys::EXEC_BY_NS | keys::EXEC_BY_COMPONENT | keys::EXEC_BY_KEY => {
+                    let id = keys::rev_id_suffix(&k)?;
+                    if !exists(&keys::execution(id))? {
+                        r.problems
+                            .push(format!("index entry of missing execution {id}"));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(r)
     }
 
     /// Reservations of a namespace whose lease has not run out: identical tasks

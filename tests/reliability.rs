@@ -1,0 +1,598 @@
+//! Reliability and security over real sockets: crashes (SIGKILL of the real
+//! binary), idempotent retries, limits, load shedding, auth and TLS.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use rand::Rng;
+use stepcache::admission::AdmissionLimits;
+use stepcache::auth::Tokens;
+use stepcache::proto::cache_service_client::CacheServiceClient;
+use stepcache::proto::metadata_store_service_client::MetadataStoreServiceClient;
+use stepcache::proto::*;
+use stepcache::server::{Config, TlsPem};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+use tonic::Code;
+
+const BIN: &str = env!("CARGO_BIN_EXE_stepcache");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
+    Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+async fn connect(port: u16) -> Channel {
+    for _ in 0..500 {
+        if let Ok(c) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+        {
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("server on {port} did not come up");
+}
+
+/// One acknowledged write: what the server promised to keep.
+struct Acked {
+    ti: TaskInterface,
+    put: PutExecutionResponse,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_loses_no_acknowledged_write_and_leaves_nothing_partial() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked: Vec<Acked> = Vec::new();
+    let mut input_id = 0;
+    let mut attempts = 0usize;
+    for round in 0..4 {
+        let port = free_port();
+        let mut child = spawn_server(dir.path(), port);
+        let channel = connect(port).await;
+        let mut meta = MetadataStoreServiceClient::new(channel.clone());
+        if round == 0 {
+            input_id = meta
+                .put_artifacts(PutArtifactsRequest {
+                    artifacts: vec![Artifact {
+                        uri: "mem://in".into(),
+                        ..Default::default()
+                    }],
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .artifact_ids[0];
+        }
+        // 16 writers; the server dies at a random moment while they write.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut writers = Vec::new();
+        for w in 0..16 {
+            let (mut meta, tx) = (meta.clone(), tx.clone());
+            writers.push(tokio::spawn(async move {
+                let mut sent = 0usize;
+                for i in 0.. {
+                    let ti = iface(
+                        &format!("crash-{round}-{w}"),
+                        &[("i", num(i as f64))],
+                        &[("in", vec![input_id])],
+                    );
+                    sent += 1;
+                    match meta
+                        .put_execution(put_req("", &ti, ExecutionState::Complete, "mem://o"))
+                        .await
+                    {
+                        Ok(r) => {
+                            let _ = tx.send(Acked {
+                                ti,
+                                put: r.into_inner(),
+                            });
+                        }
+                        Err(_) => return sent,
+                    }
+                }
+                sent
+            }));
+        }
+        drop(tx);
+        let kill_after = rand::rng().random_range(50..400);
+        tokio::time::sleep(Duration::from_millis(kill_after)).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        for w in writers {
+            attempts += w.await.unwrap();
+        }
+        while let Some(a) = rx.recv().await {
+            acked.push(a);
+        }
+    }
+    assert!(
+        acked.len() > 50,
+        "the writers got writes acknowledged: {}",
+        acked.len()
+    );
+
+    // Offline integrity check of the whole store.
+    let out = Command::new(BIN)
+        .args(["check", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "integrity check failed:\n{report}");
+    assert!(report.contains(" 0 problems"), "{report}");
+
+    // Every acknowledged execution is there, with its events and a hit.
+    let port = free_port();
+    let mut child = spawn_server(dir.path(), port);
+    let channel = connect(port).await;
+    let (mut cache, mut meta) = (
+        CacheServiceClient::new(channel.clone()),
+        MetadataStoreServiceClient::new(channel),
+    );
+    let mut found = 0;
+    for a in &acked {
+        let e = meta
+            .get_executions(GetExecutionsRequest {
+                ids: vec![a.put.execution_id],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .executions
+            .remove(0);
+        assert_eq!(e.state, ExecutionState::Complete as i32);
+        let events = meta
+            .get_events(GetEventsRequest {
+                execution_ids: vec![e.id],
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .events;
+        assert_eq!(events.len(), 2, "INPUT and OUTPUT of {}", e.id);
+        let hit = cache
+            .get_cached_execution(lookup_req("", &a.ti))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(hit.outcome, Outcome::Hit as i32);
+        assert_eq!(
+            hit.output_artifacts["out"].artifacts[0].id,
+            a.put.output_artifact_ids[0]
+        );
+        found += 1;
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    println!(
+        "crash test: attempted={attempts} acknowledged={} found={found} partial=0",
+        acked.len()
+    );
+    assert_eq!(found, acked.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_with_an_external_id_never_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let meta = server.meta().await;
+    let ti = iface("retry", &[], &[]);
+    let mut req = put_req("rt", &ti, ExecutionState::Complete, "mem://r");
+    req.execution.as_mut().unwrap().external_id = "run-1/retry".into();
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let (mut m, r) = (meta.clone(), req.clone());
+            tokio::spawn(async move { m.put_execution(r).await.unwrap().into_inner() })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.unwrap());
+    }
+    let mut meta = meta;
+    results.push(meta.put_execution(req.clone()).await.unwrap().into_inner());
+    assert!(
+        results.windows(2).all(|w| w[0] == w[1]),
+        "every retry got the original IDs"
+    );
+    let snap = snapshot(&mut meta, "rt").await;
+    assert_eq!(snap.executions.len(), 1);
+    assert_eq!(snap.artifacts.len(), 1);
+
+    // The same for artifacts.
+    let art = Artifact {
+        namespace: "rt".into(),
+        uri: "mem://a".into(),
+        external_id: "ds-1".into(),
+        ..Default::default()
+    };
+    let a1 = meta
+        .put_artifacts(PutArtifactsRequest {
+            artifacts: vec![art.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let a2 = meta
+        .put_artifacts(PutArtifactsRequest {
+            artifacts: vec![art.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(a1, a2);
+    let err = meta
+        .put_artifacts(PutArtifactsRequest {
+            artifacts: vec![Artifact {
+                uri: "mem://other".into(),
+                ..art
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists);
+    assert_eq!(snapshot(&mut meta, "rt").await.artifacts.len(), 2);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn limits_reject_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.limits.max_message_bytes = 64 * 1024;
+    config.limits.max_interface_entries = 100;
+    config.limits.max_string_bytes = 1024;
+    let server = TestServer::start_with(config).await;
+    let (mut cache, mut meta) = (server.cache().await, server.meta().await);
+    meta.put_execution(put_req(
+        "lim",
+        &iface("ok", &[], &[]),
+        ExecutionState::Complete,
+        "mem://ok",
+    ))
+    .await
+    .unwrap();
+    let before = snapshot(&mut meta, "lim").await;
+
+    let big = iface("big", &[("blob", text(&"x".repeat(100 * 1024)))], &[]);
+    let err = meta
+        .put_execution(put_req("lim", &big, ExecutionState::Complete, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::ResourceExhausted, "{}", err.message());
+    assert!(err.message().contains("too large"), "{}", err.message());
+
+    let params: Vec<(String, prost_types::Value)> =
+        (0..101).map(|i| (format!("p{i}"), num(i as f64))).collect();
+    let mut many = iface("many", &[], &[]);
+    many.parameters = params.into_iter().collect();
+    let err = meta
+        .put_execution(put_req("lim", &many, ExecutionState::Complete, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("max_interface_entries"),
+        "{}",
+        err.message()
+    );
+    let err = cache
+        .get_cached_execution(lookup_req("lim", &many))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+
+    let long = iface(&"c".repeat(2000), &[], &[]);
+    let err = meta
+        .put_execution(put_req("lim", &long, ExecutionState::Complete, ""))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().contains("max_string_bytes"),
+        "{}",
+        err.message()
+    );
+
+    let err = meta
+        .put_execution(put_req(
+            "lim",
+            &iface("neg", &[], &[("x", vec![-5])]),
+            ExecutionState::Complete,
+            "",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(snapshot(&mut meta, "lim").await, before);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_sheds_quickly_and_health_still_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.admission = AdmissionLimits {
+        max_in_flight: 8,
+        max_waiters: 4,
+    };
+    let server = TestServer::start_with(config).await;
+    let channel = server.channel().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(1500);
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let mut meta = MetadataStoreServiceClient::new(channel.clone());
+        tasks.push(tokio::spawn(async move {
+            let (mut ok, mut shed) = (0u32, 0u32);
+            let mut i = 0;
+            while tokio::time::Instant::now() < deadline {
+                i += 1;
+                let ti = iface(&format!("load-{w}"), &[("i", num(i as f64))], &[]);
+                let call =
+                    meta.put_execution(put_req("", &ti, ExecutionState::Complete, "mem://l"));
+                match tokio::time::timeout(Duration::from_secs(5), call).await {
+                    Err(_) => panic!("a request hung"),
+                    Ok(Ok(_)) => ok += 1,
+                    Ok(Err(s))
+                        if matches!(s.code(), Code::ResourceExhausted | Code::Unavailable) =>
+                    {
+                        shed += 1
+                    }
+                    Ok(Err(s)) => panic!("unexpected error {s:?}"),
+                }
+            }
+            (ok, shed)
+        }));
+    }
+    // The health service is outside the limit: it answers during the load.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    let mut health_ok = 0;
+    while tokio::time::Instant::now() < deadline {
+        let r = tokio::time::timeout(
+            Duration::from_secs(2),
+            health.check(tonic_health::pb::HealthCheckRequest::default()),
+        )
+        .await
+        .expect("health answered in time")
+        .unwrap();
+        assert_eq!(r.into_inner().status, 1);
+        health_ok += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (mut ok, mut shed) = (0, 0);
+    for t in tasks {
+        let (o, s) = t.await.unwrap();
+        ok += o;
+        shed += s;
+    }
+    println!("overload: ok={ok} shed={shed} health_checks={health_ok}");
+    assert!(
+        ok > 0 && shed > 0,
+        "some served, some shed: ok={ok} shed={shed}"
+    );
+    assert!(health_ok > 5);
+
+    // Waiters have their own limit.
+    let mut waits = Vec::new();
+    for _ in 0..5 {
+        let mut cache = CacheServiceClient::new(channel.clone());
+        waits.push(tokio::spawn(async move {
+            cache
+                .wait_for_cached_execution(WaitForCachedExecutionRequest {
+                    cache_key: "0".repeat(64),
+                    timeout: Some(prost_types::Duration {
+                        seconds: 0,
+                        nanos: 300_000_000,
+                    }),
+                    reservation: None,
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().outcome)
+                .map_err(|s| s.code())
+        }));
+    }
+    for w in waits {
+        let r = w.await.unwrap();
+        assert!(matches!(r, Ok(_) | Err(Code::ResourceExhausted)), "{r:?}");
+    }
+
+    // A client deadline (grpc-timeout) is honoured: a long wait ends at the deadline.
+    let mut cache = CacheServiceClient::new(channel.clone());
+    let mut holder = lookup_req("", &iface("deadline", &[], &[]));
+    holder.reservation = Some(ReservationRequest {
+        owner: "h".into(),
+        lease: None,
+    });
+    let key = cache
+        .get_cached_execution(holder)
+        .await
+        .unwrap()
+        .into_inner()
+        .cache_key;
+    let mut req = tonic::Request::new(WaitForCachedExecutionRequest {
+        cache_key: key,
+        timeout: Some(prost_types::Duration {
+            seconds: 60,
+            nanos: 0,
+        }),
+        ..Default::default()
+    });
+    req.set_timeout(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let err = cache.wait_for_cached_execution(req).await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the deadline cut the wait"
+    );
+    assert!(
+        matches!(err.code(), Code::Cancelled | Code::DeadlineExceeded),
+        "{err:?}"
+    );
+    server.stop().await;
+}
+
+fn with_token<T>(msg: T, token: &str) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    r
+}
+
+async fn auth_outcomes(channel: Channel) {
+    let mut cache = CacheServiceClient::new(channel.clone());
+    let mut meta = MetadataStoreServiceClient::new(channel.clone());
+    let ti = iface("auth", &[], &[]);
+    let err = cache
+        .get_cached_execution(lookup_req("team-a", &ti))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = cache
+        .get_cached_execution(with_token(lookup_req("team-a", &ti), "wrong"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated);
+    assert!(!err.message().contains("wrong"), "the token is not echoed");
+    let r = cache
+        .get_cached_execution(with_token(lookup_req("team-a", &ti), "tok-a"))
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().outcome, Outcome::Miss as i32);
+    let err = cache
+        .get_cached_execution(with_token(lookup_req("team-b", &ti), "tok-a"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let err = meta
+        .put_execution(with_token(
+            put_req("team-b", &ti, ExecutionState::Complete, "mem://x"),
+            "tok-a",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let put = meta
+        .put_execution(with_token(
+            put_req("team-a", &ti, ExecutionState::Complete, "mem://x"),
+            "tok-a",
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // Records of a namespace the token may not use are denied by ID too.
+    let err = meta
+        .get_executions(with_token(
+            GetExecutionsRequest {
+                ids: vec![put.execution_id],
+                ..Default::default()
+            },
+            "tok-b",
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    let ok = meta
+        .get_executions(with_token(
+            GetExecutionsRequest {
+                ids: vec![put.execution_id],
+                ..Default::default()
+            },
+            "tok-all",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(ok.into_inner().executions.len(), 1);
+    // Health stays open for probes.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    health
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .unwrap();
+}
+
+fn auth_config(dir: &std::path::Path) -> Config {
+    let mut config = Config::new(dir);
+    config.auth = Some(Arc::new(
+        Tokens::parse("tok-a team-a\ntok-b team-b\ntok-all *\n").unwrap(),
+    ));
+    config
+}
+
+#[tokio::test]
+async fn auth_over_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_with(auth_config(dir.path())).await;
+    auth_outcomes(server.channel().await).await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn auth_over_tls_with_a_self_signed_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let mut config = auth_config(dir.path());
+    config.tls = Some(TlsPem {
+        cert: cert_pem.clone().into_bytes(),
+        key: key_pem.into_bytes(),
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let handle = tokio::spawn(stepcache::server::run(listener, config, async {
+        let _ = stopped.await;
+    }));
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(cert_pem))
+        .domain_name("localhost");
+    let channel = Channel::from_shared(format!("https://127.0.0.1:{port}"))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    auth_outcomes(channel).await;
+    // A plaintext client cannot talk to the TLS port.
+    let plain = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(plain) = plain {
+        let mut cache = CacheServiceClient::new(plain);
+        assert!(cache
+            .get_cached_execution(lookup_req("team-a", &iface("x", &[], &[])))
+            .await
+            .is_err());
+    }
+    let _ = stop.send(());
+    handle.await.unwrap().unwrap();
+}
