@@ -334,13 +334,17 @@ impl Store {
     }
 
     /// The output artifacts of an execution by output name, in index order.
+    /// Reads only the OUTPUT events: the event type follows the execution ID
+    /// in their keys, so the INPUT events are neither read nor decoded.
     pub fn outputs_of(&self, exec_id: i64) -> Result<BTreeMap<String, Vec<Artifact>>> {
         let mut out: BTreeMap<String, Vec<Artifact>> = BTreeMap::new();
-        for ev in self.events_of_execution(exec_id)? {
-            if ev.r#type == EventType::Output as i32 {
-                let a = self.artifact(ev.artifact_id, None)?;
-                out.entry(ev.name).or_default().push(a);
-            }
+        for item in self
+            .tree
+            .scan_prefix(keys::events_of_execution_by_type(exec_id, EventType::Output))
+        {
+            let ev: Event = decode(&item?.1)?;
+            let a = self.artifact(ev.artifact_id, None)?;
+            out.entry(ev.name).or_default().push(a);
         }
         Ok(out)
     }
