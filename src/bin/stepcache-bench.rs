@@ -127,6 +127,11 @@ struct Args {
     /// Unmeasured warm-up seconds before each workload.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
+    /// Repeat the whole sequence of workloads this many times, interleaved, and
+    /// report merged figures and the median per-round ratio to the floor: on a
+    /// shared, noisy machine this compares like with like.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Seed of the generated choices.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -744,6 +749,7 @@ enum Limit {
 }
 
 struct Result1 {
+    round: usize,
     workload: Workload,
     concurrency: usize,
     secs: f64,
@@ -888,6 +894,7 @@ async fn run_workload(
     let secs = ended.saturating_duration_since(begin).as_secs_f64();
     let cores = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / secs);
     Ok(Result1 {
+        round: 0,
         workload,
         concurrency,
         secs,
@@ -911,6 +918,11 @@ impl Result1 {
         self.counts.tasks as f64 / self.secs
     }
 
+    /// CPU time per task of a process that used `cores` over the window.
+    fn cpu_us_per_op(&self, cores: f64) -> f64 {
+        cores * self.secs * 1e6 / self.counts.tasks.max(1) as f64
+    }
+
     fn print(&self, stored: u64, json: bool) {
         let h = &self.hist;
         let rss = self
@@ -918,7 +930,11 @@ impl Result1 {
             .map(|(r, peak)| format!("  server rss {r:.0} MiB (peak {peak:.0})"))
             .unwrap_or_default();
         let cpu = match (self.server_cores, self.bench_cores) {
-            (Some(s), Some(b)) => format!("  cpu server {s:.2} / bench {b:.2} cores"),
+            (Some(s), Some(b)) => format!(
+                "  cpu server {s:.2} / bench {b:.2} cores ({:.0} / {:.0} us per op)",
+                self.cpu_us_per_op(s),
+                self.cpu_us_per_op(b)
+            ),
             (None, Some(b)) => format!("  cpu bench {b:.2} cores"),
             _ => String::new(),
         };
@@ -969,6 +985,9 @@ impl Result1 {
                 "server_rss_mib": self.server_rss.map(|r| r.0),
                 "server_peak_rss_mib": self.server_rss.map(|r| r.1),
                 "server_cores": self.server_cores,
+                "server_cpu_us_per_op": self.server_cores.map(|c| self.cpu_us_per_op(c)),
+                "bench_cpu_us_per_op": self.bench_cores.map(|c| self.cpu_us_per_op(c)),
+                "rounds": self.round + 1,
                 "bench_cores": self.bench_cores,
             });
             println!("{v}");
@@ -1088,11 +1107,23 @@ fn main() -> anyhow::Result<()> {
             }
         }
         let mut results = Vec::new();
-        for &c in &args.concurrency {
-            for &w in &workloads {
-                let r = run_workload(&ctx, w, c.max(1), limit).await?;
+        for round in 0..args.rounds.max(1) {
+            if args.rounds > 1 {
+                println!("round {}/{}", round + 1, args.rounds);
+            }
+            for &c in &args.concurrency {
+                for &w in &workloads {
+                    let mut r = run_workload(&ctx, w, c.max(1), limit).await?;
+                    r.round = round;
+                    r.print(args.preload, args.json && args.rounds == 1);
+                    results.push(r);
+                }
+            }
+        }
+        if args.rounds > 1 {
+            println!("merged over {} rounds:", args.rounds);
+            for r in merge_rounds(&results)? {
                 r.print(args.preload, args.json);
-                results.push(r);
             }
         }
         print_ratios(&results);
@@ -1130,30 +1161,87 @@ fn dir_size(d: &Path) -> u64 {
         .sum()
 }
 
-/// Each workload's throughput as a share of the floor's at the same concurrency.
+/// The results of all rounds of each (workload, concurrency), merged.
+fn merge_rounds(results: &[Result1]) -> anyhow::Result<Vec<Result1>> {
+    let mut merged: BTreeMap<(usize, Workload), Result1> = BTreeMap::new();
+    for r in results {
+        let m = merged
+            .entry((r.concurrency, r.workload))
+            .or_insert_with(|| Result1 {
+                round: r.round,
+                workload: r.workload,
+                concurrency: r.concurrency,
+                secs: 0.0,
+                counts: Counts::default(),
+                hist: histogram(),
+                run_hist: histogram(),
+                server_rss: None,
+                server_cores: Some(0.0),
+                bench_cores: Some(0.0),
+                first_error: None,
+            });
+        // Cores are averaged over time: weight each round by its length.
+        let weigh = |acc: Option<f64>, x: Option<f64>| Some(acc? + x? * r.secs);
+        m.server_cores = weigh(m.server_cores, r.server_cores);
+        m.bench_cores = weigh(m.bench_cores, r.bench_cores);
+        m.round = m.round.max(r.round);
+        m.secs += r.secs;
+        m.counts.ops += r.counts.ops;
+        m.counts.tasks += r.counts.tasks;
+        m.counts.hits += r.counts.hits;
+        m.counts.misses += r.counts.misses;
+        m.counts.errors += r.counts.errors;
+        m.hist.add(&r.hist)?;
+        m.run_hist.add(&r.run_hist)?;
+        m.server_rss = r.server_rss.or(m.server_rss);
+        if m.first_error.is_none() {
+            m.first_error = r.first_error.clone();
+        }
+    }
+    Ok(merged
+        .into_values()
+        .map(|mut m| {
+            m.server_cores = m.server_cores.map(|c| c / m.secs);
+            m.bench_cores = m.bench_cores.map(|c| c / m.secs);
+            m
+        })
+        .collect())
+}
+
+/// Each workload's throughput as a share of the floor's at the same
+/// concurrency in the same round; with several rounds, the median and range.
 fn print_ratios(results: &[Result1]) {
-    let floors: BTreeMap<usize, f64> = results
+    let floors: BTreeMap<(usize, usize), f64> = results
         .iter()
         .filter(|r| r.workload == Workload::Floor)
-        .map(|r| (r.concurrency, r.throughput()))
+        .map(|r| ((r.round, r.concurrency), r.throughput()))
         .collect();
-    let others: Vec<&Result1> = results
-        .iter()
-        .filter(|r| r.workload != Workload::Floor && floors.contains_key(&r.concurrency))
-        .collect();
-    if others.is_empty() {
+    let mut ratios: BTreeMap<(usize, Workload), Vec<f64>> = BTreeMap::new();
+    for r in results.iter().filter(|r| r.workload != Workload::Floor) {
+        if let Some(f) = floors.get(&(r.round, r.concurrency)) {
+            ratios
+                .entry((r.concurrency, r.workload))
+                .or_default()
+                .push(r.throughput() / f);
+        }
+    }
+    if ratios.is_empty() {
         return;
     }
-    println!("ratios to the floor (same run, same concurrency):");
-    for r in others {
-        let f = floors[&r.concurrency];
-        println!(
-            "  {:<12} c={:<3} {:>8.0}/s = {:5.1}% of floor {:.0}/s",
-            r.workload.name(),
-            r.concurrency,
-            r.throughput(),
-            100.0 * r.throughput() / f,
-            f
-        );
+    println!("throughput as a share of the floor (same round, same concurrency):");
+    for ((c, w), mut xs) in ratios {
+        xs.sort_by(f64::total_cmp);
+        let median = xs[xs.len() / 2];
+        let range = if xs.len() > 1 {
+            format!(
+                " (rounds: {:.1}%..{:.1}%, n={})",
+                100.0 * xs[0],
+                100.0 * xs[xs.len() - 1],
+                xs.len()
+            )
+        } else {
+            String::new()
+        };
+        println!("  {:<12} c={c:<3} {:5.1}% of floor{range}", w.name(), 100.0 * median);
     }
 }
