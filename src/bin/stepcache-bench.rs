@@ -40,9 +40,9 @@ use stepcache::proto::get_cached_execution_request::Target;
 use stepcache::proto::metadata_store_service_client::MetadataStoreServiceClient;
 use stepcache::proto::{
     Artifact, ArtifactIds, ContainerSpec, Execution, ExecutionState, GetCachedExecutionRequest,
-    OutputArtifact, Outcome, PutArtifactsRequest, PutExecutionRequest, TaskInterface,
+    Outcome, OutputArtifact, PutArtifactsRequest, PutExecutionRequest, TaskInterface,
 };
-use stepcache::store::{Store, StoreConfig};
+use stepcache::store::{ExecutionFilter, Store, StoreConfig};
 use stepcache::validate::{self, Limits};
 use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
@@ -299,7 +299,11 @@ fn preload_direct(dir: &Path, n: u64, batch: usize) -> anyhow::Result<Gen> {
     let mut marker = match read_marker(dir) {
         Some(m) => m,
         None => {
-            if store.list_executions(&Default::default(), 1, None)?.items.len() > 0 {
+            let filter = ExecutionFilter {
+                namespace: NAMESPACE.into(),
+                ..Default::default()
+            };
+            if !store.list_executions(&filter, 1, None)?.items.is_empty() {
                 bail!(
                     "{} holds a store without a {MARKER} of generator {GENERATOR_VERSION}: \
                      use a fresh --data-dir",
@@ -319,7 +323,10 @@ fn preload_direct(dir: &Path, n: u64, batch: usize) -> anyhow::Result<Gen> {
     });
     let have = marker.executions;
     if have >= n {
-        eprintln!("# {}: reusing a preload of {have} executions", dir.display());
+        eprintln!(
+            "# {}: reusing a preload of {have} executions",
+            dir.display()
+        );
         return Ok(Gen {
             inputs: marker.inputs,
         });
@@ -394,7 +401,8 @@ async fn preload_rpc(channels: &[Channel], n: u64) -> anyhow::Result<Gen> {
         let tasks: Vec<_> = (0..64)
             .map(|w| {
                 let (gen, next) = (gen.clone(), next.clone());
-                let mut meta = MetadataStoreServiceClient::new(channels[w % channels.len()].clone());
+                let mut meta =
+                    MetadataStoreServiceClient::new(channels[w % channels.len()].clone());
                 tokio::spawn(async move {
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
@@ -671,16 +679,36 @@ impl Worker {
             )
             .await?;
         let clean = self
-            .task("clean", 0, &[("data", ingest[0]), ("stats", ingest[1])], record)
+            .task(
+                "clean",
+                0,
+                &[("data", ingest[0]), ("stats", ingest[1])],
+                record,
+            )
             .await?;
         let feat = self
-            .task("featurize", 0, &[("data", ingest[1]), ("stats", ingest[0])], record)
+            .task(
+                "featurize",
+                0,
+                &[("data", ingest[1]), ("stats", ingest[0])],
+                record,
+            )
             .await?;
         let train = self
-            .task("train", 0, &[("train", clean[0]), ("features", feat[0])], record)
+            .task(
+                "train",
+                0,
+                &[("train", clean[0]), ("features", feat[0])],
+                record,
+            )
             .await?;
-        self.task("evaluate", 0, &[("model", train[0]), ("test", clean[1])], record)
-            .await?;
+        self.task(
+            "evaluate",
+            0,
+            &[("model", train[0]), ("test", clean[1])],
+            record,
+        )
+        .await?;
         if earlier.is_none() {
             self.pipeline.seeds.lock().expect("not poisoned").push(seed);
         }
@@ -1242,6 +1270,10 @@ fn print_ratios(results: &[Result1]) {
         } else {
             String::new()
         };
-        println!("  {:<12} c={c:<3} {:5.1}% of floor{range}", w.name(), 100.0 * median);
+        println!(
+            "  {:<12} c={c:<3} {:5.1}% of floor{range}",
+            w.name(),
+            100.0 * median
+        );
     }
 }

@@ -338,10 +338,10 @@ impl Store {
     /// in their keys, so the INPUT events are neither read nor decoded.
     pub fn outputs_of(&self, exec_id: i64) -> Result<BTreeMap<String, Vec<Artifact>>> {
         let mut out: BTreeMap<String, Vec<Artifact>> = BTreeMap::new();
-        for item in self
-            .tree
-            .scan_prefix(keys::events_of_execution_by_type(exec_id, EventType::Output))
-        {
+        for item in self.tree.scan_prefix(keys::events_of_execution_by_type(
+            exec_id,
+            EventType::Output,
+        )) {
             let ev: Event = decode(&item?.1)?;
             let a = self.artifact(ev.artifact_id, None)?;
             out.entry(ev.name).or_default().push(a);
@@ -847,7 +847,10 @@ mod tests {
     }
 
     fn hit_outputs(store: &Store, w: &ExecutionWrite) -> Option<Vec<i64>> {
-        match store.lookup("default", w.key.as_ref().unwrap(), None).unwrap() {
+        match store
+            .lookup("default", w.key.as_ref().unwrap(), None)
+            .unwrap()
+        {
             Lookup::Hit { outputs, .. } => Some(outputs["out"].iter().map(|a| a.id).collect()),
             Lookup::Miss { .. } => None,
         }
