@@ -4,6 +4,7 @@
 
 use crate::error::Error;
 use crate::key::CacheKey;
+use crate::proto::EventType;
 
 pub const ARTIFACT: u8 = b'a';
 pub const ARTIFACT_BY_NS: u8 = b'b';
@@ -129,6 +130,14 @@ pub fn events_of_execution(exec_id: i64) -> Vec<u8> {
     KeyBuf::new(EVENT_BY_EXEC).id(exec_id).done()
 }
 
+/// The events of one type of an execution (the first byte of `event_tail`).
+pub fn events_of_execution_by_type(exec_id: i64, event_type: EventType) -> Vec<u8> {
+    KeyBuf::new(EVENT_BY_EXEC)
+        .id(exec_id)
+        .byte((event_type as i32).clamp(0, 255) as u8)
+        .done()
+}
+
 pub fn events_of_artifact(artifact_id: i64) -> Vec<u8> {
     KeyBuf::new(EVENT_BY_ARTIFACT).id(artifact_id).done()
 }
@@ -235,6 +244,9 @@ mod tests {
             event_by_artifact_target(&by_art).unwrap(),
             event_by_exec(7, 42, &tail)
         );
+        let by_exec = event_by_exec(7, 42, &tail);
+        assert!(by_exec.starts_with(&events_of_execution_by_type(7, EventType::Output)));
+        assert!(!by_exec.starts_with(&events_of_execution_by_type(7, EventType::Input)));
         assert!(with_rev_id(b"p", 10) < with_rev_id(b"p", 9));
         assert_eq!(rev_id_suffix(&with_rev_id(b"p", 10)).unwrap(), 10);
     }

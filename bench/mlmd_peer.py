@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""The ML Metadata peer of `stepcache-bench`: the same put and lookup workloads
+against MLMD's embedded store (in memory, or a SQLite file), used the way a
+Kubeflow Pipelines driver uses it.
+
+- put: one `put_execution` per task: an execution (type system.ContainerExecution,
+  state COMPLETE, a `cache_key` custom property), 2 INPUT events to existing
+  artifacts, 2 new output artifacts with OUTPUT events, and the run's context
+  (one system.PipelineRun context per 5 tasks, reused when it exists).
+- lookup: `get_executions(list_options=ListOptions(filter_query=
+  "custom_properties.cache_key.string_value = '<key>'"))`, then, on a hit, the
+  outputs a driver hands on: `get_events_by_execution_ids` and
+  `get_artifacts_by_id` of the OUTPUT events ("lookup+outputs"). The filter
+  alone is reported too ("lookup-filter").
+
+One client, in process, sequential (MLMD's embedded store is one connection).
+Run with bench/.venv/bin/python (see bench/setup-mlmd.sh).
+
+    bench/.venv/bin/python bench/mlmd_peer.py --backend sqlite --db /tmp/mlmd.sqlite \
+        --preload 10000 --count 2000
+"""
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.metadata_store.metadata_store import ListOptions
+from ml_metadata.proto import metadata_store_pb2 as pb
+
+INPUT_POOL = 1000  # input artifacts that tasks read, created once
+
+
+def percentile(sorted_xs, p):
+    if not sorted_xs:
+        return float("nan")
+    i = min(len(sorted_xs) - 1, max(0, int(round(p / 100.0 * len(sorted_xs) + 0.5)) - 1))
+    return sorted_xs[i]
+
+
+def summary(name, lat_s, wall_s):
+    xs = sorted(lat_s)
+    n = len(xs)
+    return {
+        "workload": name,
+        "count": n,
+        "throughput": n / wall_s if wall_s > 0 else float("nan"),
+        "p50_ms": percentile(xs, 50) * 1e3,
+        "p90_ms": percentile(xs, 90) * 1e3,
+        "p99_ms": percentile(xs, 99) * 1e3,
+        "max_ms": (xs[-1] * 1e3) if xs else float("nan"),
+    }
+
+
+def rss_mib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+class Peer:
+    def __init__(self, backend, db_path):
+        config = pb.ConnectionConfig()
+        if backend == "memory":
+            config.fake_database.SetInParent()
+        else:
+            config.sqlite.filename_uri = db_path
+            config.sqlite.connection_mode = pb.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
+        self.store = metadata_store.MetadataStore(config)
+        s = self.store
+        et = pb.ExecutionType(name="system.ContainerExecution")
+        et.properties["component"] = pb.STRING
+        self.exec_type = s.put_execution_type(et)
+        self.art_type = s.put_artifact_type(pb.ArtifactType(name="system.Dataset"))
+        self.ctx_type = s.put_context_type(pb.ContextType(name="system.PipelineRun"))
+        self.inputs = []
+
+    def ensure_inputs(self):
+        existing = self.store.get_artifacts_by_type("system.Dataset")
+        pool = [a.id for a in existing if a.uri.startswith("gs://bench/inputs/")]
+        if len(pool) < INPUT_POOL:
+            arts = []
+            for i in range(len(pool), INPUT_POOL):
+                a = pb.Artifact(type_id=self.art_type, uri=f"gs://bench/inputs/{i}")
+                a.state = pb.Artifact.LIVE
+                arts.append(a)
+            pool += list(self.store.put_artifacts(arts))
+        self.inputs = pool[:INPUT_POOL]
+
+    def execution_count(self):
+        return len(self.store.get_executions_by_type("system.ContainerExecution"))
+
+    def put(self, i, key):
+        """Task number i with cache key `key`: what a KFP driver records."""
+        e = pb.Execution(type_id=self.exec_type, last_known_state=pb.Execution.COMPLETE)
+        e.name = f"task-{i}"
+        e.properties["component"].string_value = f"component-{i % 5}"
+        e.custom_properties["cache_key"].string_value = key
+        e.custom_properties["image"].string_value = "python:3.11"
+        aes = []
+        for j in range(2):
+            a = pb.Artifact(id=self.inputs[(2 * i + j) % len(self.inputs)])
+            a.type_id = self.art_type
+            ev = pb.Event(type=pb.Event.INPUT)
+            ev.path.steps.add().key = f"in{j}"
+            aes.append((a, ev))
+        for j in range(2):
+            a = pb.Artifact(type_id=self.art_type, uri=f"gs://bench/out/{i}/out{j}")
+            a.state = pb.Artifact.LIVE
+            ev = pb.Event(type=pb.Event.OUTPUT)
+            ev.path.steps.add().key = f"out{j}"
+            aes.append((a, ev))
+        ctx = pb.Context(type_id=self.ctx_type, name=f"run-{i // 5}")
+        self.store.put_execution(e, aes, [ctx], reuse_context_if_already_exist=True)
+
+    def lookup_filter(self, key):
+        return self.store.get_executions(
+            list_options=ListOptions(
+                filter_query=f"custom_properties.cache_key.string_value = '{key}'"
+            )
+        )
+
+    def lookup(self, key):
+        execs = self.lookup_filter(key)
+        if not execs:
+            return None
+        execs = [e for e in execs if e.last_known_state == pb.Execution.COMPLETE]
+        newest = max(execs, key=lambda e: e.create_time_since_epoch)
+        events = self.store.get_events_by_execution_ids([newest.id])
+        out_ids = [ev.artifact_id for ev in events if ev.type == pb.Event.OUTPUT]
+        arts = self.store.get_artifacts_by_id(out_ids)
+        return newest, arts
+
+
+def key_of(i):
+    # 64 hex characters, like a stepcache/KFP fingerprint, deterministic per i.
+    return ("%016x" % (i * 0x9E3779B97F4A7C15 % (1 << 64))) * 4
+
+
+def timed(f, args_list, deadline_s):
+    lat = []
+    start = time.perf_counter()
+    for a in args_list:
+        t = time.perf_counter()
+        f(a)
+        lat.append(time.perf_counter() - t)
+        if time.perf_counter() - start > deadline_s:
+            break
+    return lat, time.perf_counter() - start
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backend", choices=["memory", "sqlite"], default="memory")
+    ap.add_argument("--db", default="/tmp/stepcache-bench-mlmd.sqlite",
+                    help="SQLite file (reused when it already holds the preload)")
+    ap.add_argument("--preload", type=int, default=10000, help="executions stored before measuring")
+    ap.add_argument("--count", type=int, default=2000, help="operations per measured workload")
+    ap.add_argument("--max-seconds", type=float, default=60.0, help="bound on each measured workload")
+    ap.add_argument("--workloads", default="put,lookup-filter,lookup-hit,lookup-miss")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--fast-preload", action=argparse.BooleanOptionalAction, default=True,
+                    help="preload a SQLite file with fsync disabled (bench/.venv/nofsync.so); "
+                         "measured workloads always run with normal fsync")
+    ap.add_argument("--json", action="store_true", help="print one JSON line per result")
+    args = ap.parse_args()
+    rng = random.Random(args.seed)
+
+    shim = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".venv", "nofsync.so")
+    if (args.backend == "sqlite" and args.fast_preload and args.preload > 0
+            and os.path.exists(shim) and "LD_PRELOAD" not in os.environ):
+        # Preload in a child process whose fsyncs are no-ops; measure here,
+        # with SQLite's normal durable commits.
+        env = dict(os.environ, LD_PRELOAD=shim)
+        cmd = [sys.executable, os.path.abspath(__file__), "--backend", "sqlite", "--db", args.db,
+               "--preload", str(args.preload), "--workloads", "", "--json"]
+        out = subprocess.run(cmd, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
+        for line in out.splitlines():
+            r = json.loads(line)
+            if r["workload"] == "preload":
+                print(f"# preloaded {r['count']} executions without fsync in {r['seconds']:.1f} s "
+                      f"({r['throughput']:.0f}/s)", file=sys.stderr)
+    elif args.backend == "sqlite" and os.path.exists(args.db):
+        print(f"# reusing {args.db}", file=sys.stderr)
+    peer = Peer(args.backend, args.db)
+    peer.ensure_inputs()
+    have = peer.execution_count()
+    results = []
+    if have < args.preload:
+        t0 = time.perf_counter()
+        for i in range(have, args.preload):
+            peer.put(i, key_of(i))
+            if (i + 1) % 10000 == 0:
+                el = time.perf_counter() - t0
+                print(f"# preloaded {i + 1}: {(i + 1 - have) / el:.0f}/s", file=sys.stderr)
+        el = time.perf_counter() - t0
+        results.append({"workload": "preload", "count": args.preload - have,
+                        "throughput": (args.preload - have) / el, "seconds": el})
+        have = args.preload
+    stored = have
+
+    for w in filter(None, args.workloads.split(",")):
+        if w == "put":
+            # New tasks numbered after everything stored; on the file store this
+            # grows it by --count executions (the lookups below ignore them).
+            ids = list(range(stored + 10**9, stored + 10**9 + args.count))
+            lat, wall = timed(lambda i: peer.put(i, key_of(i)), ids, args.max_seconds)
+        elif w in ("lookup-hit", "lookup-filter"):
+            keys = [key_of(rng.randrange(args.preload)) for _ in range(args.count)]
+            f = peer.lookup if w == "lookup-hit" else peer.lookup_filter
+            # The first call warms caches; correctness check on it.
+            assert f(keys[0]), "a preloaded key must hit"
+            lat, wall = timed(f, keys, args.max_seconds)
+        elif w == "lookup-miss":
+            keys = [key_of(10**12 + rng.randrange(10**9)) for _ in range(args.count)]
+            assert peer.lookup(keys[0]) is None
+            lat, wall = timed(peer.lookup, keys, args.max_seconds)
+        else:
+            ap.error(f"unknown workload {w}")
+        results.append(summary(w, lat, wall))
+
+    for r in results:
+        r.update({"system": f"mlmd-{args.backend}", "stored": stored, "rss_mib": rss_mib()})
+        if args.json:
+            print(json.dumps(r))
+        elif r["workload"] == "preload":
+            print(f"mlmd-{args.backend:6} stored={stored:<8} preload      "
+                  f"{r['throughput']:9.0f}/s  ({r['count']} in {r['seconds']:.1f} s)")
+        else:
+            print(f"mlmd-{args.backend:6} stored={stored:<8} {r['workload']:<13}"
+                  f"{r['throughput']:9.0f}/s  p50 {r['p50_ms']:7.3f} ms  p90 {r['p90_ms']:7.3f} ms  "
+                  f"p99 {r['p99_ms']:7.3f} ms  max {r['max_ms']:7.3f} ms  n={r['count']}  "
+                  f"rss {r['rss_mib']:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
