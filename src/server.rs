@@ -1,14 +1,16 @@
 //! Wiring: the store, both services, health and reflection on one listener.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::net::TcpListener;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::clock::{Clock, SystemClock};
+use crate::metrics;
 use crate::proto::cache_service_server::CacheServiceServer;
 use crate::proto::metadata_store_service_server::MetadataStoreServiceServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -26,6 +28,10 @@ pub struct Config {
     pub store: StoreConfig,
     pub limits: Limits,
     pub clock: Arc<dyn Clock>,
+    /// Serve Prometheus metrics on this address (None: off).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where the metrics listener was bound (set by `run`; useful with port 0).
+    pub metrics_addr: Arc<OnceLock<SocketAddr>>,
 }
 
 impl Config {
@@ -35,6 +41,8 @@ impl Config {
             store: StoreConfig::default(),
             limits: Limits::default(),
             clock: Arc::new(SystemClock),
+            metrics_listen: None,
+            metrics_addr: Arc::default(),
         }
     }
 }
@@ -66,6 +74,7 @@ pub async fn run(
         shutdown: stopping_rx,
     };
     let max = config.limits.max_message_bytes;
+    let (metrics, metrics_task) = metrics::start(&config, &shared).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CacheServiceServer<Cache>>().await;
@@ -97,6 +106,7 @@ pub async fn run(
     // Nagle + delayed ACK (~40 ms), which showed as wake-up latency.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     Server::builder()
+        .layer(metrics.layer())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -104,6 +114,9 @@ pub async fn run(
         .add_service(metadata)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     let store = shared.store.clone();
     drop(shared);
     tokio::task::spawn_blocking(move || store.close()).await??;
