@@ -64,8 +64,16 @@ impl Error {
 impl From<Error> for Status {
     fn from(e: Error) -> Status {
         let code = e.code();
+        // Only faults of the server are errors; the rest are the client's
+        // (or expected, like NOT_FOUND) and go at debug level, with the code.
         if code == Code::Internal {
             tracing::error!(error = %e, "request failed");
+        } else {
+            tracing::debug!(
+                code = crate::metrics::code_name(code as i32),
+                error = %e,
+                "request rejected"
+            );
         }
         Status::new(code, e.to_string())
     }

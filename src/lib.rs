@@ -7,6 +7,7 @@ pub mod clock;
 pub mod error;
 pub mod json;
 pub mod key;
+pub mod metrics;
 pub mod policy;
 pub mod reservations;
 pub mod server;

@@ -1,6 +1,6 @@
 //! The `stepcache` command: a thin CLI over the library.
 
-use std::io::Read;
+use std::io::{IsTerminal, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use stepcache::proto::TaskInterface;
 use stepcache::server::{self, Config};
+use stepcache::store::backup;
 use stepcache::{cli, json, key};
 use tracing_subscriber::EnvFilter;
 
@@ -68,9 +69,32 @@ enum Command {
         /// PEM private key for TLS (with --tls-cert).
         #[arg(long, requires = "tls_cert")]
         tls_key: Option<PathBuf>,
-        /// Log format; the level comes from RUST_LOG (default info).
+        /// Log format; the level comes from RUST_LOG (default info; at debug,
+        /// one line per call with its method, code and latency).
         #[arg(long, value_enum, default_value = "pretty")]
         log_format: LogFormat,
+        /// Serve Prometheus metrics on http://ADDR/metrics (off by default),
+        /// e.g. 127.0.0.1:9464.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
+    },
+    /// Write a backup of a stopped server's store to stdout (or --output).
+    Export {
+        /// Directory of the store; refused while a server has it open.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Write here instead of stdout.
+        #[arg(long, short = 'o')]
+        output: Option<PathBuf>,
+    },
+    /// Restore a backup from stdin (or --input) into a new or empty data dir.
+    Import {
+        /// Directory of the new store (created if missing; must hold no records).
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Read here instead of stdin.
+        #[arg(long, short = 'i')]
+        input: Option<PathBuf>,
     },
     /// Ask a server whether a task (a TaskInterface in protojson) would hit.
     Get {
@@ -201,9 +225,11 @@ fn main() -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             log_format,
+            metrics_listen,
         } => {
             init_logs(log_format);
             let mut config = Config::new(data_dir);
+            config.metrics_listen = metrics_listen;
             config.store.cache_capacity = cache_capacity_mb * 1024 * 1024;
             config.limits.max_message_bytes = max_message_bytes;
             config.limits.max_page_size = max_page_size.clamp(1, 1000);
@@ -233,6 +259,46 @@ fn main() -> anyhow::Result<()> {
                     .with_context(|| format!("binding {listen}"))?;
                 server::run(listener, config, shutdown_signal()).await
             })
+        }
+        Command::Export { data_dir, output } => {
+            let summary = match output {
+                Some(path) => {
+                    let file = std::fs::File::create(&path)
+                        .with_context(|| format!("creating {}", path.display()))?;
+                    backup::export_dir(&data_dir, file)?
+                }
+                None => {
+                    let stdout = std::io::stdout().lock();
+                    if stdout.is_terminal() {
+                        anyhow::bail!("refusing to write a binary backup to a terminal: redirect stdout or use --output");
+                    }
+                    backup::export_dir(&data_dir, stdout)?
+                }
+            };
+            eprintln!(
+                "exported {} records (IDs up to {}) from {}",
+                summary.records,
+                summary.id_high_water,
+                data_dir.display()
+            );
+            Ok(())
+        }
+        Command::Import { data_dir, input } => {
+            let summary = match input {
+                Some(path) => {
+                    let file = std::fs::File::open(&path)
+                        .with_context(|| format!("opening {}", path.display()))?;
+                    backup::import_dir(&data_dir, file)?
+                }
+                None => backup::import_dir(&data_dir, std::io::stdin().lock())?,
+            };
+            eprintln!(
+                "imported {} records into {}; new IDs start above {}",
+                summary.records,
+                data_dir.display(),
+                summary.id_high_water
+            );
+            Ok(())
         }
         Command::Get {
             interface,

@@ -1,8 +1,9 @@
 //! Wiring: the store, both services, health and reflection on one listener.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
@@ -13,6 +14,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use crate::admission::{AdmissionLayer, AdmissionLimits};
 use crate::auth::{Authenticate, Tokens};
 use crate::clock::{Clock, SystemClock};
+use crate::metrics;
 use crate::proto::cache_service_server::CacheServiceServer;
 use crate::proto::metadata_store_service_server::MetadataStoreServiceServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -30,6 +32,10 @@ pub struct Config {
     pub store: StoreConfig,
     pub limits: Limits,
     pub clock: Arc<dyn Clock>,
+    /// Serve Prometheus metrics on this address (None: off).
+    pub metrics_listen: Option<SocketAddr>,
+    /// Where the metrics listener was bound (set by `run`; useful with port 0).
+    pub metrics_addr: Arc<OnceLock<SocketAddr>>,
     pub admission: AdmissionLimits,
     /// Bearer tokens and their namespaces; None = auth off.
     pub auth: Option<Arc<Tokens>>,
@@ -54,6 +60,8 @@ impl Config {
             admission: AdmissionLimits::default(),
             auth: None,
             tls: None,
+            metrics_listen: None,
+            metrics_addr: Arc::default(),
         }
     }
 }
@@ -85,6 +93,7 @@ pub async fn run(
         shutdown: stopping_rx,
     };
     let max = config.limits.max_message_bytes;
+    let (metrics, metrics_task) = metrics::start(&config, &shared).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CacheServiceServer<Cache>>().await;
@@ -135,6 +144,7 @@ pub async fn run(
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key)))?;
     }
     builder
+        .layer(metrics.layer())
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -142,6 +152,9 @@ pub async fn run(
         .add_service(metadata)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
+    if let Some(task) = metrics_task {
+        let _ = task.await;
+    }
     let store = shared.store.clone();
     drop(shared);
     tokio::task::spawn_blocking(move || store.close()).await??;

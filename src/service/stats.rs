@@ -3,6 +3,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use crate::metrics::LookupLabels;
 use crate::proto::Outcome;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -15,12 +19,26 @@ pub struct Counts {
 #[derive(Debug, Default)]
 pub struct Stats {
     by_namespace: Mutex<HashMap<String, Counts>>,
+    /// The same counts for Prometheus (see `metrics`).
+    pub lookups: Family<LookupLabels, Counter>,
 }
 
 impl Stats {
     /// Counts one lookup's outcome (RESERVED and IN_PROGRESS count as misses:
     /// the cache had no result to serve).
     pub fn record(&self, ns: &str, outcome: Outcome) {
+        let label = match outcome {
+            Outcome::Hit => "hit",
+            Outcome::Disabled => "disabled",
+            Outcome::Miss | Outcome::Reserved | Outcome::InProgress => "miss",
+            Outcome::Unspecified => return,
+        };
+        self.lookups
+            .get_or_create(&LookupLabels {
+                namespace: ns.to_string(),
+                outcome: label,
+            })
+            .inc();
         let Ok(mut map) = self.by_namespace.lock() else {
             return;
         };

@@ -17,10 +17,25 @@ pub const RESERVATION: u8 = b'r';
 pub const EVENT_BY_EXEC: u8 = b'v';
 pub const EVENT_BY_ARTIFACT: u8 = b'w';
 pub const EXTERNAL_ID: u8 = b'x';
+/// Store-wide settings (see `META_ID_FLOOR`).
+pub const META: u8 = b'~';
+
+/// Every ID at or below this u64 (BE) was handed out before an import (see
+/// `backup`): new IDs are generated above it.
+pub const META_ID_FLOOR: &[u8] = b"~id-floor";
 
 /// Kinds of records an external_id names.
 pub const KIND_ARTIFACT: u8 = b'a';
 pub const KIND_EXECUTION: u8 = b'e';
+
+/// The namespace of a key that starts with `prefix` then a length-prefixed
+/// namespace (cache entries, reservations, external ids, ...).
+pub fn namespace_of(k: &[u8]) -> Result<&str, Error> {
+    let len = read_u32(k, 1)? as usize;
+    k.get(5..5 + len)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .ok_or_else(|| corrupt(k))
+}
 
 /// A builder for composite keys.
 pub struct KeyBuf(Vec<u8>);
@@ -249,5 +264,12 @@ mod tests {
         assert!(!by_exec.starts_with(&events_of_execution_by_type(7, EventType::Input)));
         assert!(with_rev_id(b"p", 10) < with_rev_id(b"p", 9));
         assert_eq!(rev_id_suffix(&with_rev_id(b"p", 10)).unwrap(), 10);
+    }
+
+    #[test]
+    fn namespace_of_reads_it_back() {
+        let k = CacheKey([3; 32]);
+        assert_eq!(namespace_of(&reservation("team-a", &k)).unwrap(), "team-a");
+        assert!(namespace_of(b"r").is_err());
     }
 }

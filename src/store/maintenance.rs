@@ -264,6 +264,24 @@ impl Store {
         Ok(n)
     }
 
+    /// Live reservations of every namespace that has any (for metrics).
+    pub fn reservations_by_namespace(&self) -> Result<BTreeMap<String, i64>> {
+        let now = self.now_ms();
+        let mut held = BTreeMap::new();
+        for item in self.tree.scan_prefix([keys::RESERVATION]) {
+            let (k, v) = item?;
+            if crate::reservations::Holder::decode(&v)?.expire_ms > now {
+                *held.entry(keys::namespace_of(&k)?.to_string()).or_insert(0) += 1;
+            }
+        }
+        Ok(held)
+    }
+
+    /// The store's size on disk in bytes.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+
     /// Removes index entries that can never be served again: invalidated ones
     /// and those past their execution's TTL. `ns` None = every namespace.
     pub fn collect_garbage(&self, ns: Option<&str>) -> Result<i64> {

@@ -3,6 +3,7 @@
 //! sled transaction followed by a group-committed flush; calls block, so the
 //! service runs them on `spawn_blocking` threads.
 
+pub mod backup;
 pub mod flush;
 pub mod keys;
 pub mod maintenance;
@@ -157,6 +158,13 @@ impl Store {
             .cache_capacity(config.cache_capacity)
             .open()
             .map_err(|e| {
+                if e.to_string().contains("could not acquire lock") {
+                    return Error::Unavailable(format!(
+                        "the store at {} is in use by another process (a running \
+                         stepcache server?): stop it first",
+                        path.display()
+                    ));
+                }
                 Error::Storage(format!(
                     "cannot open the store at {}: {e}. If the data is corrupt, stop the \
                      server, move the directory aside and restore it from a backup \
@@ -618,9 +626,14 @@ fn not_found(kind: &str, id: i64, ns: Option<&str>) -> Error {
 }
 
 fn new_id(tx: &Tx) -> TxResult<i64> {
-    // sled's IDs start at 0 and are monotonic across restarts; ours start at 1.
+    // sled's IDs start at 0 and are monotonic across restarts; ours start at 1,
+    // above the floor an import left (a restored store has a fresh generator).
+    let floor = match tx.get(keys::META_ID_FLOOR)? {
+        Some(v) => keys::read_u64(&v, 0).or_else(abort)?,
+        None => 0,
+    };
     let id = tx.generate_id()?;
-    Ok(i64::try_from(id.saturating_add(1)).unwrap_or(i64::MAX))
+    Ok(i64::try_from(floor.saturating_add(id).saturating_add(1)).unwrap_or(i64::MAX))
 }
 
 fn reservation_tx(tx: &Tx, rkey: &[u8]) -> TxResult<Option<Holder>> {
