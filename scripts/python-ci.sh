@@ -30,7 +30,7 @@ echo "== python-ci: ruff (lint and format)"
 "$VENV/bin/ruff" check --config clients/python/pyproject.toml "${PY_SOURCES[@]}"
 "$VENV/bin/ruff" format --check --config clients/python/pyproject.toml "${PY_SOURCES[@]}"
 
-echo "== python-ci: mypy --strict (the installed SDK, its tests, the example, the scripts)"
+echo "== python-ci: mypy --strict (the installed SDK, its tests, the examples, the scripts)"
 MYPY=("$PY" -m mypy --config-file clients/python/pyproject.toml)
 "${MYPY[@]}" -m stepcache -m stepcache.client -m stepcache.key -m stepcache.step -m stepcache.kfp_runner
 "${MYPY[@]}" clients/python/tests examples/pipeline_driver.py examples/kfp_pipeline.py scripts/validate-deploy.py

@@ -11,6 +11,7 @@ part of a task's interface, so the counter does not change any cache key.
 # No `from __future__ import annotations` here: kfp reads the components'
 # annotations (Input[Dataset]...) at decoration time.
 
+import builtins
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -226,9 +227,13 @@ def test_identical_parallel_branches_run_once(client: Client, root: Path, counte
     names = component_names(load_pipeline_spec(twin_pipeline))
     assert names["comp-train"] == names["comp-train-2"] == "train"
 
+    print_before = builtins.print
     started = time.monotonic()
-    run = run_pipeline(client, twin_pipeline, pipeline_root=root, max_workers=4)
+    # A 1.5 s lease on 2 s trains: only the winner's heartbeat (ExtendReservation
+    # every 0.5 s) keeps the loser waiting instead of taking the key over.
+    run = run_pipeline(client, twin_pipeline, pipeline_root=root, max_workers=4, lease=1.5)
     elapsed = time.monotonic() - started
+    assert builtins.print is print_before, "kfp.local's print swap was left behind"
     assert sorted(run.tasks) == ["evaluate", "evaluate-2", "prepare", "train", "train-2"]
     assert sorted(counter()) == ["evaluate", "prepare", "train"], "each identical pair executed once"
 
