@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # CI for the ecosystem around the server: the Python SDK (built from proto/ at
-# install time) and its tests against a real server, the example pipeline,
-# deploy/ validation and buf lint/breaking.
+# install time, with its kfp extra) and its tests against a real server, the
+# example pipelines (plain and Kubeflow Pipelines), deploy/ validation and buf
+# lint/breaking.
 #
 # Assumes target/release/stepcache exists (CI builds it first); set
 # STEPCACHE_BIN to test another binary. The venv is $VENV (default .venv-ci).
@@ -21,18 +22,18 @@ python3 -m venv "$VENV"
 PY=$VENV/bin/python
 # A fresh build every time, so that the stubs come from the proto of this commit.
 "$PY" -m pip uninstall --quiet --yes stepcache 2>/dev/null || true
-"$PY" -m pip install --quiet "./clients/python[test]" pyyaml types-PyYAML
+"$PY" -m pip install --quiet "./clients/python[test,kfp]" pyyaml types-PyYAML
 rm -rf clients/python/build
 
-PY_SOURCES=(clients/python examples/pipeline_driver.py scripts/validate-deploy.py)
+PY_SOURCES=(clients/python examples/pipeline_driver.py examples/kfp_pipeline.py scripts/validate-deploy.py)
 echo "== python-ci: ruff (lint and format)"
 "$VENV/bin/ruff" check --config clients/python/pyproject.toml "${PY_SOURCES[@]}"
 "$VENV/bin/ruff" format --check --config clients/python/pyproject.toml "${PY_SOURCES[@]}"
 
-echo "== python-ci: mypy --strict (the installed SDK, its tests, the example, the scripts)"
+echo "== python-ci: mypy --strict (the installed SDK, its tests, the examples, the scripts)"
 MYPY=("$PY" -m mypy --config-file clients/python/pyproject.toml)
-"${MYPY[@]}" -m stepcache -m stepcache.client -m stepcache.key -m stepcache.step
-"${MYPY[@]}" clients/python/tests examples/pipeline_driver.py scripts/validate-deploy.py
+"${MYPY[@]}" -m stepcache -m stepcache.client -m stepcache.key -m stepcache.step -m stepcache.kfp_runner
+"${MYPY[@]}" clients/python/tests examples/pipeline_driver.py examples/kfp_pipeline.py scripts/validate-deploy.py
 
 echo "== python-ci: pytest clients/python/tests"
 # From the repository root, so that the source tree's stepcache/ (which has no

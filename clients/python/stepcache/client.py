@@ -229,6 +229,7 @@ class Client:
         record_cached: bool = False,
         reservation_owner: str | None = None,
         lease: DurationLike | None = None,
+        context_ids: Sequence[int] = (),
     ) -> CacheResult:
         """Looks the task up: HIT, MISS, DISABLED, RESERVED or IN_PROGRESS.
 
@@ -241,6 +242,8 @@ class Client:
                 the original and emits OUTPUT events to the same artifact IDs.
             reservation_owner: on a miss, ask for the key's reservation
                 (``RESERVED``), held for ``lease``.
+            context_ids: contexts (a pipeline run...) to associate the CACHED
+                execution with.
         """
         if policy is not None and (trigger is not None or enabled is not None or max_staleness is not None):
             raise ValueError("give either policy or trigger/enabled/max_staleness, not both")
@@ -255,6 +258,7 @@ class Client:
             policy=policy,
             record_cached_execution=record_cached,
             reservation=_reservation(reservation_owner, lease),
+            context_ids=list(context_ids),
         )
         return _result(self.cache.GetCachedExecution(req, timeout=self.timeout))
 
@@ -294,6 +298,7 @@ class Client:
         cache_ttl: DurationLike | None = None,
         skip_publish: bool = False,
         reservation_owner: str = "",
+        context_ids: Sequence[int] = (),
     ) -> PutResult:
         """Records an execution and its outputs in one atomic write.
 
@@ -301,7 +306,8 @@ class Client:
         ``skip_publish``); FAILED and CANCELED ones are recorded but never
         served. ``outputs`` maps an output name to its artifact(s): a URI, a
         ``NewArtifact`` or an ``Artifact`` message; a new artifact's type
-        defaults to the interface's ``output_artifacts[name]``.
+        defaults to the interface's ``output_artifacts[name]``. ``context_ids``
+        associates the execution (and attributes its artifacts) with contexts.
         """
         ti = to_interface(interface)
         execution = types_pb2.Execution(
@@ -324,6 +330,7 @@ class Client:
             outputs=out_msgs,
             skip_publish=skip_publish,
             reservation_owner=reservation_owner,
+            context_ids=list(context_ids),
         )
         resp = self.metadata.PutExecution(req, timeout=self.timeout)
         ids: dict[str, list[int]] = {}
@@ -335,6 +342,29 @@ class Client:
             published=resp.published,
             outputs=ids,
         )
+
+    def extend_reservation(self, cache_key: str, owner: str, lease: DurationLike) -> types_pb2.Reservation:
+        """Renews ``owner``'s reservation of ``cache_key`` for ``lease`` from now (a heartbeat).
+
+        FAILED_PRECONDITION when ``owner`` does not hold it (any more).
+        """
+        req = cache_service_pb2.ExtendReservationRequest(
+            namespace=self.namespace, cache_key=cache_key, owner=owner, lease=_duration(lease)
+        )
+        resp: cache_service_pb2.ExtendReservationResponse = self.cache.ExtendReservation(req, timeout=self.timeout)
+        return resp.reservation
+
+    def release_reservation(self, cache_key: str, owner: str) -> None:
+        """Gives ``owner``'s reservation of ``cache_key`` up; one waiter takes it over."""
+        req = cache_service_pb2.ReleaseReservationRequest(namespace=self.namespace, cache_key=cache_key, owner=owner)
+        self.cache.ReleaseReservation(req, timeout=self.timeout)
+
+    def put_context(self, type: str, name: str, properties: Mapping[str, Any] | None = None) -> int:
+        """The ID of the context ``(type, name)`` in this namespace, created when new."""
+        ctx = types_pb2.Context(namespace=self.namespace, type=type, name=name, properties=_values(properties or {}))
+        req = metadata_store_service_pb2.PutContextsRequest(contexts=[ctx])
+        (context_id,) = self.metadata.PutContexts(req, timeout=self.timeout).context_ids
+        return int(context_id)
 
     def _artifact(self, a: str | NewArtifact | types_pb2.Artifact, default_type: str) -> types_pb2.Artifact:
         if isinstance(a, types_pb2.Artifact):
