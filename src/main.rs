@@ -42,6 +42,9 @@ enum Command {
         /// sled's page cache in MiB (its memory use runs somewhat above it).
         #[arg(long, default_value_t = 64)]
         cache_capacity_mb: u64,
+        /// Hits kept in memory (the newest servable one per key; 0 = off).
+        #[arg(long, default_value_t = 20_000)]
+        hot_hits: usize,
         /// Largest decoded gRPC message in bytes.
         #[arg(long, default_value_t = 32 * 1024 * 1024)]
         max_message_bytes: usize,
@@ -216,6 +219,7 @@ fn main() -> anyhow::Result<()> {
             data_dir,
             cache_capacity_mb,
             max_message_bytes,
+            hot_hits,
             max_page_size,
             max_interface_entries,
             max_string_bytes,
@@ -231,6 +235,7 @@ fn main() -> anyhow::Result<()> {
             let mut config = Config::new(data_dir);
             config.metrics_listen = metrics_listen;
             config.store.cache_capacity = cache_capacity_mb * 1024 * 1024;
+            config.store.hot_hits = hot_hits;
             config.limits.max_message_bytes = max_message_bytes;
             config.limits.max_page_size = max_page_size.clamp(1, 1000);
             config.limits.max_interface_entries = max_interface_entries;

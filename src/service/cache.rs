@@ -26,7 +26,7 @@ use crate::proto::{
 };
 use crate::reservations::{self, Holder, Step, Waited};
 use crate::store::maintenance::Selector;
-use crate::store::{Claimed, ExecutionFilter};
+use crate::store::{Claimed, ExecutionFilter, Lookup};
 use crate::validate;
 
 pub struct Cache {
@@ -90,9 +90,18 @@ impl CacheService for Cache {
         }
         let stats_ns = ns.clone();
         let record = req.record_cached_execution;
+        // A hit served from memory needs no blocking thread (unless it records).
+        let hot = self.shared.store.lookup_hot(&ns, &key, max_staleness);
         let (claimed, cached) = self
             .shared
-            .blocking(move |store| {
+            .blocking_unless(hot.is_some() && !record, move |store| {
+                if let Some(Lookup::Hit { execution, outputs }) = hot {
+                    let cached = match record {
+                        true => Some(store.record_cached(&execution, &outputs)?),
+                        false => None,
+                    };
+                    return Ok((Claimed::Hit { execution, outputs }, cached));
+                }
                 let claimed = match &ask {
                     None => store.lookup(&ns, &key, max_staleness)?.into(),
                     Some(ask) => store.lookup_or_claim(&ns, &key, max_staleness, Some(ask))?,

@@ -35,4 +35,18 @@ impl Shared {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || f(&store)).await?
     }
+
+    /// Like `blocking`, but runs `f` right here when `inline` says it touches
+    /// no storage (an answer already in memory).
+    pub async fn blocking_unless<T, F>(&self, inline: bool, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+    {
+        if inline {
+            f(&self.store)
+        } else {
+            self.blocking(f).await
+        }
+    }
 }

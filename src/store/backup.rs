@@ -284,6 +284,7 @@ impl Store {
             bail!("the backup is corrupted: data follows its trailer");
         }
         self.tree.apply_batch(batch)?;
+        self.hot.clear();
         // New IDs above every restored one (and above any floor it carried).
         let floor = match self.tree.get(keys::META_ID_FLOOR)? {
             Some(v) => keys::read_u64(&v, 0)?.max(id_high_water),

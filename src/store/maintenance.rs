@@ -117,6 +117,7 @@ impl Store {
             Ok(n)
         })?;
         if n > 0 {
+            self.hot.clear();
             self.durable()?;
         }
         Ok(n)
@@ -318,6 +319,7 @@ impl Store {
             })?;
         }
         if !dead.is_empty() {
+            self.hot.clear();
             self.durable()?;
         }
         Ok(dead.len() as i64)
@@ -428,6 +430,7 @@ impl Store {
             }
         }
         if !dry_run && total.executions > 0 {
+            self.hot.clear();
             self.durable()?;
         }
         Ok(total)

@@ -5,6 +5,7 @@
 
 pub mod backup;
 pub mod flush;
+pub mod hot;
 pub mod keys;
 pub mod maintenance;
 
@@ -39,12 +40,15 @@ fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M> {
 pub struct StoreConfig {
     /// sled's page cache, in bytes (its real memory use runs above it).
     pub cache_capacity: u64,
+    /// Hits kept in memory (the newest servable one per key); 0 = off.
+    pub hot_hits: usize,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
             cache_capacity: 64 * 1024 * 1024,
+            hot_hits: 20_000,
         }
     }
 }
@@ -149,6 +153,7 @@ pub struct Store {
     /// that publishes or releases, so that a reservation is never granted for a
     /// key whose result was published after the lookup saw nothing.
     key_locks: Vec<Mutex<()>>,
+    hot: hot::HotHits,
 }
 
 impl Store {
@@ -179,6 +184,7 @@ impl Store {
             flush: GroupFlush::default(),
             clock,
             key_locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
+            hot: hot::HotHits::new(config.hot_hits),
         })
     }
 
@@ -232,6 +238,10 @@ impl Store {
                 .map(|(i, a)| put_artifact_tx(tx, a.clone(), now, &format!("artifacts[{i}]")))
                 .collect::<TxResult<Vec<i64>>>()
         })?;
+        if artifacts.iter().any(|a| a.id != 0) {
+            // A state change (e.g. DELETED) may make cached hits unservable.
+            self.hot.clear();
+        }
         self.durable()?;
         Ok(ids)
     }
@@ -255,6 +265,10 @@ impl Store {
         };
         match written {
             Written::New(written) => {
+                if let (true, Some(k)) = (written.published, &lock_key) {
+                    // A newer entry now wins for this key.
+                    self.hot.evict(&w.execution.namespace, k);
+                }
                 self.durable()?;
                 Ok(written)
             }
@@ -273,6 +287,7 @@ impl Store {
                 .map(|w| put_execution_tx(tx, w, now))
                 .collect::<TxResult<Vec<Written>>>()
         })?;
+        self.hot.clear();
         self.durable()?;
         written
             .into_iter()
@@ -365,6 +380,7 @@ impl Store {
         max_staleness_ms: Option<i64>,
     ) -> Result<Lookup> {
         let now = self.now_ms();
+        let generation = self.hot.generation();
         let prefix = keys::cache_prefix(ns, key);
         let mut passed_over: Vec<Ineligible> = Vec::new();
         for item in self.tree.scan_prefix(&prefix) {
@@ -385,10 +401,20 @@ impl Store {
             };
             match policy::eligibility(&candidate, now, max_staleness_ms) {
                 Ok(()) => {
+                    // Only the newest entry is what every lookup would serve.
+                    if passed_over.is_empty() {
+                        let hit = hot::HotHit {
+                            completed_ms,
+                            ttl_ms: candidate.ttl_ms,
+                            execution: execution.clone(),
+                            outputs: outputs.clone(),
+                        };
+                        self.hot.insert(generation, ns, key, hit);
+                    }
                     return Ok(Lookup::Hit {
                         execution: Box::new(execution),
                         outputs,
-                    })
+                    });
                 }
                 // Entries come newest first: once one is stale, all the rest are.
                 Err(Ineligible::Stale) => {
@@ -400,6 +426,21 @@ impl Store {
         }
         Ok(Lookup::Miss {
             reason: policy::miss_reason(&passed_over),
+        })
+    }
+
+    /// A hit from memory, without touching sled (so callable on the async
+    /// executor); None means "ask the store".
+    pub fn lookup_hot(
+        &self,
+        ns: &str,
+        key: &CacheKey,
+        max_staleness_ms: Option<i64>,
+    ) -> Option<Lookup> {
+        let hit = self.hot.get(ns, key, self.now_ms(), max_staleness_ms)?;
+        Some(Lookup::Hit {
+            execution: Box::new(hit.execution.clone()),
+            outputs: hit.outputs.clone(),
         })
     }
 
