@@ -106,6 +106,13 @@ struct Args {
     /// sled page cache of the spawned server, in MiB.
     #[arg(long, default_value_t = 64)]
     cache_capacity_mb: u64,
+    /// lookup-hit draws from the newest N preloaded executions (0 = all of
+    /// them, uniformly): the working set a driver re-asks about.
+    #[arg(long, default_value_t = 0)]
+    working_set: u64,
+    /// The spawned server's --hot-hits (in-memory hits; 0 = off).
+    #[arg(long, default_value_t = 20_000)]
+    hot_hits: usize,
     /// Executions stored before measuring (lookup-hit draws from them).
     #[arg(long, default_value_t = 10_000)]
     preload: u64,
@@ -461,7 +468,12 @@ impl ServerProc {
 
     /// Spawns `stepcache serve` on 127.0.0.1:0 and waits until Health/Check
     /// answers SERVING. `startup` is spawn-to-serving.
-    async fn spawn(bin: &Path, data_dir: &Path, cache_mb: u64) -> anyhow::Result<ServerProc> {
+    async fn spawn(
+        bin: &Path,
+        data_dir: &Path,
+        cache_mb: u64,
+        hot_hits: usize,
+    ) -> anyhow::Result<ServerProc> {
         let start = Instant::now();
         let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
@@ -469,6 +481,8 @@ impl ServerProc {
             .arg(data_dir)
             .arg("--cache-capacity-mb")
             .arg(cache_mb.to_string())
+            .arg("--hot-hits")
+            .arg(hot_hits.to_string())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -577,6 +591,7 @@ struct Worker {
     workload: Workload,
     gen: Arc<Gen>,
     preloaded: u64,
+    working_set: u64,
     salt: u64,
     rng: Rng,
     health: HealthClient<Channel>,
@@ -610,7 +625,10 @@ impl Worker {
             }
             Workload::LookupHit | Workload::LookupMiss => {
                 let ti = if self.workload == Workload::LookupHit {
-                    let i = self.rng.below(self.preloaded);
+                    let i = match self.working_set {
+                        0 => self.rng.below(self.preloaded),
+                        ws => self.preloaded - 1 - self.rng.below(ws.min(self.preloaded)),
+                    };
                     self.gen.interface(i, 0)
                 } else {
                     let i = self.rng.below(1 << 40);
@@ -794,6 +812,7 @@ struct Ctx {
     channels: Vec<Channel>,
     gen: Arc<Gen>,
     preloaded: u64,
+    working_set: u64,
     salt: u64,
     next_put: Arc<AtomicU64>,
     server_pid: Option<u32>,
@@ -833,6 +852,7 @@ async fn run_workload(
             workload,
             gen: ctx.gen.clone(),
             preloaded: ctx.preloaded,
+            working_set: ctx.working_set,
             salt: ctx.salt,
             rng: Rng(ctx.seed ^ (w as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F)),
             health: HealthClient::new(ch.clone()),
@@ -1084,7 +1104,7 @@ fn main() -> anyhow::Result<()> {
         let server = match &data_dir {
             Some(d) => {
                 let bin = ServerProc::server_bin(args.server_bin.as_deref())?;
-                let s = ServerProc::spawn(&bin, d, args.cache_capacity_mb).await?;
+                let s = ServerProc::spawn(&bin, d, args.cache_capacity_mb, args.hot_hits).await?;
                 eprintln!(
                     "# server {} pid {} on {} started in {:.3} s (data dir {}, {:.0} MiB on disk)",
                     bin.display(),
@@ -1114,6 +1134,7 @@ fn main() -> anyhow::Result<()> {
             channels,
             gen: Arc::new(gen),
             preloaded: args.preload,
+            working_set: args.working_set,
             salt,
             next_put: Arc::new(AtomicU64::new(0)),
             server_pid: server.as_ref().map(|s| s.child.id()).or(args.server_pid),
