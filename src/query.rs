@@ -151,7 +151,10 @@ mod tests {
         let a: Vec<i64> = (1..=100).collect();
         let b: Vec<i64> = (1..=100).filter(|x| x % 3 == 0).collect();
         let c: Vec<i64> = (1..=100).filter(|x| x % 5 == 0).collect();
-        assert_eq!(all(&[a.clone()], 95), vec![100, 99, 98, 97, 96, 95]);
+        assert_eq!(
+            all(std::slice::from_ref(&a), 95),
+            vec![100, 99, 98, 97, 96, 95]
+        );
         assert_eq!(
             all(&[a.clone(), b.clone(), c.clone()], 1),
             vec![90, 75, 60, 45, 30, 15]

@@ -673,6 +673,9 @@ async fn lineage_bounds_and_errors() {
     server.stop().await;
 }
 
+/// (execution id, component, state, index, cache key).
+type Row = (i64, &'static str, ExecutionState, i32, String);
+
 fn ts(ms: i64) -> Option<Timestamp> {
     Some(stepcache::clock::timestamp(ms))
 }
@@ -687,7 +690,7 @@ async fn list_filters_use_every_index() {
     let run = put_contexts(&mut meta, vec![ctx("f", "system.PipelineRun", "r")]).await[0];
     // 30 executions, 10 per second: components a/b, every third RUNNING, the
     // first 12 in the run's context.
-    let mut rows = Vec::new();
+    let mut rows: Vec<Row> = Vec::new();
     for i in 0..30 {
         if i > 0 && i % 10 == 0 {
             clock.advance_ms(1000);
@@ -710,7 +713,7 @@ async fn list_filters_use_every_index() {
         let w = meta.put_execution(req).await.unwrap().into_inner();
         rows.push((w.execution_id, comp, state, i, w.cache_key));
     }
-    let want = |pred: &dyn Fn(&(i64, &str, ExecutionState, i32, String)) -> bool| -> Vec<i64> {
+    let want = |pred: &dyn Fn(&Row) -> bool| -> Vec<i64> {
         rows.iter().rev().filter(|r| pred(r)).map(|r| r.0).collect()
     };
     let base = ListExecutionsRequest {

@@ -43,6 +43,11 @@ struct Args {
     cache_mib: u64,
 }
 
+/// p50, p99 and the mean number of results of one query type.
+type Timing = (Duration, Duration, f64);
+/// A query type's name and timing.
+type Row = (String, Timing);
+
 /// xorshift64*: reproducible, no dependency.
 struct Rng(u64);
 
@@ -248,7 +253,7 @@ fn time(
     times: usize,
     rng: &mut Rng,
     mut q: impl FnMut(&mut Rng) -> anyhow::Result<usize>,
-) -> anyhow::Result<(Duration, Duration, f64)> {
+) -> anyhow::Result<Timing> {
     let mut d = Vec::with_capacity(times);
     let mut items = 0usize;
     for _ in 0..times {
@@ -260,12 +265,7 @@ fn time(
     Ok((pct(&d, 0.5), pct(&d, 0.99), items as f64 / times as f64))
 }
 
-fn bench(
-    store: &Store,
-    b: &Built,
-    queries: usize,
-    rng: &mut Rng,
-) -> anyhow::Result<Vec<(String, (Duration, Duration, f64))>> {
+fn bench(store: &Store, b: &Built, queries: usize, rng: &mut Rng) -> anyhow::Result<Vec<Row>> {
     let ef = |f: ExecutionFilter| ExecutionFilter {
         namespace: NS.into(),
         ..f
@@ -442,7 +442,7 @@ fn bench(
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut results: Vec<(usize, Vec<(String, (Duration, Duration, f64))>)> = Vec::new();
+    let mut results: Vec<(usize, Vec<Row>)> = Vec::new();
     for &n in &args.sizes {
         let dir = tempfile_dir(n)?;
         let config = StoreConfig {
