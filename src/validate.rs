@@ -1,11 +1,13 @@
 //! Validation at the edge: protobuf requests in, checked values for the store out.
 //! Pure functions; every error names the field and why.
 
+use crate::clock::timestamp_ms;
 use crate::error::{Error, Result};
 use crate::key::{self, CacheKey};
 use crate::proto::{
-    Artifact, ArtifactState, Execution, ExecutionState, PutExecutionRequest, TaskInterface,
+    Artifact, ArtifactState, Context, Execution, ExecutionState, PutExecutionRequest, TaskInterface,
 };
+use crate::query::TimeRange;
 use crate::store::{content_digest, ExecutionWrite};
 
 /// Namespace used when a request leaves it empty.
@@ -108,6 +110,83 @@ pub fn positive_id(id: i64, field: &str) -> Result<i64> {
             "{field} must be a positive ID, got {id}"
         )))
     }
+}
+
+/// An optional ID filter: 0 = none.
+pub fn optional_id(id: i64, field: &str) -> Result<Option<i64>> {
+    match id {
+        0 => Ok(None),
+        id => positive_id(id, field).map(Some),
+    }
+}
+
+/// Context IDs of a request: positive, at most `max_interface_entries`,
+/// duplicates dropped (first occurrence kept).
+pub fn context_ids(ids: &[i64], field: &str, limits: &Limits) -> Result<Vec<i64>> {
+    count(ids.len(), field, limits)?;
+    let mut out: Vec<i64> = Vec::with_capacity(ids.len());
+    for (i, id) in ids.iter().enumerate() {
+        positive_id(*id, &format!("{field}[{i}]"))?;
+        if !out.contains(id) {
+            out.push(*id);
+        }
+    }
+    Ok(out)
+}
+
+/// A PutContexts entry: namespace filled in; type and name required to create.
+pub fn context(mut c: Context, field: &str, limits: &Limits) -> Result<Context> {
+    c.namespace = namespace(&c.namespace).map_err(|e| prefix(e, field))?;
+    if c.id < 0 {
+        return Err(Error::invalid(format!(
+            "{field}.id must be 0 (create) or an existing ID, got {}",
+            c.id
+        )));
+    }
+    for (s, f) in [(&c.r#type, "type"), (&c.name, "name")] {
+        if c.id == 0 && s.is_empty() {
+            return Err(Error::invalid(format!(
+                "{field}.{f} must not be empty when creating a context"
+            )));
+        }
+        string(s, &format!("{field}.{f}"), limits)?;
+    }
+    count(c.properties.len(), &format!("{field}.properties"), limits)?;
+    for (k, v) in &c.properties {
+        key::check_value(v, &format!("{field}.properties.{k}"))?;
+    }
+    c.create_time = None;
+    Ok(c)
+}
+
+fn epoch_ms(t: Option<&prost_types::Timestamp>, field: &str) -> Result<Option<i64>> {
+    match t {
+        None => Ok(None),
+        Some(ts) if (0..1_000_000_000).contains(&ts.nanos) => Ok(Some(timestamp_ms(ts))),
+        Some(ts) => Err(Error::invalid(format!(
+            "{field}.nanos must be between 0 and 999999999, got {}",
+            ts.nanos
+        ))),
+    }
+}
+
+/// A created-time filter: `created_after <= create_time < created_before`.
+pub fn created_range(
+    after: Option<&prost_types::Timestamp>,
+    before: Option<&prost_types::Timestamp>,
+) -> Result<TimeRange> {
+    let r = TimeRange {
+        after_ms: epoch_ms(after, "created_after")?,
+        before_ms: epoch_ms(before, "created_before")?,
+    };
+    if let (Some(a), Some(b)) = (r.after_ms, r.before_ms) {
+        if a >= b {
+            return Err(Error::invalid(format!(
+                "created_after ({a} ms) must be before created_before ({b} ms)"
+            )));
+        }
+    }
+    Ok(r)
 }
 
 pub fn cache_key_hex(s: &str, field: &str) -> Result<CacheKey> {
@@ -313,7 +392,9 @@ pub fn execution_write(req: PutExecutionRequest, limits: &Limits) -> Result<Exec
     if !req.reservation_owner.is_empty() {
         crate::reservations::owner(&req.reservation_owner, "reservation_owner")?;
     }
+    let context_ids = context_ids(&req.context_ids, "context_ids", limits)?;
     Ok(ExecutionWrite {
+        context_ids,
         execution: e,
         key,
         outputs,
@@ -348,6 +429,56 @@ mod tests {
         for bad in ["42", "p1.zz", "p1.0000000000000000", "p1.00"] {
             assert!(parse_page_token(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn contexts_and_filters() {
+        let l = Limits::default();
+        let c = context(
+            Context {
+                r#type: "system.PipelineRun".into(),
+                name: "run-1".into(),
+                ..Default::default()
+            },
+            "contexts[0]",
+            &l,
+        )
+        .unwrap();
+        assert_eq!(c.namespace, "default");
+        let unnamed = Context {
+            r#type: "t".into(),
+            ..Default::default()
+        };
+        assert!(
+            matches!(context(unnamed.clone(), "contexts[1]", &l), Err(Error::InvalidArgument(m)) if m.contains("contexts[1].name"))
+        );
+        // An update may leave type and name out.
+        assert!(context(Context { id: 5, ..unnamed }, "c", &l).is_ok());
+        assert_eq!(
+            context_ids(&[3, 1, 3], "context_ids", &l).unwrap(),
+            vec![3, 1]
+        );
+        assert!(
+            matches!(context_ids(&[1, 0], "context_ids", &l), Err(Error::InvalidArgument(m)) if m.contains("context_ids[1]"))
+        );
+        let ts = |s| prost_types::Timestamp {
+            seconds: s,
+            nanos: 0,
+        };
+        let r = created_range(Some(&ts(1)), Some(&ts(2))).unwrap();
+        assert_eq!((r.after_ms, r.before_ms), (Some(1000), Some(2000)));
+        assert!(
+            matches!(created_range(Some(&ts(2)), Some(&ts(2))), Err(Error::InvalidArgument(m)) if m.contains("created_after"))
+        );
+        let bad = prost_types::Timestamp {
+            seconds: 1,
+            nanos: -1,
+        };
+        assert!(
+            matches!(created_range(None, Some(&bad)), Err(Error::InvalidArgument(m)) if m.contains("created_before.nanos"))
+        );
+        assert_eq!(optional_id(0, "context_id").unwrap(), None);
+        assert!(optional_id(-1, "context_id").is_err());
     }
 
     #[test]

@@ -90,25 +90,51 @@ impl CacheService for Cache {
         }
         let stats_ns = ns.clone();
         let record = req.record_cached_execution;
+        let context_ids =
+            validate::context_ids(&req.context_ids, "context_ids", &self.shared.limits)?;
+        // The CACHED execution consumed what the looking-up task names as its
+        // inputs (with ignore_inputs, they may differ from the original's).
+        let inputs: Option<BTreeMap<String, Vec<i64>>> = match &req.target {
+            Some(Target::Interface(ti)) => Some(
+                ti.input_artifacts
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.ids.clone()))
+                    .collect(),
+            ),
+            _ => None,
+        };
         // A hit served from memory needs no blocking thread (unless it records).
         let hot = self.shared.store.lookup_hot(&ns, &key, max_staleness);
         let (claimed, cached) = self
             .shared
             .blocking_unless(hot.is_some() && !record, move |store| {
-                if let Some(Lookup::Hit { execution, outputs }) = hot {
-                    let cached = match record {
-                        true => Some(store.record_cached(&execution, &outputs)?),
-                        false => None,
-                    };
-                    return Ok((Claimed::Hit { execution, outputs }, cached));
+                if record {
+                    // Fail before the lookup, not after it.
+                    for (i, id) in context_ids.iter().enumerate() {
+                        store.context(*id, Some(&ns)).map_err(|e| match e {
+                            Error::NotFound(m) => Error::NotFound(format!("context_ids[{i}]: {m}")),
+                            other => other,
+                        })?;
+                    }
                 }
-                let claimed = match &ask {
-                    None => store.lookup(&ns, &key, max_staleness)?.into(),
-                    Some(ask) => store.lookup_or_claim(&ns, &key, max_staleness, Some(ask))?,
+                let claimed = match (hot, &ask) {
+                    (Some(Lookup::Hit { execution, outputs }), _) => {
+                        Claimed::Hit { execution, outputs }
+                    }
+                    (_, None) => store.lookup(&ns, &key, max_staleness)?.into(),
+                    (_, Some(ask)) => store.lookup_or_claim(&ns, &key, max_staleness, Some(ask))?,
                 };
                 let cached = match (&claimed, record) {
                     (Claimed::Hit { execution, outputs }, true) => {
-                        Some(store.record_cached(execution, outputs)?)
+                        let inputs = inputs.unwrap_or_else(|| {
+                            execution
+                                .interface
+                                .iter()
+                                .flat_map(|ti| ti.input_artifacts.iter())
+                                .map(|(k, v)| (k.clone(), v.ids.clone()))
+                                .collect()
+                        });
+                        Some(store.record_cached(execution, outputs, &inputs, &context_ids)?)
                     }
                     _ => None,
                 };

@@ -5,14 +5,19 @@ use tonic::{Request, Response, Status};
 use super::Shared;
 use crate::auth::Caller;
 use crate::error::{Error, Result};
+use crate::lineage::{self, Node};
+use crate::proto::get_lineage_request::Start;
 use crate::proto::metadata_store_service_server::MetadataStoreService;
 use crate::proto::{
-    ArtifactState, ExecutionState, GetArtifactsRequest, GetArtifactsResponse, GetEventsRequest,
-    GetEventsResponse, GetExecutionsRequest, GetExecutionsResponse, ListArtifactsRequest,
-    ListArtifactsResponse, ListExecutionsRequest, ListExecutionsResponse, PruneExecutionsRequest,
-    PruneExecutionsResponse, PutArtifactsRequest, PutArtifactsResponse, PutExecutionRequest,
+    ArtifactState, ExecutionState, GetArtifactsRequest, GetArtifactsResponse, GetContextsRequest,
+    GetContextsResponse, GetEventsRequest, GetEventsResponse, GetExecutionsRequest,
+    GetExecutionsResponse, GetLineageRequest, GetLineageResponse, ListArtifactsRequest,
+    ListArtifactsResponse, ListContextsRequest, ListContextsResponse, ListExecutionsRequest,
+    ListExecutionsResponse, PruneExecutionsRequest, PruneExecutionsResponse, PutArtifactsRequest,
+    PutArtifactsResponse, PutContextsRequest, PutContextsResponse, PutExecutionRequest,
     PutExecutionResponse,
 };
+use crate::store::query::ContextFilter;
 use crate::store::{ArtifactFilter, ExecutionFilter};
 use crate::validate;
 
@@ -100,6 +105,11 @@ impl MetadataStoreService for Metadata {
                         .map_err(|_| Error::invalid(format!("state: unknown value {s}")))?,
                 ),
             },
+            context_id: validate::optional_id(req.context_id, "context_id")?,
+            created: validate::created_range(
+                req.created_after.as_ref(),
+                req.created_before.as_ref(),
+            )?,
         };
         let size = validate::page_size(req.page_size, &self.shared.limits)?;
         let after = validate::parse_page_token(&req.page_token)?;
@@ -182,6 +192,11 @@ impl MetadataStoreService for Metadata {
                 "" => None,
                 k => Some(validate::cache_key_hex(k, "cache_key")?),
             },
+            context_id: validate::optional_id(req.context_id, "context_id")?,
+            created: validate::created_range(
+                req.created_after.as_ref(),
+                req.created_before.as_ref(),
+            )?,
         };
         let size = validate::page_size(req.page_size, &self.shared.limits)?;
         let after = validate::parse_page_token(&req.page_token)?;
@@ -192,6 +207,99 @@ impl MetadataStoreService for Metadata {
         Ok(Response::new(ListExecutionsResponse {
             executions: page.items,
             next_page_token: validate::page_token(page.next_token),
+        }))
+    }
+
+    async fn put_contexts(
+        &self,
+        request: Request<PutContextsRequest>,
+    ) -> Result<Response<PutContextsResponse>, Status> {
+        let limits = self.shared.limits.clone();
+        let contexts = request.into_inner().contexts;
+        if contexts.len() > limits.max_interface_entries {
+            return Err(Error::invalid(format!(
+                "contexts has {} entries, over the limit of {} (max_interface_entries)",
+                contexts.len(),
+                limits.max_interface_entries
+            ))
+            .into());
+        }
+        let contexts = contexts
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| validate::context(c, &format!("contexts[{i}]"), &limits))
+            .collect::<Result<Vec<_>>>()?;
+        let context_ids = self
+            .shared
+            .blocking(move |s| s.put_contexts(contexts))
+            .await?;
+        Ok(Response::new(PutContextsResponse { context_ids }))
+    }
+
+    async fn get_contexts(
+        &self,
+        request: Request<GetContextsRequest>,
+    ) -> Result<Response<GetContextsResponse>, Status> {
+        let ids = ids(&request.into_inner().ids, "ids")?;
+        let contexts = self
+            .shared
+            .blocking(move |s| {
+                ids.iter()
+                    .map(|id| s.context(*id, None))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await?;
+        Ok(Response::new(GetContextsResponse { contexts }))
+    }
+
+    async fn list_contexts(
+        &self,
+        request: Request<ListContextsRequest>,
+    ) -> Result<Response<ListContextsResponse>, Status> {
+        let req = request.into_inner();
+        let filter = ContextFilter {
+            namespace: validate::namespace(&req.namespace)?,
+            context_type: (!req.r#type.is_empty()).then(|| req.r#type.clone()),
+        };
+        let size = validate::page_size(req.page_size, &self.shared.limits)?;
+        let after = validate::parse_page_token(&req.page_token)?;
+        let page = self
+            .shared
+            .blocking(move |s| s.list_contexts(&filter, size, after))
+            .await?;
+        Ok(Response::new(ListContextsResponse {
+            contexts: page.items,
+            next_page_token: validate::page_token(page.next_token),
+        }))
+    }
+
+    async fn get_lineage(
+        &self,
+        request: Request<GetLineageRequest>,
+    ) -> Result<Response<GetLineageResponse>, Status> {
+        let req = request.into_inner();
+        let start = match req.start {
+            Some(Start::ArtifactId(id)) => {
+                Node::Artifact(validate::positive_id(id, "artifact_id")?)
+            }
+            Some(Start::ExecutionId(id)) => {
+                Node::Execution(validate::positive_id(id, "execution_id")?)
+            }
+            None => {
+                return Err(Error::invalid("one of artifact_id or execution_id is required").into())
+            }
+        };
+        let dirs = lineage::directions(req.direction)?;
+        let bounds = lineage::bounds(req.max_hops, req.max_nodes)?;
+        let l = self
+            .shared
+            .blocking(move |s| s.lineage(start, &dirs, bounds))
+            .await?;
+        Ok(Response::new(GetLineageResponse {
+            artifacts: l.artifacts,
+            executions: l.executions,
+            events: l.events,
+            truncated: l.truncated,
         }))
     }
 

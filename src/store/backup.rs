@@ -18,7 +18,7 @@
 //!
 //! IDs: sled's ID generator is not part of the tree, and a new store's starts
 //! again at 0. `import` therefore stores the backup's ID high-water mark under
-//! `keys::META_ID_FLOOR`, and `new_id` generates above it.
+//! `keys::META_ID_FLOOR`, and `Store::allocate` generates above it.
 
 use std::io::{self, Read, Write};
 use std::path::Path;
@@ -147,7 +147,7 @@ impl Store {
             Some(v) => keys::read_u64(&v, 0)?,
             None => 0,
         };
-        // new_id hands out floor + g + 1 for every g generated before this one.
+        // allocate hands out floor + g + 1 for every g generated before this one.
         Ok(floor.saturating_add(self.db.generate_id()?))
     }
 
@@ -379,14 +379,14 @@ mod tests {
     fn new_ids_start_above_the_high_water_mark() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        let before = store.tree.transaction(super::super::new_id).unwrap();
+        let before = store.allocate(1).unwrap().ids[0];
         let mut out = Vec::new();
         let s = store.export(&mut out).unwrap();
         assert!(s.id_high_water >= before as u64);
         let dir2 = tempfile::tempdir().unwrap();
         let restored = open(dir2.path());
         restored.import(out.as_slice()).unwrap();
-        let next = restored.tree.transaction(super::super::new_id).unwrap();
+        let next = restored.allocate(1).unwrap().ids[0];
         assert!(
             next as u64 > s.id_high_water,
             "{next} > {}",

@@ -4,7 +4,6 @@
 
 use crate::error::Error;
 use crate::key::CacheKey;
-use crate::proto::EventType;
 
 pub const ARTIFACT: u8 = b'a';
 pub const ARTIFACT_BY_NS: u8 = b'b';
@@ -23,6 +22,25 @@ pub const META: u8 = b'~';
 /// Every ID at or below this u64 (BE) was handed out before an import (see
 /// `backup`): new IDs are generated above it.
 pub const META_ID_FLOOR: &[u8] = b"~id-floor";
+pub const CONTEXT: u8 = b'g';
+/// (namespace, type, name) -> context id.
+pub const CONTEXT_BY_NAME: u8 = b'h';
+pub const CONTEXT_BY_NS: u8 = b'i';
+pub const CONTEXT_BY_TYPE: u8 = b'j';
+/// Associations: (context, rev execution id).
+pub const EXEC_BY_CONTEXT: u8 = b'n';
+/// Attributions: (context, rev artifact id).
+pub const ARTIFACT_BY_CONTEXT: u8 = b'o';
+/// The reverse of EXEC_BY_CONTEXT, (execution, context), for prune.
+pub const CONTEXTS_OF_EXEC: u8 = b'p';
+/// The reverse of ARTIFACT_BY_CONTEXT, (artifact, context), for prune.
+pub const CONTEXTS_OF_ARTIFACT: u8 = b'q';
+/// (namespace, state, rev execution id); moves when the state changes.
+pub const EXEC_BY_STATE: u8 = b's';
+/// (namespace, type, rev artifact id); moves when an update changes the type.
+pub const ARTIFACT_BY_TYPE: u8 = b't';
+/// (namespace, state, rev artifact id); moves when the state changes.
+pub const ARTIFACT_BY_STATE: u8 = b'u';
 
 /// Kinds of records an external_id names.
 pub const KIND_ARTIFACT: u8 = b'a';
@@ -133,24 +151,41 @@ pub fn event_by_exec(exec_id: i64, artifact_id: i64, tail: &[u8]) -> Vec<u8> {
         .done()
 }
 
+/// `w`, artifact id, event type, execution id, tail (which repeats the type):
+/// the events of one type on an artifact (its producers, or its consumers) are
+/// one prefix.
 pub fn event_by_artifact(artifact_id: i64, exec_id: i64, tail: &[u8]) -> Vec<u8> {
     KeyBuf::new(EVENT_BY_ARTIFACT)
         .id(artifact_id)
+        .byte(tail.first().copied().unwrap_or(0))
         .id(exec_id)
         .raw(tail)
         .done()
 }
 
-pub fn events_of_execution(exec_id: i64) -> Vec<u8> {
-    KeyBuf::new(EVENT_BY_EXEC).id(exec_id).done()
+/// The events of one type on an artifact.
+pub fn events_of_artifact_typed(artifact_id: i64, event_type: i32) -> Vec<u8> {
+    KeyBuf::new(EVENT_BY_ARTIFACT)
+        .id(artifact_id)
+        .byte(event_type.clamp(0, 255) as u8)
+        .done()
 }
 
-/// The events of one type of an execution (the first byte of `event_tail`).
-pub fn events_of_execution_by_type(exec_id: i64, event_type: EventType) -> Vec<u8> {
+/// The events of one type of an execution.
+pub fn events_of_execution_typed(exec_id: i64, event_type: i32) -> Vec<u8> {
     KeyBuf::new(EVENT_BY_EXEC)
         .id(exec_id)
-        .byte((event_type as i32).clamp(0, 255) as u8)
+        .byte(event_type.clamp(0, 255) as u8)
         .done()
+}
+
+/// The execution id of an event-by-artifact key.
+pub fn event_by_artifact_exec(k: &[u8]) -> Result<i64, Error> {
+    Ok(read_u64(k, 10)? as i64)
+}
+
+pub fn events_of_execution(exec_id: i64) -> Vec<u8> {
+    KeyBuf::new(EVENT_BY_EXEC).id(exec_id).done()
 }
 
 pub fn events_of_artifact(artifact_id: i64) -> Vec<u8> {
@@ -160,8 +195,8 @@ pub fn events_of_artifact(artifact_id: i64) -> Vec<u8> {
 /// The by-execution key an event-by-artifact key points at.
 pub fn event_by_artifact_target(k: &[u8]) -> Result<Vec<u8>, Error> {
     let art = read_u64(k, 1)?;
-    let exec = read_u64(k, 9)?;
-    let tail = k.get(17..).ok_or_else(|| corrupt(k))?;
+    let exec = read_u64(k, 10)?;
+    let tail = k.get(18..).ok_or_else(|| corrupt(k))?;
     Ok(event_by_exec(exec as i64, art as i64, tail))
 }
 
@@ -192,6 +227,71 @@ pub fn exec_by_key_prefix(ns: &str, key: &CacheKey) -> Vec<u8> {
 
 pub fn artifact_by_ns_prefix(ns: &str) -> Vec<u8> {
     KeyBuf::new(ARTIFACT_BY_NS).str(ns).done()
+}
+
+pub fn exec_by_state_prefix(ns: &str, state: i32) -> Vec<u8> {
+    KeyBuf::new(EXEC_BY_STATE).str(ns).u32(state as u32).done()
+}
+
+pub fn artifact_by_type_prefix(ns: &str, artifact_type: &str) -> Vec<u8> {
+    KeyBuf::new(ARTIFACT_BY_TYPE)
+        .str(ns)
+        .str(artifact_type)
+        .done()
+}
+
+pub fn artifact_by_state_prefix(ns: &str, state: i32) -> Vec<u8> {
+    KeyBuf::new(ARTIFACT_BY_STATE)
+        .str(ns)
+        .u32(state as u32)
+        .done()
+}
+
+pub fn context(id: i64) -> Vec<u8> {
+    KeyBuf::new(CONTEXT).id(id).done()
+}
+
+pub fn context_by_name(ns: &str, context_type: &str, name: &str) -> Vec<u8> {
+    KeyBuf::new(CONTEXT_BY_NAME)
+        .str(ns)
+        .str(context_type)
+        .str(name)
+        .done()
+}
+
+pub fn context_by_ns_prefix(ns: &str) -> Vec<u8> {
+    KeyBuf::new(CONTEXT_BY_NS).str(ns).done()
+}
+
+pub fn context_by_type_prefix(ns: &str, context_type: &str) -> Vec<u8> {
+    KeyBuf::new(CONTEXT_BY_TYPE)
+        .str(ns)
+        .str(context_type)
+        .done()
+}
+
+/// The executions associated with a context, newest first.
+pub fn exec_by_context_prefix(context_id: i64) -> Vec<u8> {
+    KeyBuf::new(EXEC_BY_CONTEXT).id(context_id).done()
+}
+
+/// The artifacts attributed to a context, newest first.
+pub fn artifact_by_context_prefix(context_id: i64) -> Vec<u8> {
+    KeyBuf::new(ARTIFACT_BY_CONTEXT).id(context_id).done()
+}
+
+pub fn contexts_of_exec_prefix(exec_id: i64) -> Vec<u8> {
+    KeyBuf::new(CONTEXTS_OF_EXEC).id(exec_id).done()
+}
+
+pub fn contexts_of_artifact_prefix(artifact_id: i64) -> Vec<u8> {
+    KeyBuf::new(CONTEXTS_OF_ARTIFACT).id(artifact_id).done()
+}
+
+/// The context id at the end of a contexts-of key.
+pub fn id_suffix(k: &[u8]) -> Result<i64, Error> {
+    let at = k.len().checked_sub(8).ok_or_else(|| corrupt(k))?;
+    Ok(read_u64(k, at)? as i64)
 }
 
 /// An ID-ordered index entry: `prefix` then the reversed ID.
@@ -260,8 +360,18 @@ mod tests {
             event_by_exec(7, 42, &tail)
         );
         let by_exec = event_by_exec(7, 42, &tail);
-        assert!(by_exec.starts_with(&events_of_execution_by_type(7, EventType::Output)));
-        assert!(!by_exec.starts_with(&events_of_execution_by_type(7, EventType::Input)));
+        assert!(by_exec.starts_with(&events_of_execution_typed(
+            7,
+            crate::proto::EventType::Output as i32
+        )));
+        assert!(!by_exec.starts_with(&events_of_execution_typed(
+            7,
+            crate::proto::EventType::Input as i32
+        )));
+        assert_eq!(event_by_artifact_exec(&by_art).unwrap(), 7);
+        assert!(by_art.starts_with(&events_of_artifact_typed(42, 2)));
+        assert!(!by_art.starts_with(&events_of_artifact_typed(42, 1)));
+        assert!(event_by_exec(7, 42, &tail).starts_with(&events_of_execution_typed(7, 2)));
         assert!(with_rev_id(b"p", 10) < with_rev_id(b"p", 9));
         assert_eq!(rev_id_suffix(&with_rev_id(b"p", 10)).unwrap(), 10);
     }

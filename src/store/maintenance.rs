@@ -353,7 +353,15 @@ impl Store {
             let mut doomed = vec![
                 keys::execution(e.id),
                 keys::with_rev_id(&keys::exec_by_ns_prefix(ns), e.id),
+                super::exec_state_key(e),
             ];
+            // Its associations with contexts, both ways.
+            for item in self.tree.scan_prefix(keys::contexts_of_exec_prefix(e.id)) {
+                let (k, _) = item?;
+                let cid = keys::id_suffix(&k)?;
+                doomed.push(keys::with_rev_id(&keys::exec_by_context_prefix(cid), e.id));
+                doomed.push(k.to_vec());
+            }
             if let Some(ti) = &e.interface {
                 doomed.push(keys::with_rev_id(
                     &keys::exec_by_component_prefix(ns, &ti.component),
@@ -381,7 +389,7 @@ impl Store {
                         .tree
                         .scan_prefix(keys::events_of_artifact(ev.artifact_id))
                     {
-                        let exec_id = keys::read_u64(&item?.0, 9)? as i64;
+                        let exec_id = keys::event_by_artifact_exec(&item?.0)?;
                         last = match (last, position.get(&exec_id)) {
                             (Some(l), Some(p)) => Some(l.max(*p)),
                             _ => None,
@@ -410,6 +418,20 @@ impl Store {
                         &keys::artifact_by_ns_prefix(&a.namespace),
                         a.id,
                     ));
+                    doomed.extend(super::artifact_index_keys(&a));
+                    // Its attributions to contexts, both ways.
+                    for item in self
+                        .tree
+                        .scan_prefix(keys::contexts_of_artifact_prefix(a.id))
+                    {
+                        let (k, _) = item?;
+                        let cid = keys::id_suffix(&k)?;
+                        doomed.push(keys::with_rev_id(
+                            &keys::artifact_by_context_prefix(cid),
+                            a.id,
+                        ));
+                        doomed.push(k.to_vec());
+                    }
                     if !a.external_id.is_empty() {
                         doomed.push(keys::external_id(
                             &a.namespace,
@@ -434,5 +456,102 @@ impl Store {
             self.durable()?;
         }
         Ok(total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::proto::{
+        Artifact, ArtifactIds, Context, ExecutionState, OutputArtifact, PutExecutionRequest,
+        TaskInterface,
+    };
+    use crate::store::StoreConfig;
+    use crate::validate::{execution_write, Limits};
+
+    fn put(store: &Store, component: &str, inputs: &[i64], ctx: i64) -> (i64, i64) {
+        let ti = TaskInterface {
+            component: component.into(),
+            input_artifacts: [(
+                "in".to_string(),
+                ArtifactIds {
+                    ids: inputs.to_vec(),
+                },
+            )]
+            .into(),
+            output_artifacts: [("out".to_string(), "system.Dataset".to_string())].into(),
+            ..Default::default()
+        };
+        let req = PutExecutionRequest {
+            execution: Some(Execution {
+                namespace: "n".into(),
+                interface: Some(ti),
+                state: ExecutionState::Complete as i32,
+                ..Default::default()
+            }),
+            outputs: vec![OutputArtifact {
+                name: "out".into(),
+                artifact: Some(Artifact::default()),
+            }],
+            context_ids: vec![ctx],
+            ..Default::default()
+        };
+        let w = store
+            .put_execution(&execution_write(req, &Limits::default()).unwrap())
+            .unwrap();
+        (w.execution_id, w.output_artifact_ids[0])
+    }
+
+    /// Prune leaves no index entry of a pruned execution or artifact behind:
+    /// by namespace, component, key, state, type, context (both ways), events.
+    #[test]
+    fn prune_removes_every_index_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(1_000_000));
+        let store = Store::open(dir.path(), &StoreConfig::default(), clock.clone()).unwrap();
+        let ctx = store
+            .put_contexts(vec![Context {
+                namespace: "n".into(),
+                r#type: "run".into(),
+                name: "r1".into(),
+                ..Default::default()
+            }])
+            .unwrap()[0];
+        let (_, a) = put(&store, "a", &[], ctx);
+        let (b, _) = put(&store, "b", &[a], ctx);
+        // A CACHED execution of b, associated too.
+        let orig = store.execution(b, None).unwrap();
+        let outputs = store.outputs_of(b).unwrap();
+        store
+            .record_cached(
+                &orig,
+                &outputs,
+                &[("in".to_string(), vec![a])].into(),
+                &[ctx],
+            )
+            .unwrap();
+        let before = store.tree.len();
+        clock.advance_ms(10_000);
+        let p = store.prune("n", 5_000, false).unwrap();
+        assert_eq!((p.executions, p.artifacts), (3, 2));
+        let left: Vec<u8> = store.tree.iter().map(|item| item.unwrap().0[0]).collect();
+        // Only the context and its name/namespace/type index entries remain.
+        let mut kinds = left.clone();
+        kinds.sort_unstable();
+        assert_eq!(
+            kinds,
+            vec![
+                keys::CONTEXT,
+                keys::CONTEXT_BY_NAME,
+                keys::CONTEXT_BY_NS,
+                keys::CONTEXT_BY_TYPE
+            ],
+            "{} keys before, left: {:?}",
+            before,
+            left.iter().map(|b| *b as char).collect::<String>()
+        );
     }
 }

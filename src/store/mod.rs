@@ -8,6 +8,7 @@ pub mod flush;
 pub mod hot;
 pub mod keys;
 pub mod maintenance;
+pub mod query;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -20,7 +21,8 @@ use crate::clock::{timestamp, timestamp_ms, Clock};
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::policy::{self, Candidate, Ineligible};
-use crate::proto::{Artifact, ArtifactState, Event, EventType, Execution, ExecutionState};
+use crate::proto::{Artifact, ArtifactState, Context, Event, EventType, Execution, ExecutionState};
+use crate::query::TimeRange;
 use crate::reservations::{self, Ask, Claim, Holder};
 use flush::GroupFlush;
 
@@ -68,6 +70,9 @@ pub struct ExecutionWrite {
     pub reservation_owner: String,
     /// A digest of the request, to tell a retry from a reuse of its external_id.
     pub digest: [u8; 32],
+    /// Contexts to associate the execution with (and attribute its input and
+    /// output artifacts to), deduplicated.
+    pub context_ids: Vec<i64>,
 }
 
 /// What a PutExecution did.
@@ -134,6 +139,8 @@ pub struct ExecutionFilter {
     pub component: Option<String>,
     pub state: Option<ExecutionState>,
     pub cache_key: Option<CacheKey>,
+    pub context_id: Option<i64>,
+    pub created: TimeRange,
 }
 
 /// Filters of ListArtifacts.
@@ -142,6 +149,40 @@ pub struct ArtifactFilter {
     pub namespace: String,
     pub artifact_type: Option<String>,
     pub state: Option<ArtifactState>,
+    pub context_id: Option<i64>,
+    pub created: TimeRange,
+}
+
+/// IDs allocated for one write, with the creation time that goes with them.
+#[derive(Debug, Clone)]
+struct Alloc {
+    now: i64,
+    ids: Vec<i64>,
+}
+
+/// Hands out the IDs of an `Alloc` inside a transaction (a retried
+/// transaction starts over with a fresh `Ids`).
+struct Ids<'a> {
+    ids: &'a [i64],
+    next: usize,
+}
+
+impl<'a> Ids<'a> {
+    fn of(a: &'a Alloc) -> Self {
+        Ids {
+            ids: &a.ids,
+            next: 0,
+        }
+    }
+    fn take(&mut self) -> TxResult<i64> {
+        let id = self.ids.get(self.next).copied();
+        self.next += 1;
+        id.ok_or_else(|| {
+            ConflictableTransactionError::Abort(Error::Internal(
+                "a write needed more IDs than it allocated".into(),
+            ))
+        })
+    }
 }
 
 pub struct Store {
@@ -154,6 +195,9 @@ pub struct Store {
     /// key whose result was published after the lookup saw nothing.
     key_locks: Vec<Mutex<()>>,
     hot: hot::HotHits,
+    /// The creation time of the last allocated ID: IDs and creation times are
+    /// allocated together under this lock, so that ID order is creation order.
+    stamp: Mutex<i64>,
 }
 
 impl Store {
@@ -185,11 +229,37 @@ impl Store {
             clock,
             key_locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
             hot: hot::HotHits::new(config.hot_hits),
+            stamp: Mutex::new(0),
         })
     }
 
     pub fn now_ms(&self) -> i64 {
         self.clock.now_ms()
+    }
+
+    /// `n` new IDs and the creation time of the records they name: never
+    /// earlier than that of any ID allocated before (a clock that steps back
+    /// stamps the last time again), so that a created-time range is an ID range.
+    fn allocate(&self, n: usize) -> Result<Alloc> {
+        let mut last = self
+            .stamp
+            .lock()
+            .map_err(|_| Error::Internal("ID allocation lock poisoned".into()))?;
+        let now = self.now_ms().max(*last);
+        *last = now;
+        // Above the floor an import left (a restored store has a fresh generator).
+        let floor = match self.tree.get(keys::META_ID_FLOOR)? {
+            Some(v) => keys::read_u64(&v, 0)?,
+            None => 0,
+        };
+        let ids = (0..n)
+            .map(|_| {
+                // sled's IDs start at 0 and are monotonic across restarts; ours start at 1.
+                let id = self.db.generate_id()?;
+                Ok(i64::try_from(floor.saturating_add(id).saturating_add(1)).unwrap_or(i64::MAX))
+            })
+            .collect::<Result<Vec<i64>>>()?;
+        Ok(Alloc { now, ids })
     }
 
     fn key_lock(&self, key: &CacheKey) -> Result<MutexGuard<'_, ()>> {
@@ -230,12 +300,21 @@ impl Store {
 
     /// Creates (id 0) or updates artifacts, all or none.
     pub fn put_artifacts(&self, artifacts: Vec<Artifact>) -> Result<Vec<i64>> {
-        let now = self.now_ms();
+        let alloc = self.allocate(artifacts.iter().filter(|a| a.id == 0).count())?;
         let ids = self.tree.transaction(|tx| {
+            let mut pool = Ids::of(&alloc);
             artifacts
                 .iter()
                 .enumerate()
-                .map(|(i, a)| put_artifact_tx(tx, a.clone(), now, &format!("artifacts[{i}]")))
+                .map(|(i, a)| {
+                    put_artifact_tx(
+                        tx,
+                        a.clone(),
+                        alloc.now,
+                        &format!("artifacts[{i}]"),
+                        &mut pool,
+                    )
+                })
                 .collect::<TxResult<Vec<i64>>>()
         })?;
         if artifacts.iter().any(|a| a.id != 0) {
@@ -250,24 +329,11 @@ impl Store {
     /// cache-index entry when it completes (unless `skip_publish`).
     /// Releases the key's reservation as `reservations::released_by_write` says.
     pub fn put_execution(&self, w: &ExecutionWrite) -> Result<ExecutionWritten> {
-        // An update may leave the interface out: its key is the stored one.
-        let lock_key = match w.key {
-            Some(k) => Some(k),
-            None if w.execution.id > 0 => self
-                .get::<Execution>(&keys::execution(w.execution.id))?
-                .and_then(|e| e.cache_key.parse::<CacheKey>().ok()),
-            None => None,
-        };
-        let written = {
-            let _guard = lock_key.as_ref().map(|k| self.key_lock(k)).transpose()?;
-            let now = self.now_ms();
-            self.tree.transaction(|tx| put_execution_tx(tx, w, now))?
-        };
-        match written {
+        match self.put_execution_unsynced(w)? {
             Written::New(written) => {
-                if let (true, Some(k)) = (written.published, &lock_key) {
+                if let (true, Ok(k)) = (written.published, written.cache_key.parse::<CacheKey>()) {
                     // A newer entry now wins for this key.
-                    self.hot.evict(&w.execution.namespace, k);
+                    self.hot.evict(&w.execution.namespace, &k);
                 }
                 self.durable()?;
                 Ok(written)
@@ -276,27 +342,60 @@ impl Store {
         }
     }
 
-    /// Many PutExecutions as one atomic transaction and one flush: the bulk path
-    /// that preloads benchmark stores. Each write is checked and recorded
-    /// exactly as by `put_execution`; if any fails, nothing is written.
+    /// Bulk loading (benchmarks, imports): each write is its own atomic
+    /// transaction as in `put_execution`, and one flush makes them all durable.
     pub fn put_executions(&self, writes: &[ExecutionWrite]) -> Result<Vec<ExecutionWritten>> {
-        let now = self.now_ms();
-        let written = self.tree.transaction(|tx| {
-            writes
-                .iter()
-                .map(|w| put_execution_tx(tx, w, now))
-                .collect::<TxResult<Vec<Written>>>()
-        })?;
+        let mut out = Vec::with_capacity(writes.len());
+        let mut replayed = Vec::new();
+        for (i, w) in writes.iter().enumerate() {
+            match self.put_execution_unsynced(w)? {
+                Written::New(written) => out.push(Some(written)),
+                Written::Replayed(id) => {
+                    out.push(None);
+                    replayed.push((i, id));
+                }
+            }
+        }
         self.hot.clear();
         self.durable()?;
-        written
-            .into_iter()
-            .zip(writes)
-            .map(|(written, w)| match written {
-                Written::New(written) => Ok(written),
-                Written::Replayed(id) => self.replay(id, w),
-            })
-            .collect()
+        for (i, id) in replayed {
+            if let (Some(slot), Some(w)) = (out.get_mut(i), writes.get(i)) {
+                *slot = Some(self.replay(id, w)?);
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    fn put_execution_unsynced(&self, w: &ExecutionWrite) -> Result<Written> {
+        // An update may leave the interface out: its key is the stored one.
+        let stored = match w.execution.id {
+            0 => None,
+            id => self.get::<Execution>(&keys::execution(id))?,
+        };
+        let lock_key = match w.key {
+            Some(k) => Some(k),
+            None => stored
+                .as_ref()
+                .and_then(|e| e.cache_key.parse::<CacheKey>().ok()),
+        };
+        // An update that adds contexts attributes the outputs recorded before;
+        // the transaction checks that each still exists.
+        let earlier_outputs = match (&stored, w.context_ids.is_empty()) {
+            (Some(e), false) => self
+                .events_of_execution(e.id)?
+                .into_iter()
+                .filter(|ev| ev.r#type == EventType::Output as i32)
+                .map(|ev| ev.artifact_id)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let _guard = lock_key.as_ref().map(|k| self.key_lock(k)).transpose()?;
+        let needed =
+            usize::from(w.execution.id == 0) + w.outputs.iter().filter(|(_, a)| a.id == 0).count();
+        let alloc = self.allocate(needed)?;
+        Ok(self
+            .tree
+            .transaction(|tx| put_execution_tx(tx, w, &alloc, &earlier_outputs))?)
     }
 
     /// The answer to a retried PutExecution: the original's IDs, nothing written.
@@ -338,14 +437,21 @@ impl Store {
 
     /// Records that a lookup was served from `original`: a CACHED execution with
     /// the same interface and OUTPUT events to the same artifacts.
+    /// It records INPUT events to `inputs` (the inputs of the task that looked
+    /// the key up) and is associated with `context_ids` (the run that looked
+    /// it up), which attributes its inputs and outputs too.
     pub fn record_cached(
         &self,
         original: &Execution,
         outputs: &BTreeMap<String, Vec<Artifact>>,
+        inputs: &BTreeMap<String, Vec<i64>>,
+        context_ids: &[i64],
     ) -> Result<Execution> {
-        let now = self.now_ms();
+        let alloc = self.allocate(1)?;
+        let now = alloc.now;
+        let ns = original.namespace.as_str();
         let exec = self.tree.transaction(|tx| {
-            let id = new_id(tx)?;
+            let id = Ids::of(&alloc).take()?;
             let exec = Execution {
                 id,
                 namespace: original.namespace.clone(),
@@ -361,11 +467,28 @@ impl Store {
                 update_time: Some(timestamp(now)),
             };
             insert_new_execution_tx(tx, &exec, now)?;
+            let mut members = Vec::new();
+            for (name, ids) in inputs {
+                for (i, id) in ids.iter().enumerate() {
+                    let a: Option<Artifact> = tx_get(tx, &keys::artifact(*id))?;
+                    if a.is_none_or(|a| a.namespace != ns) {
+                        return abort(not_found(
+                            &format!("interface.input_artifacts.{name}: artifact"),
+                            *id,
+                            Some(ns),
+                        ));
+                    }
+                    insert_event_tx(tx, exec.id, *id, EventType::Input, name, i, now)?;
+                    members.push(*id);
+                }
+            }
             for (name, arts) in outputs {
                 for (i, a) in arts.iter().enumerate() {
                     insert_event_tx(tx, exec.id, a.id, EventType::Output, name, i, now)?;
+                    members.push(a.id);
                 }
             }
+            associate_tx(tx, ns, context_ids, exec.id, &members)?;
             Ok(exec)
         })?;
         self.durable()?;
@@ -542,9 +665,9 @@ impl Store {
     /// in their keys, so the INPUT events are neither read nor decoded.
     pub fn outputs_of(&self, exec_id: i64) -> Result<BTreeMap<String, Vec<Artifact>>> {
         let mut out: BTreeMap<String, Vec<Artifact>> = BTreeMap::new();
-        for item in self.tree.scan_prefix(keys::events_of_execution_by_type(
+        for item in self.tree.scan_prefix(keys::events_of_execution_typed(
             exec_id,
-            EventType::Output,
+            EventType::Output as i32,
         )) {
             let ev: Event = decode(&item?.1)?;
             let a = self.artifact(ev.artifact_id, None)?;
@@ -572,82 +695,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Executions newest first, filtered, from after the page token.
-    pub fn list_executions(
-        &self,
-        f: &ExecutionFilter,
-        page_size: usize,
-        after: Option<i64>,
-    ) -> Result<Page<Execution>> {
-        let prefix = match (&f.cache_key, &f.component) {
-            (Some(k), _) => keys::exec_by_key_prefix(&f.namespace, k),
-            (None, Some(c)) => keys::exec_by_component_prefix(&f.namespace, c),
-            (None, None) => keys::exec_by_ns_prefix(&f.namespace),
-        };
-        self.page(&prefix, page_size, after, |id| {
-            let e = self.execution(id, Some(&f.namespace))?;
-            let keep = f.state.is_none_or(|s| e.state == s as i32)
-                && f.component
-                    .as_ref()
-                    .is_none_or(|c| e.interface.as_ref().is_some_and(|i| &i.component == c));
-            Ok(keep.then_some(e))
-        })
-    }
-
-    pub fn list_artifacts(
-        &self,
-        f: &ArtifactFilter,
-        page_size: usize,
-        after: Option<i64>,
-    ) -> Result<Page<Artifact>> {
-        let prefix = keys::artifact_by_ns_prefix(&f.namespace);
-        self.page(&prefix, page_size, after, |id| {
-            let a = self.artifact(id, Some(&f.namespace))?;
-            let keep = f.state.is_none_or(|s| a.state == s as i32)
-                && f.artifact_type.as_ref().is_none_or(|t| &a.r#type == t);
-            Ok(keep.then_some(a))
-        })
-    }
-
-    /// Walks an ID-ordered index (newest first) from after `after`, keeping what
-    /// `load` returns, until a page is full.
-    fn page<T>(
-        &self,
-        prefix: &[u8],
-        page_size: usize,
-        after: Option<i64>,
-        mut load: impl FnMut(i64) -> Result<Option<T>>,
-    ) -> Result<Page<T>> {
-        let start = match after {
-            // Newer IDs sort first, so the page after `id` starts at `id - 1`.
-            Some(id) => keys::with_rev_id(prefix, id.saturating_sub(1).max(0)),
-            None => prefix.to_vec(),
-        };
-        let mut items = Vec::new();
-        let mut last = None;
-        for item in self.tree.range(start..) {
-            let (k, _) = item?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            let id = keys::rev_id_suffix(&k)?;
-            if items.len() == page_size {
-                return Ok(Page {
-                    items,
-                    next_token: last,
-                });
-            }
-            last = Some(id);
-            if let Some(t) = load(id)? {
-                items.push(t);
-            }
-        }
-        Ok(Page {
-            items,
-            next_token: None,
-        })
-    }
-
     /// Flushes everything; called at shutdown.
     pub fn close(&self) -> Result<()> {
         self.db.flush()?;
@@ -664,17 +711,6 @@ fn not_found(kind: &str, id: i64, ns: Option<&str>) -> Error {
         Some(ns) => Error::not_found(format!("{kind} {id} does not exist in namespace {ns:?}")),
         None => Error::not_found(format!("{kind} {id} does not exist")),
     }
-}
-
-fn new_id(tx: &Tx) -> TxResult<i64> {
-    // sled's IDs start at 0 and are monotonic across restarts; ours start at 1,
-    // above the floor an import left (a restored store has a fresh generator).
-    let floor = match tx.get(keys::META_ID_FLOOR)? {
-        Some(v) => keys::read_u64(&v, 0).or_else(abort)?,
-        None => 0,
-    };
-    let id = tx.generate_id()?;
-    Ok(i64::try_from(floor.saturating_add(id).saturating_add(1)).unwrap_or(i64::MAX))
 }
 
 fn reservation_tx(tx: &Tx, rkey: &[u8]) -> TxResult<Option<Holder>> {
@@ -747,7 +783,13 @@ fn insert_external_id(
     Ok(())
 }
 
-fn put_artifact_tx(tx: &Tx, mut a: Artifact, now: i64, field: &str) -> TxResult<i64> {
+fn put_artifact_tx(
+    tx: &Tx,
+    mut a: Artifact,
+    now: i64,
+    field: &str,
+    ids: &mut Ids<'_>,
+) -> TxResult<i64> {
     if a.id == 0 {
         let digest = content_digest(&a);
         if let Some(id) = resolve_external_id(
@@ -759,7 +801,7 @@ fn put_artifact_tx(tx: &Tx, mut a: Artifact, now: i64, field: &str) -> TxResult<
         )? {
             return Ok(id);
         }
-        a.id = new_id(tx)?;
+        a.id = ids.take()?;
         if a.state == ArtifactState::Unspecified as i32 {
             a.state = ArtifactState::Live as i32;
         }
@@ -777,6 +819,9 @@ fn put_artifact_tx(tx: &Tx, mut a: Artifact, now: i64, field: &str) -> TxResult<
             keys::with_rev_id(&keys::artifact_by_ns_prefix(&a.namespace), a.id),
             &[],
         )?;
+        for k in artifact_index_keys(&a) {
+            tx.insert(k, &[])?;
+        }
         put(tx, keys::artifact(a.id), &a)?;
         return Ok(a.id);
     }
@@ -805,8 +850,80 @@ fn put_artifact_tx(tx: &Tx, mut a: Artifact, now: i64, field: &str) -> TxResult<
     }
     a.create_time = old.create_time;
     a.update_time = Some(timestamp(now));
+    // The type and state indexes follow the record.
+    let (old_keys, new_keys) = (artifact_index_keys(&old), artifact_index_keys(&a));
+    for k in old_keys.iter().filter(|k| !new_keys.contains(k)) {
+        tx.remove(k.as_slice())?;
+    }
+    for k in new_keys.iter().filter(|k| !old_keys.contains(k)) {
+        tx.insert(k.as_slice(), &[])?;
+    }
     put(tx, keys::artifact(a.id), &a)?;
     Ok(a.id)
+}
+
+/// The entries of an artifact in the indexes that change with its content:
+/// by (namespace, type) and by (namespace, state).
+pub(crate) fn artifact_index_keys(a: &Artifact) -> [Vec<u8>; 2] {
+    [
+        keys::with_rev_id(
+            &keys::artifact_by_type_prefix(&a.namespace, &a.r#type),
+            a.id,
+        ),
+        keys::with_rev_id(&keys::artifact_by_state_prefix(&a.namespace, a.state), a.id),
+    ]
+}
+
+/// The entry of an execution in the by-state index.
+pub(crate) fn exec_state_key(e: &Execution) -> Vec<u8> {
+    keys::with_rev_id(&keys::exec_by_state_prefix(&e.namespace, e.state), e.id)
+}
+
+/// Associates an execution with contexts of its namespace and attributes
+/// `artifacts` to them. NOT_FOUND (naming `context_ids[i]`) when a context
+/// does not exist in the namespace.
+fn associate_tx(
+    tx: &Tx,
+    ns: &str,
+    context_ids: &[i64],
+    exec_id: i64,
+    artifacts: &[i64],
+) -> TxResult<()> {
+    for (i, cid) in context_ids.iter().enumerate() {
+        let c: Option<Context> = tx_get(tx, &keys::context(*cid))?;
+        if c.is_none_or(|c| c.namespace != ns) {
+            return abort(not_found(
+                &format!("context_ids[{i}]: context"),
+                *cid,
+                Some(ns),
+            ));
+        }
+        tx.insert(
+            keys::with_rev_id(&keys::exec_by_context_prefix(*cid), exec_id),
+            &[],
+        )?;
+        tx.insert(
+            keys::KeyBuf::new(keys::CONTEXTS_OF_EXEC)
+                .id(exec_id)
+                .id(*cid)
+                .done(),
+            &[],
+        )?;
+        for a in artifacts {
+            tx.insert(
+                keys::with_rev_id(&keys::artifact_by_context_prefix(*cid), *a),
+                &[],
+            )?;
+            tx.insert(
+                keys::KeyBuf::new(keys::CONTEXTS_OF_ARTIFACT)
+                    .id(*a)
+                    .id(*cid)
+                    .done(),
+                &[],
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn is_terminal(state: i32) -> bool {
@@ -826,7 +943,14 @@ enum Written {
     Replayed(i64),
 }
 
-fn put_execution_tx(tx: &Tx, w: &ExecutionWrite, now: i64) -> TxResult<Written> {
+fn put_execution_tx(
+    tx: &Tx,
+    w: &ExecutionWrite,
+    alloc: &Alloc,
+    earlier_outputs: &[i64],
+) -> TxResult<Written> {
+    let now = alloc.now;
+    let mut ids = Ids::of(alloc);
     let req = &w.execution;
     let ns = req.namespace.as_str();
     let cache_key = w.key.map(|k| k.to_string()).unwrap_or_default();
@@ -838,7 +962,7 @@ fn put_execution_tx(tx: &Tx, w: &ExecutionWrite, now: i64) -> TxResult<Written> 
             return Ok(Written::Replayed(id));
         }
         exec = req.clone();
-        exec.id = new_id(tx)?;
+        exec.id = ids.take()?;
         exec.cache_key = cache_key;
         exec.create_time = Some(timestamp(now));
         exec.update_time = Some(timestamp(now));
@@ -903,8 +1027,12 @@ fn put_execution_tx(tx: &Tx, w: &ExecutionWrite, now: i64) -> TxResult<Written> 
                 old.id
             )));
         }
+        if old.state != req.state {
+            tx.remove(exec_state_key(&old))?;
+        }
         exec = old;
         exec.state = req.state;
+        tx.insert(exec_state_key(&exec), &[])?;
         exec.output_parameters.extend(req.output_parameters.clone());
         exec.properties.extend(req.properties.clone());
         if req.cache_ttl.is_some() {
@@ -919,7 +1047,7 @@ fn put_execution_tx(tx: &Tx, w: &ExecutionWrite, now: i64) -> TxResult<Written> 
     for (i, (name, art)) in w.outputs.iter().enumerate() {
         let field = format!("outputs[{i}].artifact");
         let id = if art.id == 0 {
-            put_artifact_tx(tx, art.clone(), now, &field)?
+            put_artifact_tx(tx, art.clone(), now, &field, &mut ids)?
         } else {
             let a: Option<Artifact> = tx_get(tx, &keys::artifact(art.id))?;
             if a.is_none_or(|a| a.namespace != ns) {
@@ -946,6 +1074,24 @@ fn put_execution_tx(tx: &Tx, w: &ExecutionWrite, now: i64) -> TxResult<Written> 
         insert_event_tx(tx, exec.id, id, EventType::Output, name, *index, now)?;
         *index += 1;
         output_ids.push(id);
+    }
+
+    if !w.context_ids.is_empty() {
+        let mut members: Vec<i64> = exec
+            .interface
+            .iter()
+            .flat_map(|ti| ti.input_artifacts.values())
+            .flat_map(|ids| ids.ids.iter().copied())
+            .chain(output_ids.iter().copied())
+            .collect();
+        for id in earlier_outputs {
+            if tx.get(keys::artifact(*id))?.is_some() {
+                members.push(*id);
+            }
+        }
+        members.sort_unstable();
+        members.dedup();
+        associate_tx(tx, ns, &w.context_ids, exec.id, &members)?;
     }
 
     // An update may leave the interface out: the key is the recorded one.
@@ -994,6 +1140,7 @@ fn insert_new_execution_tx(tx: &Tx, exec: &Execution, _now: i64) -> TxResult<()>
         keys::with_rev_id(&keys::exec_by_ns_prefix(ns), exec.id),
         &[],
     )?;
+    tx.insert(exec_state_key(exec), &[])?;
     if let Some(ti) = &exec.interface {
         tx.insert(
             keys::with_rev_id(&keys::exec_by_component_prefix(ns, &ti.component), exec.id),
@@ -1137,14 +1284,16 @@ mod tests {
     }
 
     #[test]
-    fn bulk_put_is_all_or_nothing() {
+    fn bulk_put_writes_each_execution_whole_or_not_at_all() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
         let good = write("good", &[], "");
         let bad = write("bad", &[999], "");
-        let err = store.put_executions(&[good.clone(), bad]).unwrap_err();
+        let err = store.put_executions(&[good.clone(), bad.clone()]).unwrap_err();
         assert!(matches!(err, Error::NotFound(_)), "{err:?}");
-        assert_eq!(hit_outputs(&store, &good), None);
-        assert_eq!(store.tree.len(), 0, "nothing was written");
+        // Each write is its own transaction: the good one is whole, the bad one absent.
+        assert!(hit_outputs(&store, &good).is_some());
+        assert_eq!(hit_outputs(&store, &bad), None);
+        assert!(store.check().unwrap().problems.is_empty());
     }
 }
