@@ -530,6 +530,25 @@ async fn auth_outcomes(channel: Channel) {
         .await
         .unwrap();
     assert_eq!(ok.into_inner().executions.len(), 1);
+    let lineage = GetLineageRequest {
+        start: Some(get_lineage_request::Start::ExecutionId(put.execution_id)),
+        ..Default::default()
+    };
+    let err = meta
+        .get_lineage(with_token(lineage.clone(), "tok-b"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(meta.get_lineage(with_token(lineage, "tok-a")).await.is_ok());
+    let list = ListContextsRequest {
+        namespace: "team-a".into(),
+        ..Default::default()
+    };
+    let err = meta
+        .list_contexts(with_token(list, "tok-b"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
     // Health stays open for probes.
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     health

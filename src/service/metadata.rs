@@ -214,6 +214,7 @@ impl MetadataStoreService for Metadata {
         &self,
         request: Request<PutContextsRequest>,
     ) -> Result<Response<PutContextsResponse>, Status> {
+        let caller = Caller::of(&request);
         let limits = self.shared.limits.clone();
         let contexts = request.into_inner().contexts;
         if contexts.len() > limits.max_interface_entries {
@@ -227,7 +228,11 @@ impl MetadataStoreService for Metadata {
         let contexts = contexts
             .into_iter()
             .enumerate()
-            .map(|(i, c)| validate::context(c, &format!("contexts[{i}]"), &limits))
+            .map(|(i, c)| {
+                let c = validate::context(c, &format!("contexts[{i}]"), &limits)?;
+                caller.allow(&c.namespace)?;
+                Ok(c)
+            })
             .collect::<Result<Vec<_>>>()?;
         let context_ids = self
             .shared
@@ -240,6 +245,7 @@ impl MetadataStoreService for Metadata {
         &self,
         request: Request<GetContextsRequest>,
     ) -> Result<Response<GetContextsResponse>, Status> {
+        let caller = Caller::of(&request);
         let ids = ids(&request.into_inner().ids, "ids")?;
         let contexts = self
             .shared
@@ -249,6 +255,9 @@ impl MetadataStoreService for Metadata {
                     .collect::<Result<Vec<_>>>()
             })
             .await?;
+        for c in &contexts {
+            caller.allow(&c.namespace)?;
+        }
         Ok(Response::new(GetContextsResponse { contexts }))
     }
 
@@ -256,9 +265,10 @@ impl MetadataStoreService for Metadata {
         &self,
         request: Request<ListContextsRequest>,
     ) -> Result<Response<ListContextsResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let filter = ContextFilter {
-            namespace: validate::namespace(&req.namespace)?,
+            namespace: caller.namespace(&req.namespace)?,
             context_type: (!req.r#type.is_empty()).then(|| req.r#type.clone()),
         };
         let size = validate::page_size(req.page_size, &self.shared.limits)?;
@@ -277,6 +287,7 @@ impl MetadataStoreService for Metadata {
         &self,
         request: Request<GetLineageRequest>,
     ) -> Result<Response<GetLineageResponse>, Status> {
+        let caller = Caller::of(&request);
         let req = request.into_inner();
         let start = match req.start {
             Some(Start::ArtifactId(id)) => {
@@ -295,6 +306,15 @@ impl MetadataStoreService for Metadata {
             .shared
             .blocking(move |s| s.lineage(start, &dirs, bounds))
             .await?;
+        // Events never cross namespaces, so this checks the start's namespace.
+        for ns in l
+            .artifacts
+            .iter()
+            .map(|a| &a.namespace)
+            .chain(l.executions.iter().map(|e| &e.namespace))
+        {
+            caller.allow(ns)?;
+        }
         Ok(Response::new(GetLineageResponse {
             artifacts: l.artifacts,
             executions: l.executions,

@@ -1289,7 +1289,9 @@ mod tests {
         let store = open(dir.path());
         let good = write("good", &[], "");
         let bad = write("bad", &[999], "");
-        let err = store.put_executions(&[good.clone(), bad.clone()]).unwrap_err();
+        let err = store
+            .put_executions(&[good.clone(), bad.clone()])
+            .unwrap_err();
         assert!(matches!(err, Error::NotFound(_)), "{err:?}");
         // Each write is its own transaction: the good one is whole, the bad one absent.
         assert!(hit_outputs(&store, &good).is_some());
