@@ -535,7 +535,7 @@ async fn auth_outcomes(channel: Channel) {
         ..Default::default()
     };
     let err = meta
-        .get_lineage(with_token(lineage.clone(), "tok-b"))
+        .get_lineage(with_token(lineage, "tok-b"))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
