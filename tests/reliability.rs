@@ -615,3 +615,31 @@ async fn auth_over_tls_with_a_self_signed_certificate() {
     let _ = stop.send(());
     handle.await.unwrap().unwrap();
 }
+
+#[test]
+fn a_damaged_store_is_refused_with_restore_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d");
+    // A real store, written and closed.
+    let out = Command::new(BIN)
+        .args(["check", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let conf = data.join("conf");
+    let mut bytes = std::fs::read(&conf).unwrap();
+    for b in bytes.iter_mut().step_by(3) {
+        *b ^= 0xFF;
+    }
+    std::fs::write(&conf, bytes).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the server refuses to serve");
+    assert!(err.contains("restore it from a backup"), "{err}");
+}
