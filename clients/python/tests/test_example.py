@@ -2,42 +2,21 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
+
+from example_runs import run_example
 
 
 def test_pipeline_driver_three_runs(server_addr: str, repo_root: Path, tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(repo_root / "examples" / "pipeline_driver.py"),
-            "--addr",
-            server_addr,
-            "--workdir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    stdout, outcomes = run_example(
+        repo_root / "examples" / "pipeline_driver.py", ["--addr", server_addr, "--workdir", str(tmp_path)], timeout=120
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-    outcomes: dict[str, list[tuple[str, str, str]]] = {}
-    run = ""
-    for line in proc.stdout.splitlines():
-        if line.startswith("run "):
-            run = line.split(":")[0]
-            outcomes[run] = []
-        elif run and line.split()[:1] in (["prepare"], ["train"], ["evaluate"]):
-            task, outcome, ran = line.split()[:3]
-            outcomes[run].append((task, outcome, ran))
     assert outcomes == {
         "run 1": [("prepare", "MISS", "yes"), ("train", "MISS", "yes"), ("evaluate", "MISS", "yes")],
         "run 2": [("prepare", "HIT", "no"), ("train", "HIT", "no"), ("evaluate", "HIT", "no")],
         "run 3": [("prepare", "DISABLED", "yes"), ("train", "MISS", "yes"), ("evaluate", "MISS", "yes")],
     }
-    assert "identical content: yes" in proc.stdout
+    assert "identical content: yes" in stdout
 
     # Run 2 ran nothing, so it wrote no file; runs 1 and 3 wrote all three.
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
