@@ -95,7 +95,7 @@ impl CacheService for Cache {
         // The CACHED execution consumed what the looking-up task names as its
         // inputs (with ignore_inputs, they may differ from the original's).
         let inputs: Option<BTreeMap<String, Vec<i64>>> = match &req.target {
-            Some(Target::Interface(ti)) => Some(
+            Some(Target::Interface(ti)) if record => Some(
                 ti.input_artifacts
                     .iter()
                     .map(|(k, v)| (k.clone(), v.ids.clone()))
