@@ -134,6 +134,18 @@ pub fn parse_cache_suffix(suffix: &[u8]) -> Result<(i64, i64), Error> {
     Ok(((u64::MAX - a) as i64, (u64::MAX - b) as i64))
 }
 
+/// A whole cache-index key read back: (cache key, completed_ms, execution id).
+pub fn parse_cache_entry(k: &[u8]) -> Result<(CacheKey, i64, i64), Error> {
+    let ns_len = read_u32(k, 1)? as usize;
+    let key_at = 1 + 4 + ns_len;
+    let key: [u8; 32] = k
+        .get(key_at..key_at + 32)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| corrupt(k))?;
+    let (completed_ms, exec_id) = parse_cache_suffix(k.get(key_at + 32..).unwrap_or_default())?;
+    Ok((CacheKey(key), completed_ms, exec_id))
+}
+
 /// The event of an execution; `rest` of the key (after the prefix and the
 /// execution id) is shared with the by-artifact index.
 pub fn event_tail(event_type: i32, name: &str, index: i32) -> Vec<u8> {
@@ -342,6 +354,8 @@ mod tests {
         assert!(older.starts_with(&cache_prefix("ns", &k)));
         let p = cache_prefix("ns", &k).len();
         assert_eq!(parse_cache_suffix(&newer[p..]).unwrap(), (2_000, 9));
+        assert_eq!(parse_cache_entry(&newer).unwrap(), (k, 2_000, 9));
+        assert!(parse_cache_entry(&newer[..newer.len() - 1]).is_err());
     }
 
     #[test]

@@ -212,22 +212,15 @@ impl Store {
                 }
                 keys::CACHE => {
                     r.cache_entries += 1;
-                    let ns_len = keys::read_u32(&k, 1)? as usize;
-                    let key_at = 1 + 4 + ns_len;
-                    let (_, exec_id) =
-                        keys::parse_cache_suffix(k.get(key_at + 32..).unwrap_or_default())?;
+                    let (key, _, exec_id) = keys::parse_cache_entry(&k)?;
                     match self.tree.get(keys::execution(exec_id))? {
                         None => r
                             .problems
                             .push(format!("cache entry of missing execution {exec_id}")),
                         Some(bytes) => {
                             let e: Execution = super::decode(&bytes)?;
-                            let key_hex = k
-                                .get(key_at..key_at + 32)
-                                .map(hex::encode)
-                                .unwrap_or_default();
                             if e.state != crate::proto::ExecutionState::Complete as i32
-                                || e.cache_key != key_hex
+                                || e.cache_key != key.to_string()
                             {
                                 r.problems.push(format!(
                                     "cache entry of execution {exec_id} that is not COMPLETE with that key"
@@ -295,11 +288,7 @@ impl Store {
         for item in self.tree.scan_prefix(&prefix) {
             let (k, v) = item?;
             let expired = || -> Result<bool> {
-                // namespace (u32 length + bytes) + 32-byte key precede the suffix.
-                let ns_len = keys::read_u32(&k, 1)? as usize;
-                let suffix_at = 1 + 4 + ns_len + 32;
-                let (completed_ms, exec_id) =
-                    keys::parse_cache_suffix(&k[suffix_at.min(k.len())..])?;
+                let (_, completed_ms, exec_id) = keys::parse_cache_entry(&k)?;
                 let e = self.execution(exec_id, None)?;
                 let ttl = policy::duration_ms(e.cache_ttl.as_ref(), "cache_ttl")
                     .ok()
