@@ -11,6 +11,7 @@ pub mod lineage;
 pub mod metrics;
 pub mod policy;
 pub mod query;
+pub mod readpool;
 pub mod reservations;
 pub mod server;
 pub mod service;

@@ -18,6 +18,7 @@ use crate::metrics;
 use crate::proto::cache_service_server::CacheServiceServer;
 use crate::proto::metadata_store_service_server::MetadataStoreServiceServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::readpool::ReadPool;
 use crate::reservations::Waiters;
 use crate::service::cache::Cache;
 use crate::service::metadata::Metadata;
@@ -37,6 +38,9 @@ pub struct Config {
     /// Where the metrics listener was bound (set by `run`; useful with port 0).
     pub metrics_addr: Arc<OnceLock<SocketAddr>>,
     pub admission: AdmissionLimits,
+    /// Threads of the read pool (see `readpool`); 0: reads take blocking
+    /// threads like writes.
+    pub read_threads: usize,
     /// Bearer tokens and their namespaces; None = auth off.
     pub auth: Option<Arc<Tokens>>,
     /// PEM certificate chain and key; None = plaintext.
@@ -58,6 +62,7 @@ impl Config {
             limits: Limits::default(),
             clock: Arc::new(SystemClock),
             admission: AdmissionLimits::default(),
+            read_threads: ReadPool::default_threads(),
             auth: None,
             tls: None,
             metrics_listen: None,
@@ -91,6 +96,10 @@ pub async fn run(
         stats: Arc::default(),
         waiters: Arc::new(Waiters::default()),
         shutdown: stopping_rx,
+        reads: match config.read_threads {
+            0 => None,
+            n => Some(ReadPool::new(n)?),
+        },
     };
     let max = config.limits.max_message_bytes;
     let (metrics, metrics_task) = metrics::start(&config, &shared).await?;

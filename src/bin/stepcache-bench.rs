@@ -113,6 +113,10 @@ struct Args {
     /// The spawned server's --hot-hits (in-memory hits; 0 = off).
     #[arg(long, default_value_t = 20_000)]
     hot_hits: usize,
+    /// More arguments for the spawned `stepcache serve` (repeatable), e.g.
+    /// `--server-arg=--read-threads=0`.
+    #[arg(long, allow_hyphen_values = true)]
+    server_arg: Vec<String>,
     /// Executions stored before measuring (lookup-hit draws from them).
     #[arg(long, default_value_t = 10_000)]
     preload: u64,
@@ -473,6 +477,7 @@ impl ServerProc {
         data_dir: &Path,
         cache_mb: u64,
         hot_hits: usize,
+        extra: &[String],
     ) -> anyhow::Result<ServerProc> {
         let start = Instant::now();
         let mut child = Command::new(bin)
@@ -483,6 +488,7 @@ impl ServerProc {
             .arg(cache_mb.to_string())
             .arg("--hot-hits")
             .arg(hot_hits.to_string())
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -1104,7 +1110,14 @@ fn main() -> anyhow::Result<()> {
         let server = match &data_dir {
             Some(d) => {
                 let bin = ServerProc::server_bin(args.server_bin.as_deref())?;
-                let s = ServerProc::spawn(&bin, d, args.cache_capacity_mb, args.hot_hits).await?;
+                let s = ServerProc::spawn(
+                    &bin,
+                    d,
+                    args.cache_capacity_mb,
+                    args.hot_hits,
+                    &args.server_arg,
+                )
+                .await?;
                 eprintln!(
                     "# server {} pid {} on {} started in {:.3} s (data dir {}, {:.0} MiB on disk)",
                     bin.display(),

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use tokio::time::{Duration, Instant};
 
-use super::Shared;
+use super::{Shared, Work};
 use crate::auth::Caller;
 use crate::clock::timestamp;
 use crate::error::{Error, Result};
@@ -103,11 +103,17 @@ impl CacheService for Cache {
             ),
             _ => None,
         };
-        // A hit served from memory needs no blocking thread (unless it records).
+        // A hit served from memory needs no thread (unless it records); a
+        // lookup that neither records nor reserves only reads.
         let hot = self.shared.store.lookup_hot(&ns, &key, max_staleness);
+        let work = match (hot.is_some(), record || ask.is_some()) {
+            (_, true) => Work::Write,
+            (true, false) => Work::Inline,
+            (false, false) => Work::Read,
+        };
         let (claimed, cached) = self
             .shared
-            .blocking_unless(hot.is_some() && !record, move |store| {
+            .run(work, move |store| {
                 if record {
                     // Fail before the lookup, not after it.
                     for (i, id) in context_ids.iter().enumerate() {
@@ -179,8 +185,15 @@ impl CacheService for Cache {
             || {
                 let (shared, ns, ask) = (self.shared.clone(), ns.clone(), ask.clone());
                 async move {
+                    let work = if ask.is_some() {
+                        Work::Write
+                    } else {
+                        Work::Read
+                    };
                     let claimed = shared
-                        .blocking(move |s| s.lookup_or_claim(&ns, &key, None, ask.as_ref()))
+                        .run(work, move |s| {
+                            s.lookup_or_claim(&ns, &key, None, ask.as_ref())
+                        })
                         .await?;
                     Ok(match claimed {
                         Claimed::Held { holder, .. } => Step::Held(holder),
@@ -314,7 +327,7 @@ impl CacheService for Cache {
         // The newest executions of the component; CACHED ones repeat their originals.
         let recent = self
             .shared
-            .blocking(move |s| s.list_executions(&filter, EXPLAIN_WINDOW, None))
+            .read(move |s| s.list_executions(&filter, EXPLAIN_WINDOW, None))
             .await?
             .items
             .into_iter()
@@ -340,7 +353,7 @@ impl CacheService for Cache {
         let counts = self.shared.stats.get(&ns);
         let (entries, in_progress) = self
             .shared
-            .blocking(move |s| Ok((s.count_entries(&ns)?, s.count_reservations(&ns)?)))
+            .read(move |s| Ok((s.count_entries(&ns)?, s.count_reservations(&ns)?)))
             .await?;
         Ok(Response::new(GetCacheStatsResponse {
             entries,

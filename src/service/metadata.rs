@@ -77,7 +77,7 @@ impl MetadataStoreService for Metadata {
         let ids = ids(&req.ids, "ids")?;
         let artifacts = self
             .shared
-            .blocking(move |s| {
+            .read(move |s| {
                 ids.iter()
                     .map(|id| s.artifact(*id, ns.as_deref()))
                     .collect::<Result<Vec<_>>>()
@@ -115,7 +115,7 @@ impl MetadataStoreService for Metadata {
         let after = validate::parse_page_token(&req.page_token)?;
         let page = self
             .shared
-            .blocking(move |s| s.list_artifacts(&filter, size, after))
+            .read(move |s| s.list_artifacts(&filter, size, after))
             .await?;
         Ok(Response::new(ListArtifactsResponse {
             artifacts: page.items,
@@ -160,7 +160,7 @@ impl MetadataStoreService for Metadata {
         let ids = ids(&req.ids, "ids")?;
         let executions = self
             .shared
-            .blocking(move |s| {
+            .read(move |s| {
                 ids.iter()
                     .map(|id| s.execution(*id, ns.as_deref()))
                     .collect::<Result<Vec<_>>>()
@@ -202,7 +202,7 @@ impl MetadataStoreService for Metadata {
         let after = validate::parse_page_token(&req.page_token)?;
         let page = self
             .shared
-            .blocking(move |s| s.list_executions(&filter, size, after))
+            .read(move |s| s.list_executions(&filter, size, after))
             .await?;
         Ok(Response::new(ListExecutionsResponse {
             executions: page.items,
@@ -249,7 +249,7 @@ impl MetadataStoreService for Metadata {
         let ids = ids(&request.into_inner().ids, "ids")?;
         let contexts = self
             .shared
-            .blocking(move |s| {
+            .read(move |s| {
                 ids.iter()
                     .map(|id| s.context(*id, None))
                     .collect::<Result<Vec<_>>>()
@@ -275,7 +275,7 @@ impl MetadataStoreService for Metadata {
         let after = validate::parse_page_token(&req.page_token)?;
         let page = self
             .shared
-            .blocking(move |s| s.list_contexts(&filter, size, after))
+            .read(move |s| s.list_contexts(&filter, size, after))
             .await?;
         Ok(Response::new(ListContextsResponse {
             contexts: page.items,
@@ -304,7 +304,7 @@ impl MetadataStoreService for Metadata {
         let bounds = lineage::bounds(req.max_hops, req.max_nodes)?;
         let l = self
             .shared
-            .blocking(move |s| s.lineage(start, &dirs, bounds))
+            .read(move |s| s.lineage(start, &dirs, bounds))
             .await?;
         // Events never cross namespaces, so this checks the start's namespace.
         for ns in l
@@ -333,7 +333,7 @@ impl MetadataStoreService for Metadata {
         let art_ids = ids(&req.artifact_ids, "artifact_ids")?;
         let events = self
             .shared
-            .blocking(move |s| {
+            .read(move |s| {
                 let mut events = Vec::new();
                 for id in exec_ids {
                     caller.allow(&s.execution(id, None)?.namespace)?;

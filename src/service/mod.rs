@@ -9,6 +9,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::error::Result;
+use crate::readpool::ReadPool;
 use crate::reservations::Waiters;
 use crate::store::Store;
 use crate::validate::Limits;
@@ -23,6 +24,20 @@ pub struct Shared {
     pub waiters: Arc<Waiters>,
     /// Turns true when the server starts shutting down: waiters answer then.
     pub shutdown: watch::Receiver<bool>,
+    /// Threads for store calls that only read (see `readpool`); None: reads
+    /// take blocking threads like writes.
+    pub reads: Option<Arc<ReadPool>>,
+}
+
+/// Where a store call runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Touches no storage (an answer already in memory): run it right here.
+    Inline,
+    /// Only reads: the read pool.
+    Read,
+    /// Writes, or may wait for a flush: a blocking thread of its own.
+    Write,
 }
 
 impl Shared {
@@ -36,17 +51,31 @@ impl Shared {
         tokio::task::spawn_blocking(move || f(&store)).await?
     }
 
-    /// Like `blocking`, but runs `f` right here when `inline` says it touches
-    /// no storage (an answer already in memory).
-    pub async fn blocking_unless<T, F>(&self, inline: bool, f: F) -> Result<T>
+    /// Runs a store call that only reads on the read pool.
+    pub async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Store) -> Result<T> + Send + 'static,
     {
-        if inline {
-            f(&self.store)
-        } else {
-            self.blocking(f).await
+        self.run(Work::Read, f).await
+    }
+
+    /// Runs a store call where `work` says.
+    pub async fn run<T, F>(&self, work: Work, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+    {
+        match work {
+            Work::Inline => f(&self.store),
+            Work::Read => match &self.reads {
+                Some(pool) => {
+                    let store = self.store.clone();
+                    pool.run(move || f(&store)).await
+                }
+                None => self.blocking(f).await,
+            },
+            Work::Write => self.blocking(f).await,
         }
     }
 }

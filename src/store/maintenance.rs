@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{keys, Store, INVALIDATED};
+use super::{entry, keys, Store, INVALIDATED};
 use crate::error::Result;
 use crate::key::CacheKey;
 use crate::policy;
@@ -108,7 +108,7 @@ impl Store {
             let mut n = 0i64;
             for k in &entries {
                 if let Some(v) = tx.get(k)? {
-                    if v.first() != Some(&INVALIDATED) {
+                    if !entry::is_invalidated(&v) {
                         tx.insert(k.as_slice(), &[INVALIDATED])?;
                         n += 1;
                     }
@@ -130,7 +130,7 @@ impl Store {
             .tree
             .scan_prefix(keys::KeyBuf::new(keys::CACHE).str(ns).done())
         {
-            if item?.1.first() != Some(&INVALIDATED) {
+            if !entry::is_invalidated(&item?.1) {
                 n += 1;
             }
         }
@@ -226,6 +226,21 @@ impl Store {
                                     "cache entry of execution {exec_id} that is not COMPLETE with that key"
                                 ));
                             }
+                            if let Some(rec) = entry::record(&v)? {
+                                let mut outputs: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+                                for ev in self.events_of_execution(exec_id)? {
+                                    if ev.r#type == EventType::Output as i32 {
+                                        outputs.entry(ev.name).or_default().push(ev.artifact_id);
+                                    }
+                                }
+                                if rec.execution.as_ref() != Some(&e) || rec.output_ids() != outputs
+                                {
+                                    r.problems.push(format!(
+                                        "cache entry of execution {exec_id}: its hit record differs \
+                                         from the execution and its OUTPUT events"
+                                    ));
+                                }
+                            }
                         }
                     }
                 }
@@ -295,7 +310,7 @@ impl Store {
                     .flatten();
                 Ok(matches!(ttl, Some(ttl) if now.saturating_sub(completed_ms) > ttl))
             };
-            if v.first() == Some(&INVALIDATED) || expired()? {
+            if entry::is_invalidated(&v) || expired()? {
                 dead.push(k.to_vec());
             }
         }

@@ -4,6 +4,7 @@
 //! service runs them on `spawn_blocking` threads.
 
 pub mod backup;
+pub mod entry;
 pub mod flush;
 pub mod hot;
 pub mod keys;
@@ -509,8 +510,29 @@ impl Store {
         for item in self.tree.scan_prefix(&prefix) {
             let (k, v) = item?;
             let (completed_ms, exec_id) = keys::parse_cache_suffix(&k[prefix.len()..])?;
-            let execution = self.execution(exec_id, Some(ns))?;
-            let outputs = self.outputs_of(exec_id)?;
+            let (execution, outputs) = match entry::record(&v)? {
+                Some(entry::HitRecord {
+                    execution: Some(e),
+                    outputs,
+                }) if e.id == exec_id && e.namespace == ns => {
+                    let outputs = outputs
+                        .into_iter()
+                        .map(|o| {
+                            let arts = o
+                                .artifact_ids
+                                .iter()
+                                .map(|id| self.artifact(*id, None))
+                                .collect::<Result<Vec<_>>>()?;
+                            Ok((o.name, arts))
+                        })
+                        .collect::<Result<BTreeMap<_, _>>>()?;
+                    (e, outputs)
+                }
+                _ => (
+                    self.execution(exec_id, Some(ns))?,
+                    self.outputs_of(exec_id)?,
+                ),
+            };
             let candidate = Candidate {
                 completed_ms,
                 ttl_ms: policy::duration_ms(execution.cache_ttl.as_ref(), "cache_ttl")
@@ -520,7 +542,7 @@ impl Store {
                     .values()
                     .flatten()
                     .all(|a| a.state == ArtifactState::Live as i32),
-                invalidated: v.first() == Some(&INVALIDATED),
+                invalidated: entry::is_invalidated(&v),
             };
             match policy::eligibility(&candidate, now, max_staleness_ms) {
                 Ok(()) => {
@@ -702,9 +724,7 @@ impl Store {
     }
 }
 
-/// The cache-index value of an entry that must never be served again.
-pub const INVALIDATED: u8 = 1;
-const VALID: u8 = 0;
+pub use entry::{INVALIDATED, VALID};
 
 fn not_found(kind: &str, id: i64, ns: Option<&str>) -> Error {
     match ns {
@@ -1043,6 +1063,7 @@ fn put_execution_tx(
     }
 
     let mut output_ids = Vec::with_capacity(w.outputs.len());
+    let mut outputs_by_name: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     let mut next_index: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, (name, art)) in w.outputs.iter().enumerate() {
         let field = format!("outputs[{i}].artifact");
@@ -1074,6 +1095,7 @@ fn put_execution_tx(
         insert_event_tx(tx, exec.id, id, EventType::Output, name, *index, now)?;
         *index += 1;
         output_ids.push(id);
+        outputs_by_name.entry(name.clone()).or_default().push(id);
     }
 
     if !w.context_ids.is_empty() {
@@ -1099,7 +1121,15 @@ fn put_execution_tx(
     let published =
         exec.state == ExecutionState::Complete as i32 && !w.skip_publish && key.is_some();
     if let (true, Some(key)) = (published, &key) {
-        tx.insert(keys::cache_entry(ns, key, now, exec.id), &[VALID])?;
+        // A new execution's outputs are all in this write: the entry carries
+        // its hit record. An update may complete an execution whose earlier
+        // outputs were recorded before: its entry is served the long way.
+        let value = if req.id == 0 {
+            entry::with_record(&exec, &outputs_by_name)
+        } else {
+            vec![VALID]
+        };
+        tx.insert(keys::cache_entry(ns, key, now, exec.id), value)?;
     }
 
     // The reservation of the key.
@@ -1297,5 +1327,82 @@ mod tests {
         assert!(hit_outputs(&store, &good).is_some());
         assert_eq!(hit_outputs(&store, &bad), None);
         assert!(store.check().unwrap().problems.is_empty());
+    }
+
+    /// The raw cache-index entries of a key.
+    fn entries(store: &Store, key: &CacheKey) -> Vec<(Vec<u8>, Vec<u8>)> {
+        store
+            .tree
+            .scan_prefix(keys::cache_prefix("default", key))
+            .map(|i| i.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn hits_from_a_hit_record_equal_hits_read_the_long_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        // Published by the write that creates it: the entry carries a record.
+        let created = write("created", &[], "");
+        let c = store.put_execution(&created).unwrap();
+        // Created RUNNING with its output, completed by an update: no record.
+        let mut running = write("updated", &[], "");
+        running.execution.state = ExecutionState::Running as i32;
+        let r = store.put_execution(&running).unwrap();
+        assert!(!r.published);
+        let update = execution_write(
+            PutExecutionRequest {
+                execution: Some(Execution {
+                    id: r.execution_id,
+                    state: ExecutionState::Complete as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &Limits::default(),
+        )
+        .unwrap();
+        assert!(store.put_execution(&update).unwrap().published);
+
+        let with_record = entries(&store, created.key.as_ref().unwrap());
+        let without = entries(&store, running.key.as_ref().unwrap());
+        assert!(entry::record(&with_record[0].1).unwrap().is_some());
+        assert_eq!(without[0].1, vec![VALID]);
+
+        for (w, id) in [(&created, c.execution_id), (&running, r.execution_id)] {
+            let Lookup::Hit { execution, outputs } =
+                store.lookup("default", w.key.as_ref().unwrap(), None).unwrap()
+            else {
+                panic!("expected a hit for execution {id}");
+            };
+            assert_eq!(*execution, store.execution(id, None).unwrap());
+            assert_eq!(outputs, store.outputs_of(id).unwrap());
+            assert_eq!(outputs["out"].len(), 1);
+        }
+        assert!(store.check().unwrap().problems.is_empty());
+
+        // A record that disagrees with the execution's events is a problem.
+        let (k, _) = &with_record[0];
+        let mut exec = store.execution(c.execution_id, None).unwrap();
+        let wrong = entry::with_record(&exec, &BTreeMap::from([("out".to_string(), vec![999])]));
+        store.tree.insert(k, wrong).unwrap();
+        let problems = store.check().unwrap().problems;
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("hit record"), "{problems:?}");
+        // A record of another execution is not served as this one.
+        exec.id += 1000;
+        let outputs = store.outputs_of(c.execution_id).unwrap();
+        let ids = outputs
+            .iter()
+            .map(|(n, a)| (n.clone(), a.iter().map(|a| a.id).collect()))
+            .collect();
+        store.tree.insert(k, entry::with_record(&exec, &ids)).unwrap();
+        let Lookup::Hit { execution, .. } = store
+            .lookup("default", created.key.as_ref().unwrap(), None)
+            .unwrap()
+        else {
+            panic!("expected a hit");
+        };
+        assert_eq!(execution.id, c.execution_id);
     }
 }
