@@ -10,6 +10,11 @@
 //!
 //! `cargo run --release --bin query-bench -- --sizes 10000,100000,1000000`
 
+/// The allocator of the `stepcache` server, so that in-process store work
+/// (preloads, queries) costs what it costs there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

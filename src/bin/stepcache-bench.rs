@@ -19,6 +19,11 @@
 //!     cargo build --release
 //!     cargo run --release --bin stepcache-bench -- --preload 100000 all
 
+/// The allocator of the `stepcache` server, so that in-process store work
+/// (preloads, queries) costs what it costs there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;

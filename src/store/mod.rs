@@ -1370,8 +1370,9 @@ mod tests {
         assert_eq!(without[0].1, vec![VALID]);
 
         for (w, id) in [(&created, c.execution_id), (&running, r.execution_id)] {
-            let Lookup::Hit { execution, outputs } =
-                store.lookup("default", w.key.as_ref().unwrap(), None).unwrap()
+            let Lookup::Hit { execution, outputs } = store
+                .lookup("default", w.key.as_ref().unwrap(), None)
+                .unwrap()
             else {
                 panic!("expected a hit for execution {id}");
             };
@@ -1396,7 +1397,10 @@ mod tests {
             .iter()
             .map(|(n, a)| (n.clone(), a.iter().map(|a| a.id).collect()))
             .collect();
-        store.tree.insert(k, entry::with_record(&exec, &ids)).unwrap();
+        store
+            .tree
+            .insert(k, entry::with_record(&exec, &ids))
+            .unwrap();
         let Lookup::Hit { execution, .. } = store
             .lookup("default", created.key.as_ref().unwrap(), None)
             .unwrap()
