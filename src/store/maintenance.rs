@@ -3,6 +3,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{entry, keys, Store, INVALIDATED};
+use prost::Message;
+
 use crate::error::Result;
 use crate::key::CacheKey;
 use crate::policy;
@@ -239,6 +241,17 @@ impl Store {
                                         "cache entry of execution {exec_id}: its hit record differs \
                                          from the execution and its OUTPUT events"
                                     ));
+                                }
+                                for copy in &rec.artifacts {
+                                    if self.tree.get(keys::artifact(copy.id))?.as_deref()
+                                        != Some(copy.encode_to_vec().as_slice())
+                                    {
+                                        r.problems.push(format!(
+                                            "cache entry of execution {exec_id}: its copy of \
+                                             artifact {} differs from the artifact",
+                                            copy.id
+                                        ));
+                                    }
                                 }
                             }
                         }

@@ -302,21 +302,27 @@ impl Store {
     /// Creates (id 0) or updates artifacts, all or none.
     pub fn put_artifacts(&self, artifacts: Vec<Artifact>) -> Result<Vec<i64>> {
         let alloc = self.allocate(artifacts.iter().filter(|a| a.id == 0).count())?;
+        // The executions that output each updated artifact: a hit record may
+        // hold a copy of it (see `entry`).
+        let producers = artifacts
+            .iter()
+            .map(|a| match a.id {
+                0 => Ok(Vec::new()),
+                id => self.producers_of(id),
+            })
+            .collect::<Result<Vec<_>>>()?;
         let ids = self.tree.transaction(|tx| {
             let mut pool = Ids::of(&alloc);
-            artifacts
-                .iter()
-                .enumerate()
-                .map(|(i, a)| {
-                    put_artifact_tx(
-                        tx,
-                        a.clone(),
-                        alloc.now,
-                        &format!("artifacts[{i}]"),
-                        &mut pool,
-                    )
-                })
-                .collect::<TxResult<Vec<i64>>>()
+            let mut ids = Vec::with_capacity(artifacts.len());
+            for (i, (a, producers)) in artifacts.iter().zip(&producers).enumerate() {
+                let field = format!("artifacts[{i}]");
+                let (id, written) = put_artifact_tx(tx, a.clone(), alloc.now, &field, &mut pool)?;
+                if let (Some(written), false) = (written, producers.is_empty()) {
+                    refresh_copies_tx(tx, &written, producers)?;
+                }
+                ids.push(id);
+            }
+            Ok(ids)
         })?;
         if artifacts.iter().any(|a| a.id != 0) {
             // A state change (e.g. DELETED) may make cached hits unservable.
@@ -511,22 +517,37 @@ impl Store {
             let (k, v) = item?;
             let (completed_ms, exec_id) = keys::parse_cache_suffix(&k[prefix.len()..])?;
             let (execution, outputs) = match entry::record(&v)? {
-                Some(entry::HitRecord {
-                    execution: Some(e),
-                    outputs,
-                }) if e.id == exec_id && e.namespace == ns => {
-                    let outputs = outputs
-                        .into_iter()
-                        .map(|o| {
-                            let arts = o
-                                .artifact_ids
+                Some(mut rec)
+                    if rec
+                        .execution
+                        .as_ref()
+                        .is_some_and(|e| e.id == exec_id && e.namespace == ns) =>
+                {
+                    let outputs = match rec.copied_artifacts() {
+                        Some(_) => {
+                            let mut copies = std::mem::take(&mut rec.artifacts).into_iter();
+                            rec.outputs
                                 .iter()
-                                .map(|id| self.artifact(*id, None))
-                                .collect::<Result<Vec<_>>>()?;
-                            Ok((o.name, arts))
-                        })
-                        .collect::<Result<BTreeMap<_, _>>>()?;
-                    (e, outputs)
+                                .map(|o| {
+                                    let arts = copies.by_ref().take(o.artifact_ids.len()).collect();
+                                    (o.name.clone(), arts)
+                                })
+                                .collect()
+                        }
+                        None => rec
+                            .outputs
+                            .iter()
+                            .map(|o| {
+                                let arts = o
+                                    .artifact_ids
+                                    .iter()
+                                    .map(|id| self.artifact(*id, None))
+                                    .collect::<Result<Vec<_>>>()?;
+                                Ok((o.name.clone(), arts))
+                            })
+                            .collect::<Result<BTreeMap<_, _>>>()?,
+                    };
+                    (rec.execution.unwrap_or_default(), outputs)
                 }
                 _ => (
                     self.execution(exec_id, Some(ns))?,
@@ -698,6 +719,17 @@ impl Store {
         Ok(out)
     }
 
+    /// The executions with an OUTPUT event on an artifact.
+    fn producers_of(&self, artifact_id: i64) -> Result<Vec<i64>> {
+        self.tree
+            .scan_prefix(keys::events_of_artifact_typed(
+                artifact_id,
+                EventType::Output as i32,
+            ))
+            .map(|item| keys::event_by_artifact_exec(&item?.0))
+            .collect()
+    }
+
     pub fn events_of_execution(&self, exec_id: i64) -> Result<Vec<Event>> {
         self.tree
             .scan_prefix(keys::events_of_execution(exec_id))
@@ -803,13 +835,15 @@ fn insert_external_id(
     Ok(())
 }
 
+/// Creates or updates an artifact: its ID, and the record as written (None
+/// when an external_id named an existing artifact: nothing was written).
 fn put_artifact_tx(
     tx: &Tx,
     mut a: Artifact,
     now: i64,
     field: &str,
     ids: &mut Ids<'_>,
-) -> TxResult<i64> {
+) -> TxResult<(i64, Option<Artifact>)> {
     if a.id == 0 {
         let digest = content_digest(&a);
         if let Some(id) = resolve_external_id(
@@ -819,7 +853,7 @@ fn put_artifact_tx(
             &a.external_id,
             &digest,
         )? {
-            return Ok(id);
+            return Ok((id, None));
         }
         a.id = ids.take()?;
         if a.state == ArtifactState::Unspecified as i32 {
@@ -843,7 +877,7 @@ fn put_artifact_tx(
             tx.insert(k, &[])?;
         }
         put(tx, keys::artifact(a.id), &a)?;
-        return Ok(a.id);
+        return Ok((a.id, Some(a)));
     }
     let Some(old) = tx_get::<Artifact>(tx, &keys::artifact(a.id))? else {
         return abort(Error::not_found(format!(
@@ -879,7 +913,34 @@ fn put_artifact_tx(
         tx.insert(k.as_slice(), &[])?;
     }
     put(tx, keys::artifact(a.id), &a)?;
-    Ok(a.id)
+    Ok((a.id, Some(a)))
+}
+
+/// After an update of `artifact`: rewrites its copy in the hit record of each
+/// of `producers` (executions with an OUTPUT event on it) whose cache entry
+/// has one. Only the execution whose write created the artifact can hold a
+/// copy (`entry`), and its OUTPUT event was written with the artifact, so a
+/// scan of the artifact's OUTPUT events before the transaction finds it.
+fn refresh_copies_tx(tx: &Tx, artifact: &Artifact, producers: &[i64]) -> TxResult<()> {
+    for exec_id in producers {
+        let Some(exec) = tx_get::<Execution>(tx, &keys::execution(*exec_id))? else {
+            continue;
+        };
+        let (Ok(key), Some(done)) = (exec.cache_key.parse::<CacheKey>(), &exec.update_time) else {
+            continue;
+        };
+        if exec.state != ExecutionState::Complete as i32 {
+            continue;
+        }
+        let ek = keys::cache_entry(&exec.namespace, &key, timestamp_ms(done), exec.id);
+        let Some(v) = tx.get(&ek)? else { continue };
+        if let Some(mut rec) = entry::record(&v).or_else(abort)? {
+            if rec.replace_artifact(artifact) {
+                tx.insert(ek, rec.to_value())?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The entries of an artifact in the indexes that change with its content:
@@ -1064,12 +1125,20 @@ fn put_execution_tx(
 
     let mut output_ids = Vec::with_capacity(w.outputs.len());
     let mut outputs_by_name: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    // Copies for the hit record, while every output is created here.
+    let mut copies: Option<BTreeMap<String, Vec<Artifact>>> = Some(BTreeMap::new());
     let mut next_index: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, (name, art)) in w.outputs.iter().enumerate() {
         let field = format!("outputs[{i}].artifact");
         let id = if art.id == 0 {
-            put_artifact_tx(tx, art.clone(), now, &field, &mut ids)?
+            let (id, written) = put_artifact_tx(tx, art.clone(), now, &field, &mut ids)?;
+            match (written, copies.as_mut()) {
+                (Some(a), Some(c)) => c.entry(name.clone()).or_default().push(a),
+                _ => copies = None,
+            }
+            id
         } else {
+            copies = None;
             let a: Option<Artifact> = tx_get(tx, &keys::artifact(art.id))?;
             if a.is_none_or(|a| a.namespace != ns) {
                 return abort(not_found(
@@ -1125,7 +1194,10 @@ fn put_execution_tx(
         // its hit record. An update may complete an execution whose earlier
         // outputs were recorded before: its entry is served the long way.
         let value = if req.id == 0 {
-            entry::with_record(&exec, &outputs_by_name)
+            let copies = copies
+                .map(|c| c.into_values().flatten().collect())
+                .unwrap_or_default();
+            entry::with_record(&exec, &outputs_by_name, copies)
         } else {
             vec![VALID]
         };
@@ -1381,15 +1453,59 @@ mod tests {
             assert_eq!(outputs["out"].len(), 1);
         }
         assert!(store.check().unwrap().problems.is_empty());
+        let rec = entry::record(&with_record[0].1).unwrap().unwrap();
+        assert_eq!(rec.copied_artifacts().map(|a| a.len()), Some(1));
+
+        // An artifact update rewrites the copy in the same transaction.
+        let out_id = c.output_artifact_ids[0];
+        let mut moved = store.artifact(out_id, None).unwrap();
+        moved.uri = "mem://moved".into();
+        store.put_artifacts(vec![moved]).unwrap();
+        let served = |store: &Store| match store
+            .lookup("default", created.key.as_ref().unwrap(), None)
+            .unwrap()
+        {
+            Lookup::Hit { outputs, .. } => Some(outputs["out"][0].clone()),
+            Lookup::Miss { .. } => None,
+        };
+        assert_eq!(served(&store), Some(store.artifact(out_id, None).unwrap()));
+        assert_eq!(served(&store).unwrap().uri, "mem://moved");
+        assert!(store.check().unwrap().problems.is_empty());
+        let mut dead = store.artifact(out_id, None).unwrap();
+        dead.state = ArtifactState::Deleted as i32;
+        store.put_artifacts(vec![dead]).unwrap();
+        assert_eq!(served(&store), None, "a deleted output is never served");
+        let mut live = store.artifact(out_id, None).unwrap();
+        live.state = ArtifactState::Live as i32;
+        store.put_artifacts(vec![live]).unwrap();
+        assert!(served(&store).is_some());
+        let with_record = entries(&store, created.key.as_ref().unwrap());
+        // A copy that disagrees with the artifact (written behind the store's
+        // back) is a problem.
+        let mut behind = store.artifact(out_id, None).unwrap();
+        behind.uri = "mem://elsewhere".into();
+        store
+            .tree
+            .insert(keys::artifact(out_id), behind.encode_to_vec())
+            .unwrap();
+        let problems = store.check().unwrap().problems;
+        assert!(
+            problems.len() == 1 && problems[0].contains("copy of artifact"),
+            "{problems:?}"
+        );
 
         // A record that disagrees with the execution's events is a problem.
         let (k, _) = &with_record[0];
         let mut exec = store.execution(c.execution_id, None).unwrap();
-        let wrong = entry::with_record(&exec, &BTreeMap::from([("out".to_string(), vec![999])]));
+        let wrong = entry::with_record(
+            &exec,
+            &BTreeMap::from([("out".to_string(), vec![999])]),
+            Vec::new(),
+        );
         store.tree.insert(k, wrong).unwrap();
         let problems = store.check().unwrap().problems;
         assert_eq!(problems.len(), 1, "{problems:?}");
-        assert!(problems[0].contains("hit record"), "{problems:?}");
+        assert!(problems[0].contains("hit record differs"), "{problems:?}");
         // A record of another execution is not served as this one.
         exec.id += 1000;
         let outputs = store.outputs_of(c.execution_id).unwrap();
@@ -1399,7 +1515,7 @@ mod tests {
             .collect();
         store
             .tree
-            .insert(k, entry::with_record(&exec, &ids))
+            .insert(k, entry::with_record(&exec, &ids, Vec::new()))
             .unwrap();
         let Lookup::Hit { execution, .. } = store
             .lookup("default", created.key.as_ref().unwrap(), None)
