@@ -3,6 +3,8 @@
 /// mimalloc instead of glibc's malloc: sled allocates and frees a node's keys
 /// and values on every page-in, and glibc's malloc took ~27 % of the server's
 /// CPU under 64 concurrent lookups on a large store (BENCHMARKS.md "Read path").
+/// Built with lazy arena commit (`.cargo/config.toml`): its eager default held
+/// ~4x glibc's RSS under 64 concurrent writers.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
