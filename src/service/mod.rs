@@ -10,13 +10,13 @@ use tokio::sync::watch;
 
 use crate::error::Result;
 use crate::reservations::Waiters;
-use crate::store::Store;
+use crate::backend::Backend;
 use crate::validate::Limits;
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct Shared {
-    pub store: Arc<Store>,
+    pub store: Arc<dyn Backend>,
     pub limits: Arc<Limits>,
     pub stats: Arc<stats::Stats>,
     /// Who waits on which key (WaitForCachedExecution); writes wake them.
@@ -30,10 +30,10 @@ impl Shared {
     pub async fn blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+        F: FnOnce(&dyn Backend) -> Result<T> + Send + 'static,
     {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store)).await?
+        tokio::task::spawn_blocking(move || f(store.as_ref())).await?
     }
 
     /// Like `blocking`, but runs `f` right here when `inline` says it touches
@@ -41,10 +41,10 @@ impl Shared {
     pub async fn blocking_unless<T, F>(&self, inline: bool, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+        F: FnOnce(&dyn Backend) -> Result<T> + Send + 'static,
     {
         if inline {
-            f(&self.store)
+            f(self.store.as_ref())
         } else {
             self.blocking(f).await
         }
