@@ -86,7 +86,29 @@ impl Pool {
 
     /// Closes the idle connections.
     pub fn clear(&self) {
-        self.lock().idle.clear();
+        let idle = std::mem::take(&mut self.lock().idle);
+        drop_off_runtime(idle);
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+/// Drops clients where that is allowed: closing a sync client blocks on its
+/// own runtime, which panics on a thread that drives async tasks.
+pub fn drop_off_runtime(clients: Vec<Client>) {
+    if clients.is_empty() {
+        return;
+    }
+    if tokio::runtime::Handle::try_current().is_ok() {
+        let _ = std::thread::Builder::new()
+            .name("pg-close".into())
+            .spawn(move || drop(clients));
+    } else {
+        drop(clients);
     }
 }
 
@@ -114,12 +136,16 @@ impl Drop for Conn<'_> {
     fn drop(&mut self) {
         let mut st = self.pool.lock();
         st.busy = st.busy.saturating_sub(1);
+        let mut broken = Vec::new();
         if let Some(c) = self.client.take() {
-            if !c.is_closed() {
+            if c.is_closed() {
+                broken.push(c);
+            } else {
                 st.idle.push(c);
             }
         }
         drop(st);
+        drop_off_runtime(broken);
         self.pool.freed.notify_one();
     }
 }
