@@ -18,8 +18,7 @@ use crate::reservations::{Ask, Holder, Waiters};
 use crate::store::maintenance::{Integrity, Pruned, Selector};
 use crate::store::query::{ContextFilter, LineageResult};
 use crate::store::{
-    ArtifactFilter, Claimed, ExecutionFilter, ExecutionWrite, ExecutionWritten, Lookup, Page,
-    Store,
+    ArtifactFilter, Claimed, ExecutionFilter, ExecutionWrite, ExecutionWritten, Lookup, Page, Store,
 };
 
 /// A metadata store and cache index (see `store::Store` for each method's contract).

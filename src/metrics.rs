@@ -34,10 +34,10 @@ use tokio::task::JoinHandle;
 
 use anyhow::Context as _;
 
+use crate::backend::Backend;
 use crate::server::Config;
 use crate::service::stats::Stats;
 use crate::service::Shared;
-use crate::backend::Backend;
 
 /// Labels of the per-call metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

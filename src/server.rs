@@ -13,8 +13,10 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::admission::{AdmissionLayer, AdmissionLimits};
 use crate::auth::{Authenticate, Tokens};
+use crate::backend::Backend;
 use crate::clock::{Clock, SystemClock};
 use crate::metrics;
+use crate::pg::PgStore;
 use crate::proto::cache_service_server::CacheServiceServer;
 use crate::proto::metadata_store_service_server::MetadataStoreServiceServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -22,8 +24,6 @@ use crate::reservations::Waiters;
 use crate::service::cache::Cache;
 use crate::service::metadata::Metadata;
 use crate::service::Shared;
-use crate::backend::Backend;
-use crate::pg::PgStore;
 use crate::store::{Store, StoreConfig};
 use crate::validate::Limits;
 

@@ -171,7 +171,10 @@ async fn a_waiter_on_replica_two_wakes_on_a_publish_through_replica_one() {
         (r.map(|r| r.into_inner()), Instant::now())
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!waiter.is_finished(), "the waiter waits while the task runs");
+    assert!(
+        !waiter.is_finished(),
+        "the waiter waits while the task runs"
+    );
 
     let mut put = put_req("default", &ti, ExecutionState::Complete, "mem://prep");
     put.reservation_owner = "holder".into();
@@ -211,7 +214,9 @@ async fn a_waiter_on_replica_two_wakes_on_a_publish_through_replica_one() {
             owner: "taker".into(),
             lease: Some(dur(60_000)),
         });
-        ca2.wait_for_cached_execution(req).await.map(|r| r.into_inner())
+        ca2.wait_for_cached_execution(req)
+            .await
+            .map(|r| r.into_inner())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let released_at = Instant::now();
@@ -278,7 +283,11 @@ async fn an_external_id_retry_on_the_other_replica_returns_the_original() {
         let mut m = if i % 2 == 0 { ma.clone() } else { mb.clone() };
         let req = fresh.clone();
         tasks.push(tokio::spawn(async move {
-            m.put_execution(req).await.unwrap().into_inner().execution_id
+            m.put_execution(req)
+                .await
+                .unwrap()
+                .into_inner()
+                .execution_id
         }));
     }
     let mut ids = Vec::new();

@@ -158,7 +158,11 @@ fn artifact_in(c: &mut impl GenericClient, id: i64, ns: &str) -> Result<bool> {
     .is_some())
 }
 
-fn events_of(c: &mut impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Event>> {
+fn events_of(
+    c: &mut impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Event>> {
     c.query(sql, params)?
         .iter()
         .map(|r| decode(col::<&[u8]>(r, 0)?))
@@ -188,7 +192,9 @@ fn outputs_of(c: &mut impl GenericClient, exec_id: i64) -> Result<BTreeMap<Strin
     let mut out: BTreeMap<String, Vec<Artifact>> = BTreeMap::new();
     for r in &rows {
         let name: String = col(r, 0)?;
-        out.entry(name).or_default().push(decode(col::<&[u8]>(r, 1)?)?);
+        out.entry(name)
+            .or_default()
+            .push(decode(col::<&[u8]>(r, 1)?)?);
     }
     Ok(out)
 }
@@ -229,7 +235,11 @@ fn resolve_external_id(
     Ok(Some(id))
 }
 
-fn write_artifact(c: &mut impl GenericClient, a: &Artifact, digest: Option<&[u8; 32]>) -> Result<()> {
+fn write_artifact(
+    c: &mut impl GenericClient,
+    a: &Artifact,
+    digest: Option<&[u8; 32]>,
+) -> Result<()> {
     let digest = digest.map(|d| d.to_vec());
     c.execute(
         "INSERT INTO artifacts (id, namespace, type, state, external_id, digest, created_ms, record) \
@@ -348,7 +358,14 @@ fn insert_event(
     c.execute(
         "INSERT INTO events (execution_id, artifact_id, type, name, idx, record) \
          VALUES ($1, $2, $3, $4, $5, $6)",
-        &[&exec_id, &artifact_id, &(kind as i32), &name, &index, &ev.encode_to_vec()],
+        &[
+            &exec_id,
+            &artifact_id,
+            &(kind as i32),
+            &name,
+            &index,
+            &ev.encode_to_vec(),
+        ],
     )?;
     Ok(())
 }
@@ -570,7 +587,11 @@ impl PgStore {
             conditions.push(format!("id < ${}", params.len()));
         }
         let page_size = page_size.max(1);
-        params.push(Box::new(i64::try_from(page_size).unwrap_or(i64::MAX).saturating_add(1)));
+        params.push(Box::new(
+            i64::try_from(page_size)
+                .unwrap_or(i64::MAX)
+                .saturating_add(1),
+        ));
         let sql = format!(
             "SELECT id, record FROM {table} WHERE {} ORDER BY id DESC LIMIT ${}",
             conditions.join(" AND "),
@@ -598,7 +619,11 @@ fn param(params: &mut Params, v: impl ToSql + Sync + 'static) -> String {
     format!("${}", params.len())
 }
 
-fn created_conditions(params: &mut Params, conditions: &mut Vec<String>, r: &crate::query::TimeRange) {
+fn created_conditions(
+    params: &mut Params,
+    conditions: &mut Vec<String>,
+    r: &crate::query::TimeRange,
+) {
     if let Some(a) = r.after_ms {
         let p = param(params, a);
         conditions.push(format!("created_ms >= {p}"));
@@ -743,7 +768,11 @@ fn put_execution_tx(
             put_artifact(tx, art.clone(), now, &field, ids)?
         } else {
             if !artifact_in(tx, art.id, ns)? {
-                return Err(not_found(&format!("{field}.id: artifact"), art.id, Some(ns)));
+                return Err(not_found(
+                    &format!("{field}.id: artifact"),
+                    art.id,
+                    Some(ns),
+                ));
             }
             art.id
         };
@@ -866,7 +895,8 @@ impl Backend for PgStore {
 
     fn put_artifacts(&self, artifacts: Vec<Artifact>) -> Result<Vec<i64>> {
         let mut c = self.conn()?;
-        let (now, mut ids) = self.allocate(&mut c, artifacts.iter().filter(|a| a.id == 0).count())?;
+        let (now, mut ids) =
+            self.allocate(&mut c, artifacts.iter().filter(|a| a.id == 0).count())?;
         let mut tx = c.transaction()?;
         let locks = artifacts
             .iter()
@@ -876,7 +906,13 @@ impl Backend for PgStore {
         lock(&mut tx, locks)?;
         let mut out = Vec::with_capacity(artifacts.len());
         for (i, a) in artifacts.into_iter().enumerate() {
-            out.push(put_artifact(&mut tx, a, now, &format!("artifacts[{i}]"), &mut ids)?);
+            out.push(put_artifact(
+                &mut tx,
+                a,
+                now,
+                &format!("artifacts[{i}]"),
+                &mut ids,
+            )?);
         }
         tx.commit()?;
         Ok(out)
@@ -1042,7 +1078,8 @@ impl Backend for PgStore {
 
     fn put_contexts(&self, contexts: Vec<Context>) -> Result<Vec<i64>> {
         let mut c = self.conn()?;
-        let (now, mut ids) = self.allocate(&mut c, contexts.iter().filter(|c| c.id == 0).count())?;
+        let (now, mut ids) =
+            self.allocate(&mut c, contexts.iter().filter(|c| c.id == 0).count())?;
         let mut tx = c.transaction()?;
         let mut out = Vec::with_capacity(contexts.len());
         for (i, ctx) in contexts.iter().enumerate() {
@@ -1118,11 +1155,21 @@ impl Backend for PgStore {
         after: Option<i64>,
     ) -> Result<Page<Context>> {
         let mut params: Params = Vec::new();
-        let mut conds = vec![format!("namespace = {}", param(&mut params, f.namespace.clone()))];
+        let mut conds = vec![format!(
+            "namespace = {}",
+            param(&mut params, f.namespace.clone())
+        )];
         if let Some(t) = &f.context_type {
             conds.push(format!("type = {}", param(&mut params, t.clone())));
         }
-        self.list(&mut *self.conn()?, "contexts", params, conds, page_size, after)
+        self.list(
+            &mut *self.conn()?,
+            "contexts",
+            params,
+            conds,
+            page_size,
+            after,
+        )
     }
 
     fn list_executions(
@@ -1134,14 +1181,22 @@ impl Backend for PgStore {
         let ns = f.namespace.as_str();
         let mut c = self.conn()?;
         let mut params: Params = Vec::new();
-        let mut conds = vec![format!("namespace = {}", param(&mut params, ns.to_string()))];
+        let mut conds = vec![format!(
+            "namespace = {}",
+            param(&mut params, ns.to_string())
+        )];
         if let Some(k) = &f.cache_key {
             conds.push(format!("cache_key = {}", param(&mut params, k.to_string())));
         }
         if let Some(cid) = f.context_id {
             match get_context(&mut *c, cid)? {
                 Some(ctx) if ctx.namespace == ns => {}
-                _ => return Err(field_error(not_found("context", cid, Some(ns)), "context_id")),
+                _ => {
+                    return Err(field_error(
+                        not_found("context", cid, Some(ns)),
+                        "context_id",
+                    ))
+                }
             }
             conds.push(format!(
                 "id IN (SELECT execution_id FROM associations WHERE context_id = {})",
@@ -1167,11 +1222,19 @@ impl Backend for PgStore {
         let ns = f.namespace.as_str();
         let mut c = self.conn()?;
         let mut params: Params = Vec::new();
-        let mut conds = vec![format!("namespace = {}", param(&mut params, ns.to_string()))];
+        let mut conds = vec![format!(
+            "namespace = {}",
+            param(&mut params, ns.to_string())
+        )];
         if let Some(cid) = f.context_id {
             match get_context(&mut *c, cid)? {
                 Some(ctx) if ctx.namespace == ns => {}
-                _ => return Err(field_error(not_found("context", cid, Some(ns)), "context_id")),
+                _ => {
+                    return Err(field_error(
+                        not_found("context", cid, Some(ns)),
+                        "context_id",
+                    ))
+                }
             }
             conds.push(format!(
                 "id IN (SELECT artifact_id FROM attributions WHERE context_id = {})",

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::backend::Backend;
 use crate::error::Result;
 use crate::reservations::Waiters;
-use crate::backend::Backend;
 use crate::validate::Limits;
 
 /// What every handler shares.
