@@ -118,8 +118,15 @@ fn connect(config: &postgres::Config) -> crate::error::Result<postgres::Client> 
     config.connect(postgres::NoTls).map_err(Error::from)
 }
 
-/// The NOTIFY payload of a key: its 64 hex digits, then the namespace.
+/// The longest namespace a NOTIFY payload names (PostgreSQL takes < 8000 bytes).
+const MAX_PAYLOAD_NS: usize = 7000;
+
+/// The NOTIFY payload of a key: its 64 hex digits, then the namespace; "*"
+/// (wake every waiter) when the namespace is too long for a payload.
 pub fn payload(ns: &str, key: &CacheKey) -> String {
+    if ns.len() > MAX_PAYLOAD_NS {
+        return "*".into();
+    }
     format!("{key}{ns}")
 }
 
@@ -167,11 +174,10 @@ fn listen(
             let mut notes = c.notifications();
             let mut it = notes.timeout_iter(Duration::from_millis(200));
             match postgres::fallible_iterator::FallibleIterator::next(&mut it) {
-                Ok(Some(n)) => {
-                    if let Some((ns, key)) = parse_payload(n.payload()) {
-                        waiters.notify(ns, &key);
-                    }
-                }
+                Ok(Some(n)) => match parse_payload(n.payload()) {
+                    Some((ns, key)) => waiters.notify(ns, &key),
+                    None => waiters.notify_all(),
+                },
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
@@ -225,6 +231,7 @@ mod tests {
             assert_eq!(parse_payload(&p), Some((ns, key)));
         }
         assert_eq!(parse_payload("short"), None);
+        assert_eq!(payload(&"n".repeat(8000), &key), "*");
     }
 
     #[test]
