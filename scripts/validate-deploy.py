@@ -19,7 +19,9 @@ from typing import Any
 
 import yaml
 
-REQUIRED_KINDS = {"StatefulSet", "Service"}
+REQUIRED_KINDS = {"StatefulSet", "Deployment", "Service"}
+# The env var that carries --store (a PostgreSQL URL) into a replica.
+STORE_ENV = "STEPCACHE_STORE"
 DATA_DIR = "/data"
 
 
@@ -129,6 +131,50 @@ def check_statefulset(where: str, sts: dict[str, Any], services: dict[str, dict[
                     c.check(target in ports, f"Service {name}", f"targetPort {target} is not a containerPort of {cw}")
 
 
+def check_deployment(where: str, dep: dict[str, Any], services: dict[str, dict[str, Any]], c: Checker) -> None:
+    """Replicas on PostgreSQL: stateless pods, --store from a Secret, no data dir."""
+    spec = dep["spec"]
+    pod = spec["template"]["spec"]
+    labels = spec["template"]["metadata"].get("labels", {})
+    c.check(spec.get("replicas", 1) >= 2, where, "a PostgreSQL deployment runs several replicas")
+    match = spec.get("selector", {}).get("matchLabels", {})
+    c.check(bool(match) and match.items() <= labels.items(), where, "selector.matchLabels must match the pod labels")
+    grace = pod.get("terminationGracePeriodSeconds")
+    c.check(isinstance(grace, int) and grace >= 10, where, "terminationGracePeriodSeconds (>= 10 s) is missing")
+    pod_sc = pod.get("securityContext", {})
+    containers = pod.get("containers", [])
+    c.check(len(containers) >= 1, where, "no containers")
+    for ct in containers:
+        cw = f"{where} container {ct.get('name')}"
+        sc = {**pod_sc, **ct.get("securityContext", {})}
+        c.check(sc.get("runAsNonRoot") is True, cw, "runAsNonRoot must be true")
+        c.check(sc.get("allowPrivilegeEscalation") is False, cw, "allowPrivilegeEscalation must be false")
+        res = ct.get("resources", {})
+        for kind in ("requests", "limits"):
+            for r in ("cpu", "memory"):
+                c.check(r in res.get(kind, {}), cw, f"resources.{kind}.{r} is missing")
+        ports = container_ports(ct)
+        args = ct.get("args", [])
+        listen = args[args.index("--listen") + 1] if "--listen" in args[:-1] else ""
+        c.check(listen.rsplit(":", 1)[-1] in ports, cw, f"--listen {listen!r} is not on a containerPort")
+        c.check("--data-dir" not in args, cw, "replicas on PostgreSQL keep no --data-dir")
+        c.check("--store" not in args, cw, "the --store URL (with its password) belongs in a Secret, not in args")
+        env = {e.get("name"): e for e in ct.get("env", [])}
+        ref = env.get(STORE_ENV, {}).get("valueFrom", {}).get("secretKeyRef", {})
+        c.check(bool(ref.get("name")) and bool(ref.get("key")), cw, f"{STORE_ENV} must come from a secretKeyRef")
+        for probe in ("livenessProbe", "readinessProbe"):
+            grpc = ct.get(probe, {}).get("grpc")
+            c.check(grpc is not None and str(grpc.get("port")) in ports, cw, f"{probe} must be a grpc probe on a containerPort")
+        selected = False
+        for name, svc in services.items():
+            if svc["spec"].get("selector", {}).items() <= labels.items():
+                selected = True
+                for p in svc["spec"].get("ports", []):
+                    target = str(p.get("targetPort", p.get("port")))
+                    c.check(target in ports, f"Service {name}", f"targetPort {target} is not a containerPort of {cw}")
+        c.check(selected, where, "no Service selects these pods")
+
+
 def check_dockerfile(path: Path, c: Checker) -> None:
     lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.strip().startswith("#")]
     stages = [i for i, ln in enumerate(lines) if ln.upper().startswith("FROM ")]
@@ -152,6 +198,8 @@ def main(argv: list[str]) -> int:
     for path, where, doc in docs:
         if doc["kind"] == "StatefulSet":
             check_statefulset(where, doc, services, c)
+        elif doc["kind"] == "Deployment":
+            check_deployment(where, doc, services, c)
         elif doc["kind"] == "Kustomization":
             for res in doc.get("resources", []):
                 c.check((path.parent / res).exists(), where, f"resource {res} does not exist")

@@ -2,6 +2,7 @@
 
 pub mod admission;
 pub mod auth;
+pub mod backend;
 pub mod cli;
 pub mod clock;
 pub mod error;
@@ -9,6 +10,7 @@ pub mod json;
 pub mod key;
 pub mod lineage;
 pub mod metrics;
+pub mod pg;
 pub mod policy;
 pub mod query;
 pub mod readpool;

@@ -39,11 +39,15 @@ enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gRPC server on the embedded sled store.
+    /// Run the gRPC server on the embedded sled store (or on PostgreSQL with --store).
     Serve {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:50051")]
         listen: SocketAddr,
+        /// Serve from a PostgreSQL database (postgres://user@host/db) shared by
+        /// any number of replicas, instead of sled under --data-dir.
+        #[arg(long, env = "STEPCACHE_STORE")]
+        store: Option<String>,
         /// Directory of the embedded store (created if missing).
         #[arg(long, default_value = "./stepcache-data")]
         data_dir: PathBuf,
@@ -215,6 +219,18 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested: finishing in-flight requests");
 }
 
+/// export, import and check read a sled data directory; PostgreSQL has its
+/// own tools (pg_dump, pg_restore) and constraints.
+fn sled_only(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    if stepcache::pg::is_url(&data_dir.to_string_lossy()) {
+        anyhow::bail!(
+            "this command works on a sled data directory only; for a PostgreSQL store \
+             use pg_dump / pg_restore"
+        );
+    }
+    Ok(())
+}
+
 /// Runs a client subcommand to completion.
 fn client(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_current_thread()
@@ -228,6 +244,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             listen,
+            store,
             data_dir,
             cache_capacity_mb,
             max_message_bytes,
@@ -246,6 +263,14 @@ fn main() -> anyhow::Result<()> {
         } => {
             init_logs(log_format);
             let mut config = Config::new(data_dir);
+            match store {
+                Some(url) if stepcache::pg::is_url(&url) => config.store_url = Some(url),
+                Some(other) => anyhow::bail!(
+                    "--store {other:?}: expected postgres://user@host/db (sled is the default; \
+                     choose its directory with --data-dir)"
+                ),
+                None => {}
+            }
             config.metrics_listen = metrics_listen;
             config.store.cache_capacity = cache_capacity_mb * 1024 * 1024;
             config.store.hot_hits = hot_hits;
@@ -282,6 +307,7 @@ fn main() -> anyhow::Result<()> {
             })
         }
         Command::Export { data_dir, output } => {
+            sled_only(&data_dir)?;
             let summary = match output {
                 Some(path) => {
                     let file = std::fs::File::create(&path)
@@ -305,6 +331,7 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Import { data_dir, input } => {
+            sled_only(&data_dir)?;
             let summary = match input {
                 Some(path) => {
                     let file = std::fs::File::open(&path)
@@ -341,6 +368,7 @@ fn main() -> anyhow::Result<()> {
             target,
         } => client(cli::gc(&target, all_namespaces)),
         Command::Check { data_dir } => {
+            sled_only(&data_dir)?;
             let store = stepcache::store::Store::open(
                 &data_dir,
                 &Default::default(),

@@ -34,10 +34,10 @@ use tokio::task::JoinHandle;
 
 use anyhow::Context as _;
 
+use crate::backend::Backend;
 use crate::server::Config;
 use crate::service::stats::Stats;
 use crate::service::Shared;
-use crate::store::Store;
 
 /// Labels of the per-call metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,7 +76,7 @@ struct Inner {
     store_bytes: Gauge,
     /// Weak: a scrape connection that outlives the server must not keep the
     /// store (and its directory lock) open.
-    store: Weak<Store>,
+    store: Weak<dyn Backend>,
     /// One scrape at a time sets the scrape-time gauges.
     scrape: Mutex<()>,
 }
@@ -88,7 +88,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(store: &Arc<Store>, stats: &Stats) -> Metrics {
+    pub fn new(store: &Arc<dyn Backend>, stats: &Stats) -> Metrics {
         let mut registry = Registry::with_prefix("stepcache");
         let requests = Family::<RpcLabels, Counter>::default();
         registry.register(

@@ -246,6 +246,14 @@ impl Waiters {
         }
     }
 
+    /// Wakes every waiter of every key (they re-read the store): after
+    /// notifications may have been missed (a lost LISTEN connection).
+    pub fn notify_all(&self) {
+        for tx in self.slots().values() {
+            tx.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
     /// Keys somebody waits on.
     pub fn len(&self) -> usize {
         self.slots().len()

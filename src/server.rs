@@ -13,8 +13,10 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 
 use crate::admission::{AdmissionLayer, AdmissionLimits};
 use crate::auth::{Authenticate, Tokens};
+use crate::backend::Backend;
 use crate::clock::{Clock, SystemClock};
 use crate::metrics;
+use crate::pg::PgStore;
 use crate::proto::cache_service_server::CacheServiceServer;
 use crate::proto::metadata_store_service_server::MetadataStoreServiceServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
@@ -31,6 +33,9 @@ use crate::validate::Limits;
 pub struct Config {
     pub data_dir: PathBuf,
     pub store: StoreConfig,
+    /// A PostgreSQL URL (`postgres://user@host/db`): serve from that database
+    /// instead of sled under `data_dir`. None = sled.
+    pub store_url: Option<String>,
     pub limits: Limits,
     pub clock: Arc<dyn Clock>,
     /// Serve Prometheus metrics on this address (None: off).
@@ -59,6 +64,7 @@ impl Config {
         Config {
             data_dir: data_dir.into(),
             store: StoreConfig::default(),
+            store_url: None,
             limits: Limits::default(),
             clock: Arc::new(SystemClock),
             admission: AdmissionLimits::default(),
@@ -78,11 +84,7 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let data_dir = config.data_dir.clone();
-    let store_config = config.store.clone();
-    let clock = config.clock.clone();
-    let store =
-        tokio::task::spawn_blocking(move || Store::open(&data_dir, &store_config, clock)).await??;
+    let store = open_store(&config).await?;
     // Waiters answer as soon as shutdown starts, so that the graceful shutdown
     // (which waits for in-flight requests) never hangs on them.
     let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
@@ -91,7 +93,7 @@ pub async fn run(
         let _ = stopping.send(true);
     };
     let shared = Shared {
-        store: Arc::new(store),
+        store,
         limits: Arc::new(config.limits.clone()),
         stats: Arc::default(),
         waiters: Arc::new(Waiters::default()),
@@ -101,6 +103,11 @@ pub async fn run(
             n => Some(ReadPool::new(n)?),
         },
     };
+    // Other replicas' publishes wake this one's waiters (PostgreSQL).
+    {
+        let (store, waiters) = (shared.store.clone(), shared.waiters.clone());
+        tokio::task::spawn_blocking(move || store.watch_other_writers(waiters)).await??;
+    }
     let max = config.limits.max_message_bytes;
     let (metrics, metrics_task) = metrics::start(&config, &shared).await?;
 
@@ -139,6 +146,7 @@ pub async fn run(
 
     tracing::info!(
         addr = %listener.local_addr()?,
+        store = shared.store.kind(),
         data_dir = %config.data_dir.display(),
         tls = config.tls.is_some(),
         auth = auth_on,
@@ -169,4 +177,25 @@ pub async fn run(
     tokio::task::spawn_blocking(move || store.close()).await??;
     tracing::info!("stopped; store flushed");
     Ok(())
+}
+
+/// Opens the store the config names: PostgreSQL when `store_url` is set, else
+/// sled under `data_dir`.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
+    let clock = config.clock.clone();
+    Ok(match &config.store_url {
+        Some(url) => {
+            let url = url.clone();
+            let store = tokio::task::spawn_blocking(move || PgStore::open(&url, clock)).await??;
+            Arc::new(store)
+        }
+        None => {
+            let data_dir = config.data_dir.clone();
+            let store_config = config.store.clone();
+            let store =
+                tokio::task::spawn_blocking(move || Store::open(&data_dir, &store_config, clock))
+                    .await??;
+            Arc::new(store)
+        }
+    })
 }

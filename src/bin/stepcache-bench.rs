@@ -39,7 +39,9 @@ use hdrhistogram::Histogram;
 use prost_types::value::Kind;
 use prost_types::Value;
 use serde::{Deserialize, Serialize};
+use stepcache::backend::Backend;
 use stepcache::clock::SystemClock;
+use stepcache::pg::PgStore;
 use stepcache::proto::cache_service_client::CacheServiceClient;
 use stepcache::proto::get_cached_execution_request::Target;
 use stepcache::proto::metadata_store_service_client::MetadataStoreServiceClient;
@@ -108,6 +110,11 @@ struct Args {
     /// A dir holding an earlier preload is reused.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Serve from this PostgreSQL database (postgres://user@host/db, empty or
+    /// holding an earlier preload) instead of sled: the preload writes into
+    /// it directly and the spawned server gets `--store URL`.
+    #[arg(long)]
+    store: Option<String>,
     /// sled page cache of the spawned server, in MiB.
     #[arg(long, default_value_t = 64)]
     cache_capacity_mb: u64,
@@ -309,9 +316,16 @@ fn read_marker(dir: &Path) -> Option<Marker> {
 
 /// Writes executions `[have, n)` straight into the store at `dir` (no server
 /// may run on it). One thread generates and validates, this one writes.
-fn preload_direct(dir: &Path, n: u64, batch: usize) -> anyhow::Result<Gen> {
+fn preload_direct(dir: &Path, url: Option<&str>, n: u64, batch: usize) -> anyhow::Result<Gen> {
     std::fs::create_dir_all(dir)?;
-    let store = Store::open(dir, &StoreConfig::default(), Arc::new(SystemClock))?;
+    let store: Box<dyn Backend> = match url {
+        Some(url) => Box::new(PgStore::open(url, Arc::new(SystemClock))?),
+        None => Box::new(Store::open(
+            dir,
+            &StoreConfig::default(),
+            Arc::new(SystemClock),
+        )?),
+    };
     let mut marker = match read_marker(dir) {
         Some(m) => m,
         None => {
@@ -480,6 +494,7 @@ impl ServerProc {
     async fn spawn(
         bin: &Path,
         data_dir: &Path,
+        store: Option<&str>,
         cache_mb: u64,
         hot_hits: usize,
         extra: &[String],
@@ -487,6 +502,7 @@ impl ServerProc {
         let start = Instant::now();
         let mut child = Command::new(bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+            .args(store.iter().flat_map(|url| ["--store", url]))
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--cache-capacity-mb")
@@ -1104,7 +1120,12 @@ fn main() -> anyhow::Result<()> {
         (None, None) => (true, Some(temp_dir())),
     };
     let direct_gen = match &data_dir {
-        Some(d) => Some(preload_direct(d, args.preload, args.preload_batch.max(1))?),
+        Some(d) => Some(preload_direct(
+            d,
+            args.store.as_deref(),
+            args.preload,
+            args.preload_batch.max(1),
+        )?),
         None => None,
     };
 
@@ -1118,6 +1139,7 @@ fn main() -> anyhow::Result<()> {
                 let s = ServerProc::spawn(
                     &bin,
                     d,
+                    args.store.as_deref(),
                     args.cache_capacity_mb,
                     args.hot_hits,
                     &args.server_arg,

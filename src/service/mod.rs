@@ -8,16 +8,16 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::backend::Backend;
 use crate::error::Result;
 use crate::readpool::ReadPool;
 use crate::reservations::Waiters;
-use crate::store::Store;
 use crate::validate::Limits;
 
 /// What every handler shares.
 #[derive(Clone)]
 pub struct Shared {
-    pub store: Arc<Store>,
+    pub store: Arc<dyn Backend>,
     pub limits: Arc<Limits>,
     pub stats: Arc<stats::Stats>,
     /// Who waits on which key (WaitForCachedExecution); writes wake them.
@@ -45,17 +45,17 @@ impl Shared {
     pub async fn blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+        F: FnOnce(&dyn Backend) -> Result<T> + Send + 'static,
     {
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store)).await?
+        tokio::task::spawn_blocking(move || f(store.as_ref())).await?
     }
 
     /// Runs a store call that only reads on the read pool.
     pub async fn read<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+        F: FnOnce(&dyn Backend) -> Result<T> + Send + 'static,
     {
         self.run(Work::Read, f).await
     }
@@ -64,14 +64,14 @@ impl Shared {
     pub async fn run<T, F>(&self, work: Work, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Store) -> Result<T> + Send + 'static,
+        F: FnOnce(&dyn Backend) -> Result<T> + Send + 'static,
     {
         match work {
-            Work::Inline => f(&self.store),
+            Work::Inline => f(self.store.as_ref()),
             Work::Read => match &self.reads {
                 Some(pool) => {
                     let store = self.store.clone();
-                    pool.run(move || f(&store)).await
+                    pool.run(move || f(store.as_ref())).await
                 }
                 None => self.blocking(f).await,
             },

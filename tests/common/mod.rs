@@ -35,7 +35,10 @@ impl TestServer {
         Self::start_with(config).await
     }
 
-    pub async fn start_with(config: Config) -> TestServer {
+    pub async fn start_with(mut config: Config) -> TestServer {
+        if config.store_url.is_none() {
+            config.store_url = postgres_for(&config.data_dir).await;
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
@@ -89,6 +92,51 @@ impl TestServer {
             h.await.unwrap().unwrap();
         }
     }
+}
+
+/// The PostgreSQL server the suite runs against (`STEPCACHE_TEST_POSTGRES`,
+/// e.g. postgres://postgres@127.0.0.1:5432/postgres), or None: sled.
+pub fn postgres_base() -> Option<String> {
+    std::env::var("STEPCACHE_TEST_POSTGRES")
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+/// Whether the suite runs on PostgreSQL; sled-only tests skip then, saying why.
+pub fn on_postgres(skip_reason: &str) -> bool {
+    let on = postgres_base().is_some();
+    if on {
+        eprintln!("skipped on PostgreSQL: {skip_reason}");
+    }
+    on
+}
+
+/// The database of a data dir on the test server (created when missing): one
+/// per data dir, so tests stay isolated and a restarted server finds its data.
+pub async fn postgres_for(data_dir: &Path) -> Option<String> {
+    let base = postgres_base()?;
+    let name = format!(
+        "t_{}",
+        &blake3::hash(data_dir.to_string_lossy().as_bytes()).to_hex()[..20]
+    );
+    Some(create_database(&base, &name).await)
+}
+
+/// Creates database `name` on the server of `base` (if missing); its URL.
+pub async fn create_database(base: &str, name: &str) -> String {
+    let (b, n) = (base.to_string(), name.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut c = postgres::Client::connect(&b, postgres::NoTls).expect("connect to PostgreSQL");
+        match c.batch_execute(&format!("CREATE DATABASE {n}")) {
+            Ok(()) => {}
+            Err(e) if e.code() == Some(&postgres::error::SqlState::DUPLICATE_DATABASE) => {}
+            Err(e) => panic!("CREATE DATABASE {n}: {e}"),
+        }
+    })
+    .await
+    .unwrap();
+    let (head, _) = base.rsplit_once('/').expect("a URL ending in /database");
+    format!("{head}/{name}")
 }
 
 pub fn num(x: f64) -> Value {

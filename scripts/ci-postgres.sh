@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Runs a command against a throwaway PostgreSQL server on loopback:
+#   bash scripts/ci-postgres.sh cargo test --release
+# Installs PostgreSQL from Debian's packages when no server is on the machine,
+# creates a cluster in a temp dir (trust auth, 127.0.0.1, a free port), exports
+# STEPCACHE_TEST_POSTGRES=postgres://postgres@127.0.0.1:PORT/postgres, runs the
+# command, and stops the server and removes the cluster whatever happens.
+set -euo pipefail
+
+find_bin() {
+    local name=$1 d
+    if command -v "$name" >/dev/null 2>&1; then command -v "$name"; return; fi
+    for d in /usr/lib/postgresql/*/bin; do
+        if [ -x "$d/$name" ]; then echo "$d/$name"; return; fi
+    done
+    return 1
+}
+
+if ! find_bin initdb >/dev/null || ! find_bin pg_ctl >/dev/null; then
+    echo "ci-postgres: installing PostgreSQL from Debian's packages" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq postgresql >/dev/null
+fi
+INITDB=$(find_bin initdb)
+PG_CTL=$(find_bin pg_ctl)
+
+# PostgreSQL refuses to run as root: run it as the postgres user then.
+as_pg() { "$@"; }
+if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+    as_pg() { runuser -u postgres -- "$@"; }
+fi
+
+DIR=$(mktemp -d /tmp/stepcache-pg.XXXXXX)
+chmod 755 "$DIR"
+[ "$(id -u)" = 0 ] && chown postgres "$DIR"
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+
+stop() {
+    as_pg "$PG_CTL" -D "$DIR/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$DIR"
+}
+trap stop EXIT
+
+as_pg "$INITDB" -D "$DIR/data" -U postgres --auth=trust --no-sync -E UTF8 >"$DIR/initdb.log" 2>&1 ||
+    { cat "$DIR/initdb.log" >&2; exit 1; }
+# fsync off: a test cluster thrown away at the end need not survive a crash.
+as_pg "$PG_CTL" -D "$DIR/data" -l "$DIR/server.log" -w -t 60 start \
+    -o "-h 127.0.0.1 -p $PORT -k $DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=500" \
+    >/dev/null || { cat "$DIR/server.log" >&2; exit 1; }
+
+export STEPCACHE_TEST_POSTGRES="postgres://postgres@127.0.0.1:$PORT/postgres"
+echo "ci-postgres: PostgreSQL at $STEPCACHE_TEST_POSTGRES" >&2
+"$@"

@@ -1,0 +1,243 @@
+//! The PostgreSQL backend: many stepcache replicas on one database, with the
+//! guarantees of the sled store.
+//!
+//! - Every logical write is one transaction (READ COMMITTED).
+//! - Keys are ordered across replicas with transaction-scoped advisory locks
+//!   (`pg_advisory_xact_lock`): a lookup-that-reserves and every write that
+//!   publishes or releases a key take the key's lock, so a reservation is never
+//!   granted for a key whose result was published after the lookup saw nothing.
+//!   New records with an external_id take the external_id's lock, so that a
+//!   retry on another replica finds the original (then `UNIQUE` backs it up).
+//! - A publish or release sends `NOTIFY stepcache, '<key hex><namespace>'` in
+//!   its transaction; every replica LISTENs on one connection and wakes its
+//!   local waiters (`watch_other_writers`).
+//! - IDs come from one sequence; creation times never go back across replicas
+//!   (see `allocate`).
+//! - The in-memory hot-hit cache is off: another replica may invalidate or
+//!   supersede an entry at any time.
+//!
+//! Calls block (the sync `postgres` client); the service runs them on
+//! `spawn_blocking` threads, like the sled store's.
+
+mod pool;
+mod schema;
+mod store;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use postgres::error::SqlState;
+
+use crate::clock::Clock;
+use crate::error::Error;
+use crate::key::CacheKey;
+use crate::reservations::Waiters;
+
+pub use pool::Pool;
+
+/// The NOTIFY channel of publishes and releases.
+pub const CHANNEL: &str = "stepcache";
+
+/// Connections per replica (the pool grows to this on demand).
+pub const POOL_SIZE: usize = 32;
+
+/// Whether a `--store` value names a PostgreSQL database.
+pub fn is_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+/// The store on PostgreSQL.
+pub struct PgStore {
+    pool: Pool,
+    clock: Arc<dyn Clock>,
+    config: postgres::Config,
+    listener: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
+}
+
+impl PgStore {
+    /// Connects and applies the migrations not applied yet.
+    pub fn open(url: &str, clock: Arc<dyn Clock>) -> crate::error::Result<PgStore> {
+        let config: postgres::Config = url
+            .parse()
+            .map_err(|e| Error::invalid(format!("--store: not a PostgreSQL URL: {e}")))?;
+        let pool = Pool::new(config.clone(), POOL_SIZE);
+        {
+            let mut c = pool.get()?;
+            schema::migrate(&mut c)?;
+        }
+        Ok(PgStore {
+            pool,
+            clock,
+            config,
+            listener: Mutex::new(None),
+        })
+    }
+
+    fn start_listener(&self, waiters: Arc<Waiters>) -> crate::error::Result<()> {
+        let mut slot = self
+            .listener
+            .lock()
+            .map_err(|_| Error::Internal("listener lock poisoned".into()))?;
+        if slot.is_some() {
+            return Ok(());
+        }
+        // Connect once here so that a wrong URL fails the start, not a thread.
+        let first = connect(&self.config)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let config = self.config.clone();
+        let handle = std::thread::Builder::new()
+            .name("pg-listen".into())
+            .spawn(move || listen(config, first, waiters, stop2))
+            .map_err(|e| Error::Internal(format!("cannot start the LISTEN thread: {e}")))?;
+        *slot = Some((stop, handle));
+        Ok(())
+    }
+
+    fn stop_listener(&self) {
+        let taken = match self.listener.lock() {
+            Ok(mut slot) => slot.take(),
+            Err(_) => None,
+        };
+        if let Some((stop, handle)) = taken {
+            stop.store(true, Ordering::SeqCst);
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.stop_listener();
+    }
+}
+
+fn connect(config: &postgres::Config) -> crate::error::Result<postgres::Client> {
+    config.connect(postgres::NoTls).map_err(Error::from)
+}
+
+/// The longest namespace a NOTIFY payload names (PostgreSQL takes < 8000 bytes).
+const MAX_PAYLOAD_NS: usize = 7000;
+
+/// The NOTIFY payload of a key: its 64 hex digits, then the namespace; "*"
+/// (wake every waiter) when the namespace is too long for a payload.
+pub fn payload(ns: &str, key: &CacheKey) -> String {
+    if ns.len() > MAX_PAYLOAD_NS {
+        return "*".into();
+    }
+    format!("{key}{ns}")
+}
+
+fn parse_payload(p: &str) -> Option<(&str, CacheKey)> {
+    let (k, ns) = (p.get(..64)?, p.get(64..)?);
+    Some((ns, k.parse().ok()?))
+}
+
+/// The LISTEN loop of one replica: wakes local waiters of each key another
+/// replica (or this one) published or released. After a lost connection it
+/// reconnects and wakes every waiter, since it may have missed notifications.
+fn listen(
+    config: postgres::Config,
+    first: postgres::Client,
+    waiters: Arc<Waiters>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut client = Some(first);
+    let mut reconnected = false;
+    while !stop.load(Ordering::SeqCst) {
+        let mut c = match client.take() {
+            Some(c) => c,
+            None => match connect(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN: cannot reconnect; retrying");
+                    std::thread::sleep(Duration::from_millis(500));
+                    continue;
+                }
+            },
+        };
+        if let Err(e) = c.batch_execute(&format!("LISTEN {CHANNEL}")) {
+            tracing::warn!(error = %e, "LISTEN failed; reconnecting");
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        if reconnected {
+            waiters.notify_all();
+        }
+        reconnected = true;
+        let lost = loop {
+            if stop.load(Ordering::SeqCst) {
+                break false;
+            }
+            let mut notes = c.notifications();
+            let mut it = notes.timeout_iter(Duration::from_millis(200));
+            match postgres::fallible_iterator::FallibleIterator::next(&mut it) {
+                Ok(Some(n)) => match parse_payload(n.payload()) {
+                    Some((ns, key)) => waiters.notify(ns, &key),
+                    None => waiters.notify_all(),
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
+                    break true;
+                }
+            }
+        };
+        if lost {
+            std::thread::sleep(Duration::from_millis(100));
+        } else {
+            client = Some(c);
+        }
+    }
+}
+
+impl From<postgres::Error> for Error {
+    fn from(e: postgres::Error) -> Error {
+        match e.code() {
+            Some(c) if *c == SqlState::UNIQUE_VIOLATION => Error::AlreadyExists(format!(
+                "a record with this identity exists already: {}",
+                e.as_db_error().map(|d| d.message()).unwrap_or_default()
+            )),
+            Some(c)
+                if *c == SqlState::T_R_SERIALIZATION_FAILURE
+                    || *c == SqlState::T_R_DEADLOCK_DETECTED
+                    || *c == SqlState::ADMIN_SHUTDOWN
+                    || *c == SqlState::CANNOT_CONNECT_NOW
+                    || *c == SqlState::TOO_MANY_CONNECTIONS =>
+            {
+                Error::Unavailable(format!("PostgreSQL: {e}; retry"))
+            }
+            Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
+                Error::Unavailable(format!("PostgreSQL: {e}"))
+            }
+            Some(_) => Error::Storage(format!("PostgreSQL: {e}")),
+            // No SQLSTATE: the connection (refused, lost, closed).
+            None => Error::Unavailable(format!("PostgreSQL is unreachable: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_round_trips() {
+        let key: CacheKey = "ab".repeat(32).parse().unwrap();
+        for ns in ["default", "", "a\nb"] {
+            let p = payload(ns, &key);
+            assert_eq!(parse_payload(&p), Some((ns, key)));
+        }
+        assert_eq!(parse_payload("short"), None);
+        assert_eq!(payload(&"n".repeat(8000), &key), "*");
+    }
+
+    #[test]
+    fn urls() {
+        assert!(is_url("postgres://u@h/db"));
+        assert!(is_url("postgresql://h/db"));
+        assert!(!is_url("/var/lib/stepcache"));
+    }
+}
