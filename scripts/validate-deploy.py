@@ -164,7 +164,8 @@ def check_deployment(where: str, dep: dict[str, Any], services: dict[str, dict[s
         c.check(bool(ref.get("name")) and bool(ref.get("key")), cw, f"{STORE_ENV} must come from a secretKeyRef")
         for probe in ("livenessProbe", "readinessProbe"):
             grpc = ct.get(probe, {}).get("grpc")
-            c.check(grpc is not None and str(grpc.get("port")) in ports, cw, f"{probe} must be a grpc probe on a containerPort")
+            on_port = grpc is not None and str(grpc.get("port")) in ports
+            c.check(on_port, cw, f"{probe} must be a grpc probe on a containerPort")
         selected = False
         for name, svc in services.items():
             if svc["spec"].get("selector", {}).items() <= labels.items():
