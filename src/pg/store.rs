@@ -23,8 +23,8 @@ use crate::reservations::{self, Ask, Claim, Holder, Waiters};
 use crate::store::maintenance::{Integrity, Pruned, Selector};
 use crate::store::query::{ContextFilter, LineageResult};
 use crate::store::{
-    content_digest, state_name, ArtifactFilter, Claimed, ExecutionFilter, ExecutionWrite,
-    ExecutionWritten, Lookup, Page,
+    content_digest, ArtifactFilter, Claimed, ExecutionFilter, ExecutionWrite, ExecutionWritten,
+    Lookup, Page,
 };
 
 type Params = Vec<Box<dyn ToSql + Sync>>;
@@ -51,17 +51,6 @@ fn field_error(e: Error, field: &str) -> Error {
         Error::NotFound(m) => Error::NotFound(format!("{field}: {m}")),
         other => other,
     }
-}
-
-fn is_terminal(state: i32) -> bool {
-    [
-        ExecutionState::Complete,
-        ExecutionState::Failed,
-        ExecutionState::Cached,
-        ExecutionState::Canceled,
-    ]
-    .iter()
-    .any(|s| *s as i32 == state)
 }
 
 fn nonempty(s: &str) -> Option<&str> {
@@ -713,28 +702,7 @@ fn put_execution_tx(
         let Some(old) = old else {
             return Err(not_found("execution.id: execution", req.id, Some(ns)));
         };
-        if old.namespace != ns {
-            return Err(not_found("execution.id: execution", req.id, Some(ns)));
-        }
-        if is_terminal(old.state) {
-            return Err(Error::precondition(format!(
-                "execution {} is {} (terminal): it cannot change",
-                old.id,
-                state_name(old.state)
-            )));
-        }
-        if req.interface.is_some() && req.interface != old.interface {
-            return Err(Error::precondition(format!(
-                "execution {}: interface is immutable once set",
-                old.id
-            )));
-        }
-        if !req.external_id.is_empty() && req.external_id != old.external_id {
-            return Err(Error::precondition(format!(
-                "execution {}: external_id cannot change once set",
-                old.id
-            )));
-        }
+        crate::store::check_execution_update(&old, req, ns)?;
         if !w.context_ids.is_empty() {
             // An update that adds contexts attributes the outputs recorded before.
             earlier_outputs = tx

@@ -1007,7 +1007,36 @@ fn associate_tx(
     Ok(())
 }
 
-fn is_terminal(state: i32) -> bool {
+/// May `req` update the stored execution `old` in namespace `ns`? NOT_FOUND
+/// when `old` belongs to another namespace; FAILED_PRECONDITION when it is
+/// terminal or the update changes what is immutable. Every backend asks this.
+pub(crate) fn check_execution_update(old: &Execution, req: &Execution, ns: &str) -> Result<()> {
+    if old.namespace != ns {
+        return Err(not_found("execution.id: execution", req.id, Some(ns)));
+    }
+    if is_terminal(old.state) {
+        return Err(Error::precondition(format!(
+            "execution {} is {} (terminal): it cannot change",
+            old.id,
+            state_name(old.state)
+        )));
+    }
+    if req.interface.is_some() && req.interface != old.interface {
+        return Err(Error::precondition(format!(
+            "execution {}: interface is immutable once set",
+            old.id
+        )));
+    }
+    if !req.external_id.is_empty() && req.external_id != old.external_id {
+        return Err(Error::precondition(format!(
+            "execution {}: external_id cannot change once set",
+            old.id
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn is_terminal(state: i32) -> bool {
     [
         ExecutionState::Complete,
         ExecutionState::Failed,
@@ -1086,28 +1115,7 @@ fn put_execution_tx(
         let Some(old) = tx_get::<Execution>(tx, &keys::execution(req.id))? else {
             return abort(not_found("execution.id: execution", req.id, Some(ns)));
         };
-        if old.namespace != ns {
-            return abort(not_found("execution.id: execution", req.id, Some(ns)));
-        }
-        if is_terminal(old.state) {
-            return abort(Error::precondition(format!(
-                "execution {} is {} (terminal): it cannot change",
-                old.id,
-                state_name(old.state)
-            )));
-        }
-        if req.interface.is_some() && req.interface != old.interface {
-            return abort(Error::precondition(format!(
-                "execution {}: interface is immutable once set",
-                old.id
-            )));
-        }
-        if !req.external_id.is_empty() && req.external_id != old.external_id {
-            return abort(Error::precondition(format!(
-                "execution {}: external_id cannot change once set",
-                old.id
-            )));
-        }
+        check_execution_update(&old, req, ns).or_else(abort)?;
         if old.state != req.state {
             tx.remove(exec_state_key(&old))?;
         }
