@@ -10,6 +10,7 @@ pub mod hot;
 pub mod keys;
 pub mod maintenance;
 pub mod query;
+pub mod replay;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -408,38 +409,10 @@ impl Store {
     /// The answer to a retried PutExecution: the original's IDs, nothing written.
     fn replay(&self, id: i64, w: &ExecutionWrite) -> Result<ExecutionWritten> {
         let exec = self.execution(id, None)?;
-        let outputs: BTreeMap<(String, i32), i64> = self
-            .events_of_execution(id)?
-            .into_iter()
-            .filter(|e| e.r#type == EventType::Output as i32)
-            .map(|e| ((e.name, e.index), e.artifact_id))
-            .collect();
-        let mut next_index: BTreeMap<&str, i32> = BTreeMap::new();
-        let mut output_artifact_ids = Vec::with_capacity(w.outputs.len());
-        for (name, _) in &w.outputs {
-            let index = next_index.entry(name.as_str()).or_insert(0);
-            let id = outputs
-                .get(&(name.clone(), *index))
-                .copied()
-                .ok_or_else(|| {
-                    Error::Storage(format!(
-                        "execution {id} lacks its output event {name}[{index}]"
-                    ))
-                })?;
-            output_artifact_ids.push(id);
-            *index += 1;
-        }
+        let events = self.events_of_execution(id)?;
         // The original was acknowledged only once durable; a retry may race it.
         self.durable()?;
-        Ok(ExecutionWritten {
-            execution_id: id,
-            output_artifact_ids,
-            published: exec.state == ExecutionState::Complete as i32
-                && !w.skip_publish
-                && w.key.is_some(),
-            cache_key: exec.cache_key,
-            reservation_released: false,
-        })
+        replay::replayed(exec, events, w)
     }
 
     /// Records that a lookup was served from `original`: a CACHED execution with
