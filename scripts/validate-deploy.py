@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import tomllib
 import yaml
 
 REQUIRED_KINDS = {"StatefulSet", "Deployment", "Service"}
@@ -181,6 +182,13 @@ def check_dockerfile(path: Path, c: Checker) -> None:
     stages = [i for i, ln in enumerate(lines) if ln.upper().startswith("FROM ")]
     c.check(len(stages) >= 2, str(path), "must be multi-stage (a builder and a runtime stage)")
     runtime = lines[stages[-1] :] if stages else []
+    # The builder must see every path the build reads besides src/ (patched
+    # crates, the cargo config): a missing COPY only fails in `docker build`.
+    copied = {ln.split()[1].rstrip("/") for ln in lines if ln.upper().startswith("COPY ") and "--from" not in ln}
+    manifest = tomllib.loads((path.parent.parent / "Cargo.toml").read_text())
+    paths = [dep["path"] for dep in manifest.get("patch", {}).get("crates-io", {}).values() if "path" in dep]
+    for needed in [p.split("/")[0] for p in paths] + [".cargo"]:
+        c.check(needed in copied, str(path), f"the builder does not COPY {needed}")
     users = [ln.split()[1] for ln in runtime if ln.upper().startswith("USER ")]
     c.check(
         bool(users) and users[-1].split(":")[0] not in ("root", "0"),

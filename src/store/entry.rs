@@ -105,6 +105,26 @@ impl HitRecord {
         (complete && !self.artifacts.is_empty()).then_some(self.artifacts.as_slice())
     }
 
+    /// The execution and its outputs by name, when the record has a copy of
+    /// every output; else the record back (its outputs must be read).
+    pub fn into_hit(
+        mut self,
+    ) -> std::result::Result<(Execution, BTreeMap<String, Vec<Artifact>>), HitRecord> {
+        if self.copied_artifacts().is_none() {
+            return Err(self);
+        }
+        let mut copies = std::mem::take(&mut self.artifacts).into_iter();
+        let outputs = self
+            .outputs
+            .iter()
+            .map(|o| {
+                let arts = copies.by_ref().take(o.artifact_ids.len()).collect();
+                (o.name.clone(), arts)
+            })
+            .collect();
+        Ok((self.execution.unwrap_or_default(), outputs))
+    }
+
     /// Replaces the copy of `artifact` (same ID); false when there is none.
     pub fn replace_artifact(&mut self, artifact: &Artifact) -> bool {
         match self.artifacts.iter_mut().find(|a| a.id == artifact.id) {
@@ -172,6 +192,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(partial.copied_artifacts(), None);
+        assert!(partial.clone().into_hit().is_err(), "outputs to read");
+        let (e, outs) = full.clone().into_hit().unwrap();
+        assert_eq!(e, exec);
+        let ids = |name: &str| outs[name].iter().map(|a| a.id).collect::<Vec<_>>();
+        assert_eq!((ids("a"), ids("b")), (vec![2, 3], vec![4]));
         let shuffled = record(&with_record(&exec, &outputs, vec![art(3), art(2), art(4)]))
             .unwrap()
             .unwrap();

@@ -1,13 +1,16 @@
 //! An in-memory cache of the newest servable hit per (namespace, key), so that a
-//! repeated lookup costs a hash and a mutex instead of five sled reads on a
-//! blocking thread. It only ever holds what the store would serve: every write
+//! repeated lookup costs a hash, a mutex and the decoding of its hit record
+//! instead of a read on a pool thread (a page-in, on a store larger than
+//! sled's cache). It holds the cache entry's value as sled returned it (a
+//! reference-counted buffer with the hit record), not decoded messages: an
+//! insert is then a reference count, and 20,000 entries take ~20 MiB, not the
+//! ~120 MiB their decoded executions and artifacts did (BENCHMARKS.md). It only ever holds what the store would serve: every write
 //! that could change an answer (a publish of the key, an artifact update,
 //! invalidation, gc, prune) evicts after it commits, and a lookup inserts only
 //! if no eviction happened since it began reading (a generation counter), so a
 //! result read before a write is never cached after it. Staleness and TTL are
 //! judged again at every hit with the current clock.
 
-use std::collections::BTreeMap;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
@@ -15,15 +18,14 @@ use lru::LruCache;
 
 use crate::key::CacheKey;
 use crate::policy::{self, Candidate};
-use crate::proto::{Artifact, Execution};
 
 /// A servable hit as the store found it.
 #[derive(Debug)]
 pub struct HotHit {
     pub completed_ms: i64,
     pub ttl_ms: Option<i64>,
-    pub execution: Execution,
-    pub outputs: BTreeMap<String, Vec<Artifact>>,
+    /// The cache entry's value: a hit record with copies of every output.
+    pub value: sled::IVec,
 }
 
 struct Inner {
@@ -115,8 +117,7 @@ mod tests {
         HotHit {
             completed_ms,
             ttl_ms,
-            execution: Execution::default(),
-            outputs: BTreeMap::new(),
+            value: sled::IVec::from(&[0u8][..]),
         }
     }
 

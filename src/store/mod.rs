@@ -489,42 +489,38 @@ impl Store {
         for item in self.tree.scan_prefix(&prefix) {
             let (k, v) = item?;
             let (completed_ms, exec_id) = keys::parse_cache_suffix(&k[prefix.len()..])?;
-            let (execution, outputs) = match entry::record(&v)? {
-                Some(mut rec)
+            // A record with a copy of every output is the whole answer; the
+            // hot cache keeps only such entries (their value, as read).
+            let (execution, outputs, whole) = match entry::record(&v)? {
+                Some(rec)
                     if rec
                         .execution
                         .as_ref()
                         .is_some_and(|e| e.id == exec_id && e.namespace == ns) =>
                 {
-                    let outputs = match rec.copied_artifacts() {
-                        Some(_) => {
-                            let mut copies = std::mem::take(&mut rec.artifacts).into_iter();
-                            rec.outputs
+                    match rec.into_hit() {
+                        Ok((execution, outputs)) => (execution, outputs, true),
+                        Err(rec) => {
+                            let outputs = rec
+                                .outputs
                                 .iter()
                                 .map(|o| {
-                                    let arts = copies.by_ref().take(o.artifact_ids.len()).collect();
-                                    (o.name.clone(), arts)
+                                    let arts = o
+                                        .artifact_ids
+                                        .iter()
+                                        .map(|id| self.artifact(*id, None))
+                                        .collect::<Result<Vec<_>>>()?;
+                                    Ok((o.name.clone(), arts))
                                 })
-                                .collect()
+                                .collect::<Result<BTreeMap<_, _>>>()?;
+                            (rec.execution.unwrap_or_default(), outputs, false)
                         }
-                        None => rec
-                            .outputs
-                            .iter()
-                            .map(|o| {
-                                let arts = o
-                                    .artifact_ids
-                                    .iter()
-                                    .map(|id| self.artifact(*id, None))
-                                    .collect::<Result<Vec<_>>>()?;
-                                Ok((o.name.clone(), arts))
-                            })
-                            .collect::<Result<BTreeMap<_, _>>>()?,
-                    };
-                    (rec.execution.unwrap_or_default(), outputs)
+                    }
                 }
                 _ => (
                     self.execution(exec_id, Some(ns))?,
                     self.outputs_of(exec_id)?,
+                    false,
                 ),
             };
             let candidate = Candidate {
@@ -541,12 +537,11 @@ impl Store {
             match policy::eligibility(&candidate, now, max_staleness_ms) {
                 Ok(()) => {
                     // Only the newest entry is what every lookup would serve.
-                    if passed_over.is_empty() {
+                    if passed_over.is_empty() && whole {
                         let hit = hot::HotHit {
                             completed_ms,
                             ttl_ms: candidate.ttl_ms,
-                            execution: execution.clone(),
-                            outputs: outputs.clone(),
+                            value: v,
                         };
                         self.hot.insert(generation, ns, key, hit);
                     }
@@ -577,9 +572,11 @@ impl Store {
         max_staleness_ms: Option<i64>,
     ) -> Option<Lookup> {
         let hit = self.hot.get(ns, key, self.now_ms(), max_staleness_ms)?;
+        // Only whole records were cached; anything else asks the store.
+        let (execution, outputs) = entry::record(&hit.value).ok()??.into_hit().ok()?;
         Some(Lookup::Hit {
-            execution: Box::new(hit.execution.clone()),
-            outputs: hit.outputs.clone(),
+            execution: Box::new(execution),
+            outputs,
         })
     }
 
@@ -1389,6 +1386,67 @@ mod tests {
             .scan_prefix(keys::cache_prefix("default", key))
             .map(|i| i.map(|(k, v)| (k.to_vec(), v.to_vec())).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn the_hot_cache_serves_whole_records_only_and_forgets_on_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let created = write("hot", &[], "");
+        let c = store.put_execution(&created).unwrap();
+        let key = created.key.unwrap();
+        assert!(
+            store.lookup_hot("default", &key, None).is_none(),
+            "not read yet"
+        );
+        let Lookup::Hit { execution, outputs } = store.lookup("default", &key, None).unwrap()
+        else {
+            panic!("expected a hit");
+        };
+        let Some(Lookup::Hit {
+            execution: hot_execution,
+            outputs: hot_outputs,
+        }) = store.lookup_hot("default", &key, None)
+        else {
+            panic!("the hit read from the store is in the hot cache");
+        };
+        assert_eq!((hot_execution, &hot_outputs), (execution, &outputs));
+        assert!(store.lookup_hot("other", &key, None).is_none());
+
+        // An artifact update forgets it; the next read caches the new copy.
+        let mut moved = store.artifact(c.output_artifact_ids[0], None).unwrap();
+        moved.uri = "mem://moved".into();
+        store.put_artifacts(vec![moved]).unwrap();
+        assert!(store.lookup_hot("default", &key, None).is_none());
+        store.lookup("default", &key, None).unwrap();
+        let Some(Lookup::Hit { outputs, .. }) = store.lookup_hot("default", &key, None) else {
+            panic!("cached again");
+        };
+        assert_eq!(outputs["out"][0].uri, "mem://moved");
+
+        // An entry without a record (completed by an update) is never cached.
+        let mut running = write("cold", &[], "");
+        running.execution.state = ExecutionState::Running as i32;
+        let r = store.put_execution(&running).unwrap();
+        let update = execution_write(
+            PutExecutionRequest {
+                execution: Some(Execution {
+                    id: r.execution_id,
+                    state: ExecutionState::Complete as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            &Limits::default(),
+        )
+        .unwrap();
+        store.put_execution(&update).unwrap();
+        let cold = running.key.unwrap();
+        assert!(matches!(
+            store.lookup("default", &cold, None).unwrap(),
+            Lookup::Hit { .. }
+        ));
+        assert!(store.lookup_hot("default", &cold, None).is_none());
     }
 
     #[test]
