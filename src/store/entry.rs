@@ -21,6 +21,9 @@ use prost::Message;
 use crate::error::{Error, Result};
 use crate::proto::{Artifact, Execution};
 
+/// Output artifacts by output name, in index order.
+pub type Outputs = BTreeMap<String, Vec<Artifact>>;
+
 /// An entry that must never be served again.
 pub const INVALIDATED: u8 = 1;
 pub const VALID: u8 = 0;
@@ -107,11 +110,9 @@ impl HitRecord {
 
     /// The execution and its outputs by name, when the record has a copy of
     /// every output; else the record back (its outputs must be read).
-    pub fn into_hit(
-        mut self,
-    ) -> std::result::Result<(Execution, BTreeMap<String, Vec<Artifact>>), HitRecord> {
+    pub fn into_hit(mut self) -> std::result::Result<(Execution, Outputs), Box<HitRecord>> {
         if self.copied_artifacts().is_none() {
-            return Err(self);
+            return Err(Box::new(self));
         }
         let mut copies = std::mem::take(&mut self.artifacts).into_iter();
         let outputs = self
