@@ -103,8 +103,9 @@ pub trait Backend: Send + Sync {
     fn watch_other_writers(&self, _waiters: Arc<Waiters>) -> Result<()> {
         Ok(())
     }
-    /// Flushes and stops background work; called at shutdown.
-    fn close(&self) -> Result<()>;
+    /// Flushes and stops background work; called at shutdown, with the last
+    /// handle to the store.
+    fn close(self: Arc<Self>) -> Result<()>;
 }
 
 impl Backend for Store {
@@ -239,7 +240,15 @@ impl Backend for Store {
     fn check(&self) -> Result<Integrity> {
         Store::check(self)
     }
-    fn close(&self) -> Result<()> {
-        Store::close(self)
+    fn close(self: Arc<Self>) -> Result<()> {
+        match Arc::try_unwrap(self) {
+            Ok(store) => store.close(),
+            // Someone still holds it (not after a graceful shutdown): the
+            // writes are made durable and the next open catches up instead.
+            Err(store) => {
+                tracing::warn!("the store is still in use at close: flushed, not checkpointed");
+                store.flush()
+            }
+        }
     }
 }

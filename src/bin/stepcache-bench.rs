@@ -318,9 +318,9 @@ fn read_marker(dir: &Path) -> Option<Marker> {
 /// may run on it). One thread generates and validates, this one writes.
 fn preload_direct(dir: &Path, url: Option<&str>, n: u64, batch: usize) -> anyhow::Result<Gen> {
     std::fs::create_dir_all(dir)?;
-    let store: Box<dyn Backend> = match url {
-        Some(url) => Box::new(PgStore::open(url, Arc::new(SystemClock))?),
-        None => Box::new(Store::open(
+    let store: Arc<dyn Backend> = match url {
+        Some(url) => Arc::new(PgStore::open(url, Arc::new(SystemClock))?),
+        None => Arc::new(Store::open(
             dir,
             &StoreConfig::default(),
             Arc::new(SystemClock),
@@ -399,6 +399,7 @@ fn preload_direct(dir: &Path, url: Option<&str>, n: u64, batch: usize) -> anyhow
     producer
         .join()
         .map_err(|_| anyhow!("preload generator panicked"))??;
+    // Closing checkpoints: the first server start replays no preload log.
     store.close()?;
     marker.executions = done;
     std::fs::write(dir.join(MARKER), serde_json::to_vec(&marker)?)?;
@@ -408,7 +409,6 @@ fn preload_direct(dir: &Path, url: Option<&str>, n: u64, batch: usize) -> anyhow
         done - have,
         (done - have) as f64 / secs
     );
-    drop(store);
     Ok(Gen {
         inputs: marker.inputs,
     })
@@ -560,14 +560,15 @@ impl ServerProc {
         })
     }
 
-    /// SIGTERM (graceful: in-flight requests finish, the store is flushed).
-    fn stop(mut self) -> anyhow::Result<()> {
+    /// SIGTERM (graceful: in-flight requests finish, the store is flushed and
+    /// checkpointed); returns how long the server took to exit.
+    fn stop(mut self) -> anyhow::Result<Duration> {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(60) {
             if self.child.try_wait()?.is_some() {
-                return Ok(());
+                return Ok(start.elapsed());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -1217,7 +1218,11 @@ fn main() -> anyhow::Result<()> {
         }
         print_ratios(&results);
         if let Some(s) = server {
-            s.stop()?;
+            let stopped = s.stop()?;
+            println!(
+                "server stopped in {:.2} s (SIGTERM to exit: drain, flush, checkpoint)",
+                stopped.as_secs_f64()
+            );
         }
         anyhow::Ok(())
     });

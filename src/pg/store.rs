@@ -1390,7 +1390,7 @@ impl Backend for PgStore {
         self.start_listener(waiters)
     }
 
-    fn close(&self) -> Result<()> {
+    fn close(self: Arc<Self>) -> Result<()> {
         self.stop_listener();
         self.pool.clear();
         Ok(())

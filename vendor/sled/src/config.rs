@@ -354,6 +354,21 @@ impl Config {
         Db::start_inner(config)
     }
 
+    /// stepcache patch: brings the snapshot (the page table that `open` reads
+    /// first) up to the end of the log and writes it, exactly as `open` does
+    /// before starting the database, and stops there. Call it on a closed
+    /// store (every `Db` dropped; it takes the same file lock as `open`), so
+    /// that the next `open` reads the snapshot and has no log to replay.
+    pub fn checkpoint(&self) -> Result<()> {
+        self.validate()?;
+        let mut config = self.clone();
+        config.limit_cache_max_memory();
+        let file = config.open_file()?;
+        let config = RunningConfig { inner: config, file: Arc::new(file) };
+        config.reset_global_error();
+        crate::pagecache::catch_up_snapshot(&config).map(drop)
+    }
+
     #[doc(hidden)]
     #[deprecated(
         since = "0.31.0",

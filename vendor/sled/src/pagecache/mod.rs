@@ -21,6 +21,9 @@ mod reservation;
 mod segment;
 mod snapshot;
 
+// stepcache patch: `Config::checkpoint` runs the snapshot catch-up of `start`.
+pub(crate) use snapshot::read_snapshot_or_default as catch_up_snapshot;
+
 use std::{collections::BinaryHeap, ops::Deref};
 
 use crate::*;
