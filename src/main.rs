@@ -52,7 +52,9 @@ enum Command {
         #[arg(long, default_value = "./stepcache-data")]
         data_dir: PathBuf,
         /// sled's page cache in MiB (its memory use runs somewhat above it).
-        #[arg(long, default_value_t = 64)]
+        /// 32 kept a 1M-execution store's server under 512 MiB while serving
+        /// lookups as fast as 64 did (BENCHMARKS.md, "Memory").
+        #[arg(long, default_value_t = 32)]
         cache_capacity_mb: u64,
         /// Hits kept in memory (the newest servable one per key; 0 = off).
         #[arg(long, default_value_t = 20_000)]

@@ -115,8 +115,8 @@ struct Args {
     /// it directly and the spawned server gets `--store URL`.
     #[arg(long)]
     store: Option<String>,
-    /// sled page cache of the spawned server, in MiB.
-    #[arg(long, default_value_t = 64)]
+    /// sled page cache of the spawned server, in MiB (the server's default).
+    #[arg(long, default_value_t = 32)]
     cache_capacity_mb: u64,
     /// lookup-hit draws from the newest N preloaded executions (0 = all of
     /// them, uniformly): the working set a driver re-asks about.

@@ -51,7 +51,7 @@ pub struct StoreConfig {
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
-            cache_capacity: 64 * 1024 * 1024,
+            cache_capacity: 32 * 1024 * 1024,
             hot_hits: 20_000,
         }
     }
