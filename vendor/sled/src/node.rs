@@ -605,7 +605,20 @@ impl Node {
             16
         };
 
-        let size_checks = self.data.len() > threshold;
+        let len = self.data.len();
+        // stepcache patch: a leaf of small entries splits at 64 entries, not
+        // 16; one above 16 entries still splits once it holds more than
+        // `LEAF_SPLIT_BYTES`. Upstream splits every leaf at 16 entries, so a
+        // store of small index keys has a page per ~10 keys, and sled keeps
+        // memory per page for the life of the process (the page table, its
+        // fragment lists) and reads every page's entry at each start. See
+        // vendor/README.md.
+        let size_checks = if self.data.is_index() || threshold < 16 {
+            len > threshold
+        } else {
+            len > LEAF_SPLIT_ENTRIES
+                || (len > threshold && self.data.rss() > LEAF_SPLIT_BYTES)
+        };
         let safety_checks = self.merging_child.is_none() && !self.merging;
 
         size_checks && safety_checks
@@ -655,6 +668,11 @@ impl Default for Data {
         Data::Leaf(Leaf::default())
     }
 }
+
+/// stepcache patch: see `Node::should_split`.
+const LEAF_SPLIT_ENTRIES: usize = 64;
+/// stepcache patch: see `Node::should_split`.
+const LEAF_SPLIT_BYTES: u64 = 16 * 1024;
 
 impl Data {
     pub(crate) fn rss(&self) -> u64 {
