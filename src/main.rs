@@ -53,7 +53,7 @@ enum Command {
         data_dir: PathBuf,
         /// sled's page cache in MiB (its memory use runs somewhat above it).
         /// 32 kept a 1M-execution store's server under 512 MiB while serving
-        /// lookups as fast as 64 did (BENCHMARKS.md, "Memory").
+        /// lookups as fast as 64 did (BENCHMARKS.md, "Memory and startup").
         #[arg(long, default_value_t = 32)]
         cache_capacity_mb: u64,
         /// Hits kept in memory (the newest servable one per key; 0 = off).

@@ -1448,18 +1448,7 @@ mod tests {
         let mut running = write("cold", &[], "");
         running.execution.state = ExecutionState::Running as i32;
         let r = store.put_execution(&running).unwrap();
-        let update = execution_write(
-            PutExecutionRequest {
-                execution: Some(Execution {
-                    id: r.execution_id,
-                    state: ExecutionState::Complete as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            &Limits::default(),
-        )
-        .unwrap();
+        let update = completion(r.execution_id);
         store.put_execution(&update).unwrap();
         let cold = running.key.unwrap();
         assert!(matches!(
@@ -1467,6 +1456,19 @@ mod tests {
             Lookup::Hit { .. }
         ));
         assert!(store.lookup_hot("default", &cold, None).is_none());
+    }
+
+    /// An update that only completes execution `id`.
+    fn completion(id: i64) -> ExecutionWrite {
+        let req = PutExecutionRequest {
+            execution: Some(Execution {
+                id,
+                state: ExecutionState::Complete as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        execution_write(req, &Limits::default()).unwrap()
     }
 
     #[test]
@@ -1481,18 +1483,7 @@ mod tests {
         running.execution.state = ExecutionState::Running as i32;
         let r = store.put_execution(&running).unwrap();
         assert!(!r.published);
-        let update = execution_write(
-            PutExecutionRequest {
-                execution: Some(Execution {
-                    id: r.execution_id,
-                    state: ExecutionState::Complete as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            },
-            &Limits::default(),
-        )
-        .unwrap();
+        let update = completion(r.execution_id);
         assert!(store.put_execution(&update).unwrap().published);
 
         let with_record = entries(&store, created.key.as_ref().unwrap());
