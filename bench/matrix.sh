@@ -7,8 +7,9 @@
 #
 # Data dirs (DATA_ROOT/sc10000, ...) and ML Metadata databases are preloaded
 # on first use and reused. The 1M preload takes 13-16 minutes and its
-# settling pass 4-5; the measured part about 20. Each data file is held in the page cache (bench/pin-pages.py)
-# while it is measured: this VM reclaims page cache within a minute. Run
+# settling pass 4-5; the measured part about 20. Each data file is held in the
+# page cache (bench/pin-pages.py) while it is measured: this VM reclaims page
+# cache within a minute. Run
 # nothing else meanwhile: the load generator and the server share 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."

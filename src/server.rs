@@ -185,7 +185,8 @@ pub async fn run(
 /// memory and frees most of it again; mimalloc keeps freed pages for reuse by
 /// the thread that freed them, and the opening thread then idles, so without
 /// this an idle server on a 1M-execution store kept ~170 MiB it no longer used
-/// (BENCHMARKS.md, "Memory and startup"). Harmless when mimalloc is not the global allocator.
+/// (BENCHMARKS.md, "Memory and startup"). Harmless when mimalloc is not the
+/// global allocator.
 pub fn release_freed_memory() {
     // SAFETY: mi_collect takes no pointers; it only walks this thread's heap.
     unsafe { libmimalloc_sys::mi_collect(true) }

@@ -1220,7 +1220,7 @@ fn main() -> anyhow::Result<()> {
         if let Some(s) = server {
             let stopped = s.stop()?;
             println!(
-                "server stopped in {:.2} s (SIGTERM to exit: drain, flush, checkpoint)",
+                "server stopped in {:.2} s (SIGTERM to exit)",
                 stopped.as_secs_f64()
             );
         }

@@ -722,15 +722,14 @@ impl Store {
         Ok(out)
     }
 
-    /// Flushes everything; called at shutdown.
     /// Flushes, closes, then checkpoints: brings the snapshot sled reads at
     /// open up to the end of the log (the catch-up `open` would otherwise do
     /// first), so that the next start replays nothing. After a run that wrote,
     /// that replay was most of a restart on a large store (BENCHMARKS.md,
-    /// "Startup"). A store that was not closed (a crash) is caught up by the
-    /// next open as before.
+    /// "Memory and startup"). A store that was not closed (a crash) is caught
+    /// up by the next open as before.
     pub fn close(self) -> Result<()> {
-        self.db.flush()?;
+        self.flush()?;
         let path = self.path.clone();
         // Every handle must be gone first: the checkpoint takes the store's
         // file lock, as open does.

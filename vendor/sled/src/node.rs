@@ -597,14 +597,6 @@ impl Node {
     }
 
     pub(crate) fn should_split(&self) -> bool {
-        let threshold = if cfg!(any(test, feature = "lock_free_delays")) {
-            2
-        } else if self.data.is_index() {
-            256
-        } else {
-            16
-        };
-
         let len = self.data.len();
         // stepcache patch: a leaf of small entries splits at 64 entries, not
         // 16; one above 16 entries still splits once it holds more than
@@ -613,11 +605,13 @@ impl Node {
         // memory per page for the life of the process (the page table, its
         // fragment lists) and reads every page's entry at each start. See
         // vendor/README.md.
-        let size_checks = if self.data.is_index() || threshold < 16 {
-            len > threshold
+        let size_checks = if cfg!(any(test, feature = "lock_free_delays")) {
+            len > 2
+        } else if self.data.is_index() {
+            len > 256
         } else {
             len > LEAF_SPLIT_ENTRIES
-                || (len > threshold && self.data.rss() > LEAF_SPLIT_BYTES)
+                || (len > 16 && self.data.rss() > LEAF_SPLIT_BYTES)
         };
         let safety_checks = self.merging_child.is_none() && !self.merging;
 
