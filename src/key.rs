@@ -9,7 +9,7 @@ use prost_types::value::Kind;
 use prost_types::Value;
 
 use crate::error::Error;
-use crate::proto::TaskInterface;
+use crate::proto::{ContainerSpec, TaskInterface};
 
 /// The domain and version tag that starts every encoding.
 pub const DOMAIN: &str = "stepcache/task-interface/v1";
@@ -79,7 +79,8 @@ pub fn canonical_bytes(ti: &TaskInterface) -> Result<Vec<u8>, Error> {
         return Err(Error::invalid("interface.component must not be empty"));
     }
     let mut e = Encoder(Vec::with_capacity(256));
-    let container = ti.container.clone().unwrap_or_default();
+    let no_container = ContainerSpec::default();
+    let container = ti.container.as_ref().unwrap_or(&no_container);
     let ignored: BTreeSet<&str> = ti.ignore_inputs.iter().map(String::as_str).collect();
     let volumes: BTreeSet<&str> = container.volumes.iter().map(String::as_str).collect();
 
@@ -99,7 +100,7 @@ pub fn canonical_bytes(ti: &TaskInterface) -> Result<Vec<u8>, Error> {
         .iter()
         .filter(|(k, _)| !ignored.contains(k.as_str()));
     e.map(params, |e, k, v| {
-        e.value(v, &format!("interface.parameters.{k}"), 0)
+        e.value(v, &format_args!("interface.parameters.{k}"), 0)
     })?;
     let arts = ti
         .input_artifacts
@@ -123,7 +124,7 @@ pub fn canonical_bytes(ti: &TaskInterface) -> Result<Vec<u8>, Error> {
 /// Checks that a value could be hashed (finite numbers, bounded nesting);
 /// `path` names it in the error.
 pub fn check_value(v: &Value, path: &str) -> Result<(), Error> {
-    Encoder(Vec::new()).value(v, path, 0)
+    Encoder(Vec::new()).value(v, &path, 0)
 }
 
 /// Deepest nesting of a parameter value that is accepted (protobuf decoding stops
@@ -168,8 +169,9 @@ impl Encoder {
         Ok(())
     }
 
-    /// Encodes one parameter value; `path` names it in error messages.
-    fn value(&mut self, v: &Value, path: &str, depth: usize) -> Result<(), Error> {
+    /// Encodes one parameter value; `path` names it in error messages (and
+    /// is formatted only for them).
+    fn value(&mut self, v: &Value, path: &dyn fmt::Display, depth: usize) -> Result<(), Error> {
         if depth > MAX_VALUE_DEPTH {
             return Err(Error::invalid(format!(
                 "{path} is nested deeper than {MAX_VALUE_DEPTH} levels"
@@ -199,13 +201,13 @@ impl Encoder {
                 self.0.push(4);
                 self.u32(l.values.len());
                 for (i, item) in l.values.iter().enumerate() {
-                    self.value(item, &format!("{path}[{i}]"), depth + 1)?;
+                    self.value(item, &format_args!("{path}[{i}]"), depth + 1)?;
                 }
             }
             Some(Kind::StructValue(s)) => {
                 self.0.push(5);
                 self.map(s.fields.iter(), |e, k, item| {
-                    e.value(item, &format!("{path}.{k}"), depth + 1)
+                    e.value(item, &format_args!("{path}.{k}"), depth + 1)
                 })?;
             }
         }

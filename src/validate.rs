@@ -1,6 +1,8 @@
 //! Validation at the edge: protobuf requests in, checked values for the store out.
 //! Pure functions; every error names the field and why.
 
+use std::fmt;
+
 use crate::clock::timestamp_ms;
 use crate::error::{Error, Result};
 use crate::key::{self, CacheKey};
@@ -149,9 +151,13 @@ pub fn context(mut c: Context, field: &str, limits: &Limits) -> Result<Context> 
                 "{field}.{f} must not be empty when creating a context"
             )));
         }
-        string(s, &format!("{field}.{f}"), limits)?;
+        string(s, format_args!("{field}.{f}"), limits)?;
     }
-    count(c.properties.len(), &format!("{field}.properties"), limits)?;
+    count(
+        c.properties.len(),
+        format_args!("{field}.properties"),
+        limits,
+    )?;
     for (k, v) in &c.properties {
         key::check_value(v, &format!("{field}.properties.{k}"))?;
     }
@@ -194,7 +200,9 @@ pub fn cache_key_hex(s: &str, field: &str) -> Result<CacheKey> {
         .map_err(|e| Error::invalid(format!("{field}: {e}")))
 }
 
-fn string(s: &str, field: &str, limits: &Limits) -> Result<()> {
+/// `field` is formatted only for the error (a path such as
+/// `format_args!("{field}.component")` costs nothing when the value is fine).
+fn string(s: &str, field: impl fmt::Display, limits: &Limits) -> Result<()> {
     if s.len() > limits.max_string_bytes {
         return Err(Error::invalid(format!(
             "{field} is {} bytes, over the limit of {} (max_string_bytes)",
@@ -205,7 +213,7 @@ fn string(s: &str, field: &str, limits: &Limits) -> Result<()> {
     Ok(())
 }
 
-fn count(n: usize, field: &str, limits: &Limits) -> Result<()> {
+fn count(n: usize, field: impl fmt::Display, limits: &Limits) -> Result<()> {
     if n > limits.max_interface_entries {
         return Err(Error::invalid(format!(
             "{field} has {n} entries, over the limit of {} (max_interface_entries)",
@@ -217,46 +225,54 @@ fn count(n: usize, field: &str, limits: &Limits) -> Result<()> {
 
 /// Checks an interface's sizes and computes its key (which validates the rest).
 pub fn interface(ti: &TaskInterface, field: &str, limits: &Limits) -> Result<CacheKey> {
-    string(&ti.component, &format!("{field}.component"), limits)?;
-    string(&ti.cache_version, &format!("{field}.cache_version"), limits)?;
+    string(&ti.component, format_args!("{field}.component"), limits)?;
+    string(
+        &ti.cache_version,
+        format_args!("{field}.cache_version"),
+        limits,
+    )?;
     if let Some(c) = &ti.container {
-        string(&c.image, &format!("{field}.container.image"), limits)?;
+        string(&c.image, format_args!("{field}.container.image"), limits)?;
         count(
             c.command.len(),
-            &format!("{field}.container.command"),
+            format_args!("{field}.container.command"),
             limits,
         )?;
-        count(c.args.len(), &format!("{field}.container.args"), limits)?;
-        count(c.env.len(), &format!("{field}.container.env"), limits)?;
+        count(c.args.len(), format_args!("{field}.container.args"), limits)?;
+        count(c.env.len(), format_args!("{field}.container.env"), limits)?;
         count(
             c.volumes.len(),
-            &format!("{field}.container.volumes"),
+            format_args!("{field}.container.volumes"),
             limits,
         )?;
     }
-    count(ti.parameters.len(), &format!("{field}.parameters"), limits)?;
+    count(
+        ti.parameters.len(),
+        format_args!("{field}.parameters"),
+        limits,
+    )?;
     count(
         ti.input_artifacts.len(),
-        &format!("{field}.input_artifacts"),
+        format_args!("{field}.input_artifacts"),
         limits,
     )?;
     count(
         ti.output_artifacts.len(),
-        &format!("{field}.output_artifacts"),
+        format_args!("{field}.output_artifacts"),
         limits,
     )?;
     count(
         ti.output_parameters.len(),
-        &format!("{field}.output_parameters"),
+        format_args!("{field}.output_parameters"),
         limits,
     )?;
     for (name, ids) in &ti.input_artifacts {
         count(
             ids.ids.len(),
-            &format!("{field}.input_artifacts.{name}"),
+            format_args!("{field}.input_artifacts.{name}"),
             limits,
         )?;
-        for id in &ids.ids {
+        if let Some(id) = ids.ids.iter().find(|id| **id <= 0) {
             positive_id(*id, &format!("{field}.input_artifacts.{name}"))?;
         }
     }
@@ -293,9 +309,13 @@ pub fn artifact(mut a: Artifact, field: &str, limits: &Limits) -> Result<Artifac
         (&a.external_id, "external_id"),
         (&a.content_digest, "content_digest"),
     ] {
-        string(s, &format!("{field}.{f}"), limits)?;
+        string(s, format_args!("{field}.{f}"), limits)?;
     }
-    count(a.properties.len(), &format!("{field}.properties"), limits)?;
+    count(
+        a.properties.len(),
+        format_args!("{field}.properties"),
+        limits,
+    )?;
     a.create_time = None;
     a.update_time = None;
     Ok(a)
@@ -358,7 +378,7 @@ pub fn execution_write(req: PutExecutionRequest, limits: &Limits) -> Result<Exec
         if o.name.is_empty() {
             return Err(Error::invalid(format!("{field}.name must not be empty")));
         }
-        string(&o.name, &format!("{field}.name"), limits)?;
+        string(&o.name, format_args!("{field}.name"), limits)?;
         let declared = e
             .interface
             .as_ref()

@@ -292,6 +292,7 @@ impl Store {
         };
         self.tree
             .insert(keys::META_ID_FLOOR, floor.to_be_bytes().as_slice())?;
+        self.reload_id_floor()?;
         Ok(Summary {
             records,
             id_high_water,
