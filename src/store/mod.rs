@@ -1,7 +1,8 @@
 //! The embedded store on sled: artifacts, executions, events and the cache index,
-//! all in one tree with prefixed keys (see `keys`). Every logical write is one
-//! sled transaction followed by a group-committed flush; calls block, so the
-//! service runs them on `spawn_blocking` threads.
+//! all in one tree with prefixed keys (see `keys`). Every logical write is
+//! atomic, one sled transaction (concurrent PutExecutions share one, each
+//! still whole or absent: `combine`), followed by a group-committed flush;
+//! calls block, so the service runs them on `spawn_blocking` threads.
 
 pub mod backup;
 pub mod combine;
