@@ -3,8 +3,8 @@
 //! one go (one sled transaction) while the others sleep until their result is
 //! in. sled runs one transaction at a time behind a process-wide lock; with
 //! one transaction per write, 64 writers on 2 cores hand that lock around and
-//! the holder is often descheduled while holding it (BENCHMARKS.md, "What
-//! limits puts"). A batch runs on one thread from start to end.
+//! the holder is often descheduled while holding it (BENCHMARKS.md, "Durable
+//! puts in shared transactions"). A batch runs on one thread from start to end.
 
 use std::collections::HashMap;
 use std::sync::{Condvar, Mutex};

@@ -267,10 +267,7 @@ impl Store {
     /// earlier than that of any ID allocated before (a clock that steps back
     /// stamps the last time again), so that a created-time range is an ID range.
     fn allocate(&self, n: usize) -> Result<Alloc> {
-        let mut g = self
-            .ids
-            .lock()
-            .map_err(|_| Error::Internal("ID allocation lock poisoned".into()))?;
+        let mut g = self.id_gen()?;
         let now = self.now_ms().max(g.last_ms);
         g.last_ms = now;
         // Above the floor an import left (a restored store has a fresh generator).
@@ -305,11 +302,14 @@ impl Store {
 
     /// After an import moved the ID floor.
     fn reload_id_floor(&self) -> Result<()> {
+        self.id_gen()?.floor = None;
+        Ok(())
+    }
+
+    fn id_gen(&self) -> Result<MutexGuard<'_, IdGen>> {
         self.ids
             .lock()
-            .map_err(|_| Error::Internal("ID allocation lock poisoned".into()))?
-            .floor = None;
-        Ok(())
+            .map_err(|_| Error::Internal("ID allocation lock poisoned".into()))
     }
 
     fn key_lock(&self, key: &CacheKey) -> Result<MutexGuard<'_, ()>> {
