@@ -63,6 +63,11 @@ enum Command {
         /// two per core, at least 4; 0: reads take tokio's blocking threads.
         #[arg(long)]
         read_threads: Option<usize>,
+        /// Threads that apply store writes (puts, reservations, deletes);
+        /// writes beyond them queue without a thread. 0: each write takes a
+        /// tokio blocking thread.
+        #[arg(long, default_value_t = stepcache::pool::Pool::DEFAULT_WRITE_THREADS)]
+        write_threads: usize,
         /// Largest decoded gRPC message in bytes.
         #[arg(long, default_value_t = 32 * 1024 * 1024)]
         max_message_bytes: usize,
@@ -252,6 +257,7 @@ fn main() -> anyhow::Result<()> {
             max_message_bytes,
             hot_hits,
             read_threads,
+            write_threads,
             max_page_size,
             max_interface_entries,
             max_string_bytes,
@@ -279,6 +285,7 @@ fn main() -> anyhow::Result<()> {
             if let Some(n) = read_threads {
                 config.read_threads = n;
             }
+            config.write_threads = write_threads;
             config.limits.max_message_bytes = max_message_bytes;
             config.limits.max_page_size = max_page_size.clamp(1, 1000);
             config.limits.max_interface_entries = max_interface_entries;

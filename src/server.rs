@@ -17,10 +17,10 @@ use crate::backend::Backend;
 use crate::clock::{Clock, SystemClock};
 use crate::metrics;
 use crate::pg::PgStore;
+use crate::pool::Pool;
 use crate::proto::cache_service_server::CacheServiceServer;
 use crate::proto::metadata_store_service_server::MetadataStoreServiceServer;
 use crate::proto::FILE_DESCRIPTOR_SET;
-use crate::readpool::ReadPool;
 use crate::reservations::Waiters;
 use crate::service::cache::Cache;
 use crate::service::metadata::Metadata;
@@ -43,9 +43,12 @@ pub struct Config {
     /// Where the metrics listener was bound (set by `run`; useful with port 0).
     pub metrics_addr: Arc<OnceLock<SocketAddr>>,
     pub admission: AdmissionLimits,
-    /// Threads of the read pool (see `readpool`); 0: reads take blocking
-    /// threads like writes.
+    /// Threads of the read pool (see `pool`); 0: each read takes a tokio
+    /// blocking thread.
     pub read_threads: usize,
+    /// Threads of the write pool (see `pool`); 0: each write takes a tokio
+    /// blocking thread.
+    pub write_threads: usize,
     /// Bearer tokens and their namespaces; None = auth off.
     pub auth: Option<Arc<Tokens>>,
     /// PEM certificate chain and key; None = plaintext.
@@ -68,7 +71,8 @@ impl Config {
             limits: Limits::default(),
             clock: Arc::new(SystemClock),
             admission: AdmissionLimits::default(),
-            read_threads: ReadPool::default_threads(),
+            read_threads: Pool::default_read_threads(),
+            write_threads: Pool::DEFAULT_WRITE_THREADS,
             auth: None,
             tls: None,
             metrics_listen: None,
@@ -100,7 +104,11 @@ pub async fn run(
         shutdown: stopping_rx,
         reads: match config.read_threads {
             0 => None,
-            n => Some(ReadPool::new(n)?),
+            n => Some(Pool::new("read", n)?),
+        },
+        writes: match config.write_threads {
+            0 => None,
+            n => Some(Pool::new("write", n)?),
         },
     };
     // Other replicas' publishes wake this one's waiters (PostgreSQL).

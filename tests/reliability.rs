@@ -201,6 +201,57 @@ async fn sigkill_loses_no_acknowledged_write_and_leaves_nothing_partial() {
     assert_eq!(found, acked.len());
 }
 
+/// More concurrent writers than write threads: the writes beyond the pool
+/// queue, and every one is applied once (a pool whose threads all waited for
+/// a queued write would hang here). Also with the pool off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_beyond_the_write_pool_queue_and_all_complete() {
+    for threads in [1, 3, 0] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::new(dir.path());
+        config.write_threads = threads;
+        let server = TestServer::start_with(config).await;
+        let (meta, cache) = (server.meta().await, server.cache().await);
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let (mut m, mut c) = (meta.clone(), cache.clone());
+                tokio::spawn(async move {
+                    let ti = iface(&format!("w{i}"), &[], &[]);
+                    // A lookup that claims the key (a write) and the put that fills it.
+                    let mut look = lookup_req("wp", &ti);
+                    look.reservation = Some(ReservationRequest {
+                        owner: format!("worker-{i}"),
+                        lease: None,
+                    });
+                    let r = c.get_cached_execution(look).await.unwrap().into_inner();
+                    assert_eq!(r.outcome(), Outcome::Reserved);
+                    let put = put_req("wp", &ti, ExecutionState::Complete, &format!("mem://{i}"));
+                    m.put_execution(put).await.unwrap().into_inner()
+                })
+            })
+            .collect();
+        let mut ids = std::collections::BTreeSet::new();
+        for t in tasks {
+            let r = tokio::time::timeout(Duration::from_secs(60), t)
+                .await
+                .expect("writes finish")
+                .unwrap();
+            assert!(ids.insert(r.execution_id), "distinct executions");
+        }
+        let mut meta = meta;
+        let snap = snapshot(&mut meta, "wp").await;
+        assert_eq!(snap.executions.len(), 40, "write_threads={threads}");
+        let mut cache = cache;
+        let hit = cache
+            .get_cached_execution(lookup_req("wp", &iface("w7", &[], &[])))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(hit.outcome(), Outcome::Hit);
+        server.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_with_an_external_id_never_duplicate() {
     let dir = tempfile::tempdir().unwrap();

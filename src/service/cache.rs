@@ -249,7 +249,7 @@ impl CacheService for Cache {
             reservations::bounded_ms(req.lease.as_ref(), reservations::DEFAULT_LEASE_MS, "lease")?;
         let holder = self
             .shared
-            .blocking(move |s| s.extend_reservation(&ns, &key, &owner, lease_ms))
+            .write(move |s| s.extend_reservation(&ns, &key, &owner, lease_ms))
             .await?;
         Ok(Response::new(ExtendReservationResponse {
             reservation: Some(reservation(&holder)),
@@ -267,7 +267,7 @@ impl CacheService for Cache {
         let owner = reservations::owner(&req.owner, "owner")?;
         let ns2 = ns.clone();
         self.shared
-            .blocking(move |s| s.release_reservation(&ns2, &key, &owner))
+            .write(move |s| s.release_reservation(&ns2, &key, &owner))
             .await?;
         self.shared.waiters.notify(&ns, &key);
         Ok(Response::new(ReleaseReservationResponse {}))
@@ -303,7 +303,7 @@ impl CacheService for Cache {
         };
         let invalidated = self
             .shared
-            .blocking(move |s| s.invalidate(&ns, &selector))
+            .write(move |s| s.invalidate(&ns, &selector))
             .await?;
         Ok(Response::new(InvalidateCacheResponse { invalidated }))
     }
@@ -378,7 +378,7 @@ impl CacheService for Cache {
         };
         let removed = self
             .shared
-            .blocking(move |s| s.collect_garbage(ns.as_deref()))
+            .write(move |s| s.collect_garbage(ns.as_deref()))
             .await?;
         Ok(Response::new(GarbageCollectCacheResponse { removed }))
     }

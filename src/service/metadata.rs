@@ -62,7 +62,7 @@ impl MetadataStoreService for Metadata {
             .collect::<Result<Vec<_>>>()?;
         let artifact_ids = self
             .shared
-            .blocking(move |s| s.put_artifacts(artifacts))
+            .write(move |s| s.put_artifacts(artifacts))
             .await?;
         Ok(Response::new(PutArtifactsResponse { artifact_ids }))
     }
@@ -131,10 +131,7 @@ impl MetadataStoreService for Metadata {
         let write = validate::execution_write(request.into_inner(), &self.shared.limits)?;
         let ns = write.execution.namespace.clone();
         caller.allow(&ns)?;
-        let w = self
-            .shared
-            .blocking(move |s| s.put_execution(&write))
-            .await?;
+        let w = self.shared.write(move |s| s.put_execution(&write)).await?;
         if w.published || w.reservation_released {
             // Wake the key's waiters: they answer HIT, or one takes it over.
             if let Ok(key) = w.cache_key.parse::<crate::key::CacheKey>() {
@@ -234,10 +231,7 @@ impl MetadataStoreService for Metadata {
                 Ok(c)
             })
             .collect::<Result<Vec<_>>>()?;
-        let context_ids = self
-            .shared
-            .blocking(move |s| s.put_contexts(contexts))
-            .await?;
+        let context_ids = self.shared.write(move |s| s.put_contexts(contexts)).await?;
         Ok(Response::new(PutContextsResponse { context_ids }))
     }
 
@@ -372,7 +366,7 @@ impl MetadataStoreService for Metadata {
         let dry_run = req.dry_run;
         let p = self
             .shared
-            .blocking(move |s| s.prune(&ns, older_than, dry_run))
+            .write(move |s| s.prune(&ns, older_than, dry_run))
             .await?;
         Ok(Response::new(PruneExecutionsResponse {
             executions_deleted: p.executions,

@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 use crate::backend::Backend;
 use crate::error::Result;
-use crate::readpool::ReadPool;
+use crate::pool::Pool;
 use crate::reservations::Waiters;
 use crate::validate::Limits;
 
@@ -24,9 +24,12 @@ pub struct Shared {
     pub waiters: Arc<Waiters>,
     /// Turns true when the server starts shutting down: waiters answer then.
     pub shutdown: watch::Receiver<bool>,
-    /// Threads for store calls that only read (see `readpool`); None: reads
-    /// take blocking threads like writes.
-    pub reads: Option<Arc<ReadPool>>,
+    /// Threads for store calls that only read (see `pool`); None: each read
+    /// takes a tokio blocking thread.
+    pub reads: Option<Arc<Pool>>,
+    /// Threads for store calls that write (see `pool`); None: each write
+    /// takes a tokio blocking thread.
+    pub writes: Option<Arc<Pool>>,
 }
 
 /// Where a store call runs.
@@ -36,19 +39,18 @@ pub enum Work {
     Inline,
     /// Only reads: the read pool.
     Read,
-    /// Writes, or may wait for a flush: a blocking thread of its own.
+    /// Writes, or may wait for a flush: the write pool.
     Write,
 }
 
 impl Shared {
-    /// Runs a store call off the async executor.
-    pub async fn blocking<T, F>(&self, f: F) -> Result<T>
+    /// Runs a store call that writes on the write pool.
+    pub async fn write<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&dyn Backend) -> Result<T> + Send + 'static,
     {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(store.as_ref())).await?
+        self.run(Work::Write, f).await
     }
 
     /// Runs a store call that only reads on the read pool.
@@ -60,22 +62,22 @@ impl Shared {
         self.run(Work::Read, f).await
     }
 
-    /// Runs a store call where `work` says.
+    /// Runs a store call where `work` says: in place, or on the pool of its
+    /// kind (a tokio blocking thread of its own when that pool is off).
     pub async fn run<T, F>(&self, work: Work, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&dyn Backend) -> Result<T> + Send + 'static,
     {
-        match work {
-            Work::Inline => f(self.store.as_ref()),
-            Work::Read => match &self.reads {
-                Some(pool) => {
-                    let store = self.store.clone();
-                    pool.run(move || f(store.as_ref())).await
-                }
-                None => self.blocking(f).await,
-            },
-            Work::Write => self.blocking(f).await,
+        let pool = match work {
+            Work::Inline => return f(self.store.as_ref()),
+            Work::Read => &self.reads,
+            Work::Write => &self.writes,
+        };
+        let store = self.store.clone();
+        match pool {
+            Some(pool) => pool.run(move || f(store.as_ref())).await,
+            None => tokio::task::spawn_blocking(move || f(store.as_ref())).await?,
         }
     }
 }
