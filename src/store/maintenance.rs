@@ -111,7 +111,7 @@ impl Store {
             for k in &entries {
                 if let Some(v) = tx.get(k)? {
                     if !entry::is_invalidated(&v) {
-                        tx.insert(k.as_slice(), &[INVALIDATED])?;
+                        tx.set(k.as_slice(), &[INVALIDATED])?;
                         n += 1;
                     }
                 }

@@ -680,7 +680,7 @@ impl Store {
             let claim = self.tree.transaction(|tx| {
                 let claim = reservations::claim(reservation_tx(tx, &rkey)?.as_ref(), ask, now);
                 if let Claim::Grant(h) = &claim {
-                    tx.insert(rkey.as_slice(), h.encode())?;
+                    tx.set(rkey.as_slice(), h.encode())?;
                 }
                 Ok(claim)
             })?;
@@ -723,7 +723,7 @@ impl Store {
                 owner: owner.to_string(),
                 expire_ms: now.saturating_add(lease_ms),
             };
-            tx.insert(rkey.as_slice(), h.encode())?;
+            tx.set(rkey.as_slice(), h.encode())?;
             Ok(h)
         })?;
         self.durable()?;
@@ -852,7 +852,7 @@ fn tx_get<M: Message + Default>(tx: &Tx, key: &[u8]) -> TxResult<Option<M>> {
 }
 
 fn put<M: Message>(tx: &Tx, key: Vec<u8>, m: &M) -> TxResult<()> {
-    tx.insert(key, m.encode_to_vec())?;
+    tx.set(key, m.encode_to_vec())?;
     Ok(())
 }
 
@@ -902,7 +902,7 @@ fn insert_external_id(
     if !ext.is_empty() {
         let mut v = (id as u64).to_be_bytes().to_vec();
         v.extend_from_slice(digest);
-        tx.insert(keys::external_id(ns, kind, ext), v)?;
+        tx.set(keys::external_id(ns, kind, ext), v)?;
     }
     Ok(())
 }
@@ -941,12 +941,12 @@ fn put_artifact_tx(
             a.id,
             &digest,
         )?;
-        tx.insert(
+        tx.set(
             keys::with_rev_id(&keys::artifact_by_ns_prefix(&a.namespace), a.id),
             &[],
         )?;
         for k in artifact_index_keys(&a) {
-            tx.insert(k, &[])?;
+            tx.set(k, &[])?;
         }
         put(tx, keys::artifact(a.id), &a)?;
         return Ok((a.id, Some(a)));
@@ -982,7 +982,7 @@ fn put_artifact_tx(
         tx.remove(k.as_slice())?;
     }
     for k in new_keys.iter().filter(|k| !old_keys.contains(k)) {
-        tx.insert(k.as_slice(), &[])?;
+        tx.set(k.as_slice(), &[])?;
     }
     put(tx, keys::artifact(a.id), &a)?;
     Ok((a.id, Some(a)))
@@ -1008,7 +1008,7 @@ fn refresh_copies_tx(tx: &Tx, artifact: &Artifact, producers: &[i64]) -> TxResul
         let Some(v) = tx.get(&ek)? else { continue };
         if let Some(mut rec) = entry::record(&v).or_else(abort)? {
             if rec.replace_artifact(artifact) {
-                tx.insert(ek, rec.to_value())?;
+                tx.set(ek, rec.to_value())?;
             }
         }
     }
@@ -1051,11 +1051,11 @@ fn associate_tx(
                 Some(ns),
             ));
         }
-        tx.insert(
+        tx.set(
             keys::with_rev_id(&keys::exec_by_context_prefix(*cid), exec_id),
             &[],
         )?;
-        tx.insert(
+        tx.set(
             keys::KeyBuf::new(keys::CONTEXTS_OF_EXEC)
                 .id(exec_id)
                 .id(*cid)
@@ -1063,11 +1063,11 @@ fn associate_tx(
             &[],
         )?;
         for a in artifacts {
-            tx.insert(
+            tx.set(
                 keys::with_rev_id(&keys::artifact_by_context_prefix(*cid), *a),
                 &[],
             )?;
-            tx.insert(
+            tx.set(
                 keys::KeyBuf::new(keys::CONTEXTS_OF_ARTIFACT)
                     .id(*a)
                     .id(*cid)
@@ -1212,7 +1212,7 @@ fn put_execution_tx(
         }
         exec = old;
         exec.state = req.state;
-        tx.insert(exec_state_key(&exec), &[])?;
+        tx.set(exec_state_key(&exec), &[])?;
         exec.output_parameters.extend(req.output_parameters.clone());
         exec.properties.extend(req.properties.clone());
         if req.cache_ttl.is_some() {
@@ -1304,7 +1304,7 @@ fn put_execution_tx(
         } else {
             vec![VALID]
         };
-        tx.insert(keys::cache_entry(ns, key, now, exec.id), value)?;
+        tx.set(keys::cache_entry(ns, key, now, exec.id), value)?;
     }
 
     // The reservation of the key.
@@ -1341,19 +1341,19 @@ fn put_execution_tx(
 fn insert_new_execution_tx(tx: &Tx, exec: &Execution, _now: i64) -> TxResult<()> {
     let ns = exec.namespace.as_str();
     put(tx, keys::execution(exec.id), exec)?;
-    tx.insert(
+    tx.set(
         keys::with_rev_id(&keys::exec_by_ns_prefix(ns), exec.id),
         &[],
     )?;
-    tx.insert(exec_state_key(exec), &[])?;
+    tx.set(exec_state_key(exec), &[])?;
     if let Some(ti) = &exec.interface {
-        tx.insert(
+        tx.set(
             keys::with_rev_id(&keys::exec_by_component_prefix(ns, &ti.component), exec.id),
             &[],
         )?;
     }
     if let Ok(key) = exec.cache_key.parse::<CacheKey>() {
-        tx.insert(
+        tx.set(
             keys::with_rev_id(&keys::exec_by_key_prefix(ns, &key), exec.id),
             &[],
         )?;
@@ -1381,7 +1381,7 @@ fn insert_event_tx(
     };
     let tail = keys::event_tail(kind as i32, name, index);
     put(tx, keys::event_by_exec(exec_id, artifact_id, &tail), &ev)?;
-    tx.insert(keys::event_by_artifact(artifact_id, exec_id, &tail), &[])?;
+    tx.set(keys::event_by_artifact(artifact_id, exec_id, &tail), &[])?;
     Ok(())
 }
 

@@ -381,12 +381,12 @@ fn put_context_tx(
         let mut c = c.clone();
         c.id = ids.take()?;
         c.create_time = Some(timestamp(now));
-        tx.insert(by_name, &(c.id as u64).to_be_bytes())?;
-        tx.insert(
+        tx.set(by_name, &(c.id as u64).to_be_bytes())?;
+        tx.set(
             keys::with_rev_id(&keys::context_by_ns_prefix(ns), c.id),
             &[],
         )?;
-        tx.insert(
+        tx.set(
             keys::with_rev_id(&keys::context_by_type_prefix(ns, &c.r#type), c.id),
             &[],
         )?;

@@ -62,6 +62,35 @@ impl Node {
         &self.lo[..self.prefix_len as usize]
     }
 
+    /// stepcache patch: `self.clone()` followed by `apply(link)`, with a
+    /// leaf's key and value vectors allocated once with room for the entry a
+    /// `Set` may add. A clone has no spare capacity, so the insert that
+    /// followed it reallocated and copied both vectors, on every write to a
+    /// leaf (`PageCache::link`).
+    pub(crate) fn applied(&self, link: &Link) -> Node {
+        let data = match (&self.data, link) {
+            (Data::Leaf(leaf), Link::Set(..)) => {
+                let mut keys = Vec::with_capacity(leaf.keys.len() + 1);
+                keys.extend(leaf.keys.iter().cloned());
+                let mut values = Vec::with_capacity(leaf.values.len() + 1);
+                values.extend(leaf.values.iter().cloned());
+                Data::Leaf(Leaf { keys, values })
+            }
+            (data, _) => data.clone(),
+        };
+        let mut node = Node {
+            prefix_len: self.prefix_len,
+            next: self.next,
+            merging_child: self.merging_child,
+            merging: self.merging,
+            lo: self.lo.clone(),
+            hi: self.hi.clone(),
+            data,
+        };
+        node.apply(link);
+        node
+    }
+
     pub(crate) fn apply(&mut self, link: &Link) {
         use self::Link::*;
 

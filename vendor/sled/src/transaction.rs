@@ -273,6 +273,24 @@ impl TransactionalTree {
         Ok(old)
     }
 
+    /// stepcache patch: sets a key to a new value like `insert`, without
+    /// reading its old value first. `insert` reads the key from the tree to
+    /// return its old value (a descent to its leaf, and a page-in when the
+    /// leaf is not cached) although the write itself does not need it; for a
+    /// caller that discards the old value, that read is pure cost. Serializable
+    /// as before: transactions run one at a time behind
+    /// `concurrency_control::write`, and a later `get` in this transaction
+    /// finds the value among its writes.
+    pub fn set<K, V>(&self, key: K, value: V) -> UnabortableTransactionResult<()>
+    where
+        K: Into<IVec>,
+        V: Into<IVec>,
+    {
+        let _last_write =
+            self.writes.borrow_mut().insert(key.into(), Some(value.into()));
+        Ok(())
+    }
+
     /// Remove a key
     pub fn remove<K>(
         &self,

@@ -1035,8 +1035,8 @@ impl PageCache {
             }
         }
 
-        let mut node: Node = old.as_node().clone();
-        node.apply(&new);
+        // stepcache patch: one allocation per vector (`Node::applied`).
+        let node: Node = old.as_node().applied(&new);
 
         // see if we should short-circuit replace
         if old.cache_infos.len() >= PAGE_CONSOLIDATION_THRESHOLD {
