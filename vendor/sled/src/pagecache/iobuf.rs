@@ -1009,14 +1009,7 @@ pub(in crate::pagecache) fn make_stable_inner(
 /// to flush some pending writes. Returns the number
 /// of bytes written during this call.
 pub(in crate::pagecache) fn flush(iobufs: &Arc<IoBufs>) -> Result<usize> {
-    // stepcache patch: no `concurrency_control::read()` here. Upstream held
-    // it for the whole flush, fsync included, so a transaction (which takes
-    // the write side) could not start while any flush ran, and a store that
-    // acknowledges each write after a flush spent much of its time with
-    // neither running. Without it, a flush that starts during a transaction
-    // waits for that transaction's end (its batch manifest is written only
-    // then), and never for a transaction that starts later. See
-    // vendor/README.md, change 8.
+    let _cc = concurrency_control::read();
     let max_reserved_lsn = iobufs.max_reserved_lsn.load(Acquire);
     make_stable(iobufs, max_reserved_lsn)
 }
