@@ -1009,8 +1009,29 @@ pub(in crate::pagecache) fn make_stable_inner(
 /// to flush some pending writes. Returns the number
 /// of bytes written during this call.
 pub(in crate::pagecache) fn flush(iobufs: &Arc<IoBufs>) -> Result<usize> {
-    let _cc = concurrency_control::read();
+    // stepcache patch: hold `concurrency_control::read()` only while sealing
+    // the IO buffers that hold what is to be flushed, not while waiting for
+    // them to reach the disk. Upstream held it for the whole flush, fsync
+    // included, and a transaction takes the write side, so no transaction
+    // could start while a flush ran. While the lock is held no transaction
+    // is open, so every reservation up to `max_reserved_lsn` is complete or
+    // about to be (none is a transaction's open batch manifest), and once
+    // the buffers holding them are sealed, reaching the disk depends on no
+    // later transaction. See vendor/README.md, change 8.
+    let cc = concurrency_control::read();
     let max_reserved_lsn = iobufs.max_reserved_lsn.load(Acquire);
+    loop {
+        let iobuf = iobufs.current_iobuf();
+        let header = iobuf.get_header();
+        if header::is_sealed(header)
+            || header::offset(header) == 0
+            || iobuf.lsn > max_reserved_lsn
+        {
+            break;
+        }
+        maybe_seal_and_write_iobuf(iobufs, &iobuf, header, false)?;
+    }
+    drop(cc);
     make_stable(iobufs, max_reserved_lsn)
 }
 
