@@ -3,9 +3,10 @@
 //! `store::Store` (one replica) and `pg::PgStore` (PostgreSQL, any number of
 //! replicas on one database).
 //!
-//! The trait is synchronous: handlers run every call on a `spawn_blocking`
-//! thread (`service::Shared::blocking`). Its methods are the store's methods
-//! with the same signatures; the sled implementation only delegates.
+//! The trait is synchronous: handlers run every call off the async executor,
+//! on the read or write thread pool (`service::Shared::run`, `pool`). Its
+//! methods are the store's methods with the same signatures; the sled
+//! implementation only delegates.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -2,7 +2,8 @@
 //! all in one tree with prefixed keys (see `keys`). Every logical write is
 //! atomic, one sled transaction (concurrent PutExecutions share one, each
 //! still whole or absent: `combine`), followed by a group-committed flush;
-//! calls block, so the service runs them on `spawn_blocking` threads.
+//! calls block, so the service runs them on its read and write thread pools
+//! (`crate::pool`).
 
 pub mod backup;
 pub mod combine;
