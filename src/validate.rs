@@ -104,7 +104,8 @@ pub fn parse_page_token(t: &str) -> Result<Option<i64>> {
     Ok(Some(id))
 }
 
-pub fn positive_id(id: i64, field: &str) -> Result<i64> {
+/// `field` is formatted only for the error, as in `string`.
+pub fn positive_id(id: i64, field: impl fmt::Display) -> Result<i64> {
     if id > 0 {
         Ok(id)
     } else {
@@ -128,7 +129,7 @@ pub fn context_ids(ids: &[i64], field: &str, limits: &Limits) -> Result<Vec<i64>
     count(ids.len(), field, limits)?;
     let mut out: Vec<i64> = Vec::with_capacity(ids.len());
     for (i, id) in ids.iter().enumerate() {
-        positive_id(*id, &format!("{field}[{i}]"))?;
+        positive_id(*id, format_args!("{field}[{i}]"))?;
         if !out.contains(id) {
             out.push(*id);
         }
@@ -272,8 +273,8 @@ pub fn interface(ti: &TaskInterface, field: &str, limits: &Limits) -> Result<Cac
             format_args!("{field}.input_artifacts.{name}"),
             limits,
         )?;
-        if let Some(id) = ids.ids.iter().find(|id| **id <= 0) {
-            positive_id(*id, &format!("{field}.input_artifacts.{name}"))?;
+        for id in &ids.ids {
+            positive_id(*id, format_args!("{field}.input_artifacts.{name}"))?;
         }
     }
     key::cache_key(ti).map_err(|e| match e {
@@ -434,6 +435,28 @@ mod tests {
         assert_eq!(namespace("team-a.prod_1").unwrap(), "team-a.prod_1");
         for bad in ["-x", "a b", "a\0b", "ä", &"x".repeat(254)] {
             assert!(namespace(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn interface_input_ids_must_be_positive() {
+        let l = Limits::default();
+        let ti = |ids: Vec<i64>| TaskInterface {
+            component: "c".into(),
+            input_artifacts: [("in".to_string(), crate::proto::ArtifactIds { ids })].into(),
+            ..Default::default()
+        };
+        assert!(interface(&ti(vec![5, 7]), "interface", &l).is_ok());
+        for (ids, got) in [(vec![5, 0], "0"), (vec![-3, 5], "-3")] {
+            let err = interface(&ti(ids), "interface", &l)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!(
+                    "interface.input_artifacts.in must be a positive ID, got {got}"
+                )),
+                "{err}"
+            );
         }
     }
 
