@@ -924,16 +924,9 @@ pub(in crate::pagecache) fn make_stable_inner(
             return Err(e);
         }
 
-        let iobuf = iobufs.current_iobuf();
-        let header = iobuf.get_header();
-        if header::offset(header) == 0
-            || header::is_sealed(header)
-            || iobuf.lsn > lsn
-        {
-            // nothing to write, don't bother sealing
-            // current IO buffer.
-        } else {
-            maybe_seal_and_write_iobuf(iobufs, &iobuf, header, false)?;
+        // stepcache patch: the check and the seal are `seal_current_through`,
+        // which `flush` also calls (change 8).
+        if seal_current_through(iobufs, lsn)? {
             stable = iobufs.stable();
             // NB we have to continue here to possibly clear
             // the next io buffer, which may have dirty
@@ -1020,19 +1013,28 @@ pub(in crate::pagecache) fn flush(iobufs: &Arc<IoBufs>) -> Result<usize> {
     // later transaction. See vendor/README.md, change 8.
     let cc = concurrency_control::read();
     let max_reserved_lsn = iobufs.max_reserved_lsn.load(Acquire);
-    loop {
-        let iobuf = iobufs.current_iobuf();
-        let header = iobuf.get_header();
-        if header::is_sealed(header)
-            || header::offset(header) == 0
-            || iobuf.lsn > max_reserved_lsn
-        {
-            break;
-        }
-        maybe_seal_and_write_iobuf(iobufs, &iobuf, header, false)?;
-    }
+    while seal_current_through(iobufs, max_reserved_lsn)? {}
     drop(cc);
     make_stable(iobufs, max_reserved_lsn)
+}
+
+/// stepcache patch (change 8): seals the current IO buffer when it holds
+/// anything at or below `lsn` and is not sealed yet; returns whether it had
+/// to (a seal that lost a race leaves it to be tried again). Taken out of
+/// `make_stable_inner` unchanged, for `flush`.
+fn seal_current_through(iobufs: &Arc<IoBufs>, lsn: Lsn) -> Result<bool> {
+    let iobuf = iobufs.current_iobuf();
+    let header = iobuf.get_header();
+    if header::offset(header) == 0
+        || header::is_sealed(header)
+        || iobuf.lsn > lsn
+    {
+        // nothing to write, don't bother sealing
+        // current IO buffer.
+        return Ok(false);
+    }
+    maybe_seal_and_write_iobuf(iobufs, &iobuf, header, false)?;
+    Ok(true)
 }
 
 /// Attempt to seal the current IO buffer, possibly
