@@ -25,6 +25,11 @@ pub mod validate;
 pub mod proto {
     tonic::include_proto!("stepcache.v1");
 
+    mod lookup_reply;
+    pub use lookup_reply::{
+        encode_hit_fields, GetCachedExecutionResponse, WaitForCachedExecutionResponse,
+    };
+
     /// The encoded FileDescriptorSet of the proto files (and their imports).
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/stepcache_descriptor.bin"));

@@ -24,7 +24,7 @@ use crate::store::maintenance::{Integrity, Pruned, Selector};
 use crate::store::query::{ContextFilter, LineageResult};
 use crate::store::{
     content_digest, ArtifactFilter, Claimed, ExecutionFilter, ExecutionWrite, ExecutionWritten,
-    Lookup, Page,
+    Hit, Lookup, Page,
 };
 
 type Params = Vec<Box<dyn ToSql + Sync>>;
@@ -493,10 +493,10 @@ impl PgStore {
             };
             match policy::eligibility(&candidate, now, max_staleness_ms) {
                 Ok(()) => {
-                    return Ok(Lookup::Hit {
+                    return Ok(Lookup::Hit(Hit::Decoded {
                         execution: Box::new(execution),
                         outputs,
-                    })
+                    }))
                 }
                 Err(Ineligible::Stale) => {
                     passed_over.push(Ineligible::Stale);
@@ -937,15 +937,13 @@ impl Backend for PgStore {
     ) -> Result<Claimed> {
         let mut c = self.conn()?;
         // Hits need no lock.
-        if let Lookup::Hit { execution, outputs } =
-            self.lookup_in(&mut *c, ns, key, max_staleness_ms)?
-        {
-            return Ok(Claimed::Hit { execution, outputs });
+        if let Lookup::Hit(hit) = self.lookup_in(&mut *c, ns, key, max_staleness_ms)? {
+            return Ok(Claimed::Hit(hit));
         }
         let mut tx = c.transaction()?;
         lock(&mut tx, vec![key_lock(ns, key)])?;
         let reason = match self.lookup_in(&mut tx, ns, key, max_staleness_ms)? {
-            Lookup::Hit { execution, outputs } => return Ok(Claimed::Hit { execution, outputs }),
+            Lookup::Hit(hit) => return Ok(Claimed::Hit(hit)),
             Lookup::Miss { reason } => reason,
         };
         let now = self.clock.now_ms();

@@ -26,7 +26,7 @@ use crate::proto::{
 };
 use crate::reservations::{self, Holder, Step, Waited};
 use crate::store::maintenance::Selector;
-use crate::store::{Claimed, ExecutionFilter, Lookup};
+use crate::store::{Claimed, ExecutionFilter, Hit, Lookup};
 use crate::validate;
 
 pub struct Cache {
@@ -124,14 +124,13 @@ impl CacheService for Cache {
                     }
                 }
                 let claimed = match (hot, &ask) {
-                    (Some(Lookup::Hit { execution, outputs }), _) => {
-                        Claimed::Hit { execution, outputs }
-                    }
+                    (Some(Lookup::Hit(hit)), _) => Claimed::Hit(hit),
                     (_, None) => store.lookup(&ns, &key, max_staleness)?.into(),
                     (_, Some(ask)) => store.lookup_or_claim(&ns, &key, max_staleness, Some(ask))?,
                 };
-                let cached = match (&claimed, record) {
-                    (Claimed::Hit { execution, outputs }, true) => {
+                let (claimed, cached) = match (claimed, record) {
+                    (Claimed::Hit(hit), true) => {
+                        let (execution, outputs) = hit.decoded()?;
                         let inputs = inputs.unwrap_or_else(|| {
                             execution
                                 .interface
@@ -140,9 +139,15 @@ impl CacheService for Cache {
                                 .map(|(k, v)| (k.clone(), v.ids.clone()))
                                 .collect()
                         });
-                        Some(store.record_cached(execution, outputs, &inputs, &context_ids)?)
+                        let cached =
+                            store.record_cached(&execution, &outputs, &inputs, &context_ids)?;
+                        let execution = Box::new(execution);
+                        (
+                            Claimed::Hit(Hit::Decoded { execution, outputs }),
+                            Some(cached),
+                        )
                     }
-                    _ => None,
+                    (claimed, _) => (claimed, None),
                 };
                 Ok((claimed, cached))
             })
@@ -225,15 +230,7 @@ impl CacheService for Cache {
                 .into())
             }
         };
-        Ok(Response::new(WaitForCachedExecutionResponse {
-            outcome: resp.outcome,
-            cache_key: resp.cache_key,
-            execution: resp.execution,
-            output_artifacts: resp.output_artifacts,
-            cached_execution: resp.cached_execution,
-            reservation: resp.reservation,
-            reason: resp.reason,
-        }))
+        Ok(Response::new(resp.into()))
     }
 
     async fn extend_reservation(
@@ -402,10 +399,15 @@ fn respond(
         ..Default::default()
     };
     match claimed {
-        Claimed::Hit { execution, outputs } => {
+        Claimed::Hit(hit) => {
             resp.outcome = Outcome::Hit as i32;
-            resp.execution = Some(*execution);
-            resp.output_artifacts = artifact_lists(outputs);
+            match hit {
+                Hit::Decoded { execution, outputs } => {
+                    resp.execution = Some(*execution);
+                    resp.output_artifacts = artifact_lists(outputs);
+                }
+                Hit::Encoded(fields) => resp.encoded_hit = fields,
+            }
             resp.cached_execution = cached;
         }
         Claimed::Miss { reason } => {

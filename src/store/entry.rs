@@ -16,10 +16,11 @@
 
 use std::collections::BTreeMap;
 
+use prost::bytes::Bytes;
 use prost::Message;
 
 use crate::error::{Error, Result};
-use crate::proto::{Artifact, Execution};
+use crate::proto::{encode_hit_fields, Artifact, ArtifactState, Execution};
 
 /// Output artifacts by output name, in index order.
 pub type Outputs = BTreeMap<String, Vec<Artifact>>;
@@ -76,14 +77,102 @@ pub fn is_invalidated(v: &[u8]) -> bool {
     v.first() == Some(&INVALIDATED)
 }
 
+fn damaged(e: prost::DecodeError) -> Error {
+    Error::Storage(format!("damaged hit record in the cache index: {e}"))
+}
+
 /// The hit record of a VALID entry, if it has one.
 pub fn record(v: &[u8]) -> Result<Option<HitRecord>> {
     match v {
-        [VALID, RECORD_V1, rest @ ..] => HitRecord::decode(rest)
-            .map(Some)
-            .map_err(|e| Error::Storage(format!("damaged hit record in the cache index: {e}"))),
+        [VALID, RECORD_V1, rest @ ..] => HitRecord::decode(rest).map(Some).map_err(damaged),
         _ => Ok(None),
     }
+}
+
+/// A hit record read with its execution and artifacts left encoded: the
+/// same fields as `HitRecord`, as bytes.
+#[derive(Clone, PartialEq, Message)]
+struct RecordBytes {
+    #[prost(bytes = "bytes", tag = "1")]
+    execution: Bytes,
+    #[prost(message, repeated, tag = "2")]
+    outputs: Vec<HitOutputs>,
+    #[prost(bytes = "bytes", repeated, tag = "3")]
+    artifacts: Vec<Bytes>,
+}
+
+/// The fields of an execution that judge a hit; decoding skips the rest.
+#[derive(Clone, PartialEq, Message)]
+struct ExecutionHead {
+    #[prost(int64, tag = "1")]
+    id: i64,
+    #[prost(string, tag = "2")]
+    namespace: String,
+    #[prost(message, optional, tag = "9")]
+    cache_ttl: Option<prost_types::Duration>,
+}
+
+/// The fields of an artifact that judge a hit.
+#[derive(Clone, PartialEq, Message)]
+struct ArtifactHead {
+    #[prost(int64, tag = "1")]
+    id: i64,
+    #[prost(enumeration = "ArtifactState", tag = "8")]
+    state: i32,
+}
+
+/// A hit record with a copy of every output, read without decoding the
+/// execution or the artifacts: what judges it, and the lookup reply's fields
+/// built from the stored bytes.
+#[derive(Debug, Clone)]
+pub struct EncodedHit {
+    pub execution_id: i64,
+    pub namespace: String,
+    pub cache_ttl: Option<prost_types::Duration>,
+    /// Every output artifact is LIVE.
+    pub outputs_live: bool,
+    /// Fields 3 (execution) and 4 (output_artifacts) of a lookup reply.
+    pub fields: Bytes,
+}
+
+/// The entry's hit record as an `EncodedHit`, when it has one with a copy of
+/// every output (as `HitRecord::copied_artifacts`); else None (read it the
+/// long way).
+pub fn encoded_hit(v: sled::IVec) -> Result<Option<EncodedHit>> {
+    if !v.starts_with(&[VALID, RECORD_V1]) {
+        return Ok(None);
+    }
+    // The record's own bytes are shared, not copied, by what decodes them.
+    let mut bytes = Bytes::from_owner(v);
+    let rec = RecordBytes::decode(bytes.split_off(2)).map_err(damaged)?;
+    let heads = rec
+        .artifacts
+        .iter()
+        .map(|a| ArtifactHead::decode(a.as_ref()))
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(damaged)?;
+    let ids: Vec<i64> = rec
+        .outputs
+        .iter()
+        .flat_map(|o| o.artifact_ids.iter().copied())
+        .collect();
+    if heads.is_empty() || !heads.iter().map(|h| h.id).eq(ids.iter().copied()) {
+        return Ok(None);
+    }
+    let head = ExecutionHead::decode(rec.execution.as_ref()).map_err(damaged)?;
+    let mut copies = rec.artifacts.iter().map(|a| a.as_ref());
+    let outputs = rec.outputs.iter().map(|o| {
+        let arts = copies.by_ref().take(o.artifact_ids.len()).collect();
+        (o.name.as_str(), arts)
+    });
+    let fields = encode_hit_fields(&rec.execution, outputs).into();
+    Ok(Some(EncodedHit {
+        execution_id: head.id,
+        namespace: head.namespace,
+        cache_ttl: head.cache_ttl,
+        outputs_live: heads.iter().all(|h| h.state == ArtifactState::Live as i32),
+        fields,
+    }))
 }
 
 impl HitRecord {
@@ -216,5 +305,83 @@ mod tests {
     fn a_damaged_record_is_a_storage_error_not_a_panic() {
         let err = record(&[VALID, RECORD_V1, 0xff, 0xff]).unwrap_err();
         assert!(matches!(err, Error::Storage(_)), "{err:?}");
+        let err = encoded_hit([VALID, RECORD_V1, 0xff, 0xff][..].into()).unwrap_err();
+        assert!(matches!(err, Error::Storage(_)), "{err:?}");
+        // An artifact copy that is not an artifact.
+        let bad = RecordBytes {
+            execution: Bytes::new(),
+            outputs: vec![HitOutputs {
+                name: "a".into(),
+                artifact_ids: vec![1],
+            }],
+            artifacts: vec![Bytes::from_static(&[0x08])],
+        };
+        let mut v = vec![VALID, RECORD_V1];
+        bad.encode(&mut v).unwrap();
+        let err = encoded_hit(v.into()).unwrap_err();
+        assert!(matches!(err, Error::Storage(_)), "{err:?}");
+    }
+
+    #[test]
+    fn an_encoded_hit_decodes_to_the_record_and_is_judged_like_it() {
+        use crate::proto::GetCachedExecutionResponse;
+        let exec = Execution {
+            id: 7,
+            namespace: "ns".into(),
+            cache_key: "k".into(),
+            cache_ttl: Some(prost_types::Duration {
+                seconds: 60,
+                nanos: 0,
+            }),
+            ..Default::default()
+        };
+        let art = |id: i64, state: ArtifactState| Artifact {
+            id,
+            uri: format!("mem://{id}"),
+            state: state as i32,
+            ..Default::default()
+        };
+        let outputs = BTreeMap::from([
+            ("metrics".to_string(), vec![11]),
+            ("model".to_string(), vec![9, 10]),
+            ("none".to_string(), vec![]),
+        ]);
+        let live = vec![
+            art(11, ArtifactState::Live),
+            art(9, ArtifactState::Live),
+            art(10, ArtifactState::Live),
+        ];
+        let v = with_record(&exec, &outputs, live.clone());
+        let hit = encoded_hit(v.clone().into()).unwrap().unwrap();
+        assert_eq!((hit.execution_id, hit.namespace.as_str()), (7, "ns"));
+        assert_eq!(hit.cache_ttl, exec.cache_ttl);
+        assert!(hit.outputs_live);
+        let reply = GetCachedExecutionResponse::decode(hit.fields.clone()).unwrap();
+        let (e, outs) = record(&v).unwrap().unwrap().into_hit().unwrap();
+        assert_eq!(reply.execution, Some(e));
+        let outs: BTreeMap<_, _> = outs
+            .into_iter()
+            .map(|(name, artifacts)| (name, crate::proto::ArtifactList { artifacts }))
+            .collect();
+        assert_eq!(reply.output_artifacts, outs);
+        assert_eq!(reply.output_artifacts["model"].artifacts[1].id, 10);
+
+        // One output not LIVE: still whole, judged not servable.
+        let mut dead = live.clone();
+        dead[1].state = ArtifactState::Deleted as i32;
+        let hit = encoded_hit(with_record(&exec, &outputs, dead).into()).unwrap();
+        assert!(!hit.unwrap().outputs_live);
+        // Copies missing, out of order, or none: read the long way.
+        for copies in [
+            live[..2].to_vec(),
+            vec![live[1].clone(), live[0].clone(), live[2].clone()],
+            vec![],
+        ] {
+            let v = with_record(&exec, &outputs, copies);
+            assert!(encoded_hit(v.into()).unwrap().is_none());
+        }
+        for plain in [vec![VALID], vec![INVALIDATED], vec![]] {
+            assert!(encoded_hit(plain.into()).unwrap().is_none());
+        }
     }
 }

@@ -1,15 +1,15 @@
 //! An in-memory cache of the newest servable hit per (namespace, key), so that a
-//! repeated lookup costs a hash, a mutex and the decoding of its hit record
-//! instead of a read on a pool thread (a page-in, on a store larger than
-//! sled's cache). It holds the cache entry's value as sled returned it (a
-//! reference-counted buffer with the hit record), not decoded messages: an
-//! insert is then a reference count, and 20,000 entries take ~20 MiB, not the
-//! ~120 MiB their decoded executions and artifacts did (BENCHMARKS.md). It only ever holds what the store would serve: every write
-//! that could change an answer (a publish of the key, an artifact update,
-//! invalidation, gc, prune) evicts after it commits, and a lookup inserts only
-//! if no eviction happened since it began reading (a generation counter), so a
-//! result read before a write is never cached after it. Staleness and TTL are
-//! judged again at every hit with the current clock.
+//! repeated lookup costs a hash, a mutex and a reference count instead of a
+//! read on a pool thread (a page-in, on a store larger than sled's cache). It
+//! holds the hit as the reply's encoded fields (`entry::encoded_hit`), which a
+//! reply carries as they are: nothing is decoded or encoded again, and 20,000
+//! entries take ~20 MiB, not the ~120 MiB their decoded executions and
+//! artifacts did (BENCHMARKS.md). It only ever holds what the store would
+//! serve: every write that could change an answer (a publish of the key, an
+//! artifact update, invalidation, gc, prune) evicts after it commits, and a
+//! lookup inserts only if no eviction happened since it began reading (a
+//! generation counter), so a result read before a write is never cached after
+//! it. Staleness and TTL are judged again at every hit with the current clock.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -24,8 +24,8 @@ use crate::policy::{self, Candidate};
 pub struct HotHit {
     pub completed_ms: i64,
     pub ttl_ms: Option<i64>,
-    /// The cache entry's value: a hit record with copies of every output.
-    pub value: sled::IVec,
+    /// The lookup reply's fields 3 and 4: the execution and every output.
+    pub fields: prost::bytes::Bytes,
 }
 
 struct Inner {
@@ -117,7 +117,7 @@ mod tests {
         HotHit {
             completed_ms,
             ttl_ms,
-            value: sled::IVec::from(&[0u8][..]),
+            fields: prost::bytes::Bytes::from_static(&[0u8]),
         }
     }
 

@@ -93,37 +93,68 @@ pub struct ExecutionWritten {
     pub reservation_released: bool,
 }
 
+/// A servable hit: the original execution and its outputs by name.
+#[derive(Debug, Clone)]
+pub enum Hit {
+    Decoded {
+        execution: Box<Execution>,
+        outputs: entry::Outputs,
+    },
+    /// As the lookup reply's fields 3 and 4, built from a stored hit record's
+    /// bytes (`entry::encoded_hit`): a reply carries them as they are.
+    Encoded(prost::bytes::Bytes),
+}
+
+impl Hit {
+    /// The execution and its outputs, decoded.
+    pub fn decoded(self) -> Result<(Execution, entry::Outputs)> {
+        match self {
+            Hit::Decoded { execution, outputs } => Ok((*execution, outputs)),
+            Hit::Encoded(fields) => {
+                let reply = crate::proto::GetCachedExecutionResponse::decode(fields)
+                    .map_err(|e| Error::Internal(format!("an encoded hit does not decode: {e}")))?;
+                let outputs = reply
+                    .output_artifacts
+                    .into_iter()
+                    .map(|(name, list)| (name, list.artifacts))
+                    .collect();
+                Ok((reply.execution.unwrap_or_default(), outputs))
+            }
+        }
+    }
+}
+
 /// The outcome of a cache lookup.
 #[derive(Debug, Clone)]
 pub enum Lookup {
-    Hit {
-        execution: Box<Execution>,
-        outputs: BTreeMap<String, Vec<Artifact>>,
-    },
-    Miss {
-        reason: String,
-    },
+    Hit(Hit),
+    Miss { reason: String },
 }
 
 /// The outcome of a lookup that settles the key's reservation on a miss.
 #[derive(Debug, Clone)]
 pub enum Claimed {
-    Hit {
-        execution: Box<Execution>,
-        outputs: BTreeMap<String, Vec<Artifact>>,
-    },
+    Hit(Hit),
     /// The caller holds the reservation now (durably); why it missed.
-    Granted { holder: Holder, reason: String },
+    Granted {
+        holder: Holder,
+        reason: String,
+    },
     /// Someone else holds it; why it missed.
-    Held { holder: Holder, reason: String },
+    Held {
+        holder: Holder,
+        reason: String,
+    },
     /// Nobody holds it, and the caller did not ask for it.
-    Miss { reason: String },
+    Miss {
+        reason: String,
+    },
 }
 
 impl From<Lookup> for Claimed {
     fn from(l: Lookup) -> Claimed {
         match l {
-            Lookup::Hit { execution, outputs } => Claimed::Hit { execution, outputs },
+            Lookup::Hit(hit) => Claimed::Hit(hit),
             Lookup::Miss { reason } => Claimed::Miss { reason },
         }
     }
@@ -562,66 +593,46 @@ impl Store {
         for item in self.tree.scan_prefix(&prefix) {
             let (k, v) = item?;
             let (completed_ms, exec_id) = keys::parse_cache_suffix(&k[prefix.len()..])?;
-            // A record with a copy of every output is the whole answer; the
-            // hot cache keeps only such entries (their value, as read).
-            let (execution, outputs, whole) = match entry::record(&v)? {
-                Some(rec)
-                    if rec
-                        .execution
-                        .as_ref()
-                        .is_some_and(|e| e.id == exec_id && e.namespace == ns) =>
-                {
-                    match rec.into_hit() {
-                        Ok((execution, outputs)) => (execution, outputs, true),
-                        Err(rec) => {
-                            let outputs = rec
-                                .outputs
-                                .iter()
-                                .map(|o| {
-                                    let arts = o
-                                        .artifact_ids
-                                        .iter()
-                                        .map(|id| self.artifact(*id, None))
-                                        .collect::<Result<Vec<_>>>()?;
-                                    Ok((o.name.clone(), arts))
-                                })
-                                .collect::<Result<BTreeMap<_, _>>>()?;
-                            (rec.execution.unwrap_or_default(), outputs, false)
-                        }
-                    }
+            let invalidated = entry::is_invalidated(&v);
+            // A record with a copy of every output is the whole answer, served
+            // as its bytes; the hot cache keeps only such answers.
+            let (hit, cache_ttl, outputs_live, whole) = match entry::encoded_hit(v.clone())? {
+                Some(e) if e.execution_id == exec_id && e.namespace == ns => {
+                    (Hit::Encoded(e.fields), e.cache_ttl, e.outputs_live, true)
                 }
-                _ => (
-                    self.execution(exec_id, Some(ns))?,
-                    self.outputs_of(exec_id)?,
-                    false,
-                ),
+                _ => {
+                    let (execution, outputs) = self.hit_read_out(ns, exec_id, &v)?;
+                    let live = outputs
+                        .values()
+                        .flatten()
+                        .all(|a| a.state == ArtifactState::Live as i32);
+                    let ttl = execution.cache_ttl;
+                    let execution = Box::new(execution);
+                    (Hit::Decoded { execution, outputs }, ttl, live, false)
+                }
             };
             let candidate = Candidate {
                 completed_ms,
-                ttl_ms: policy::duration_ms(execution.cache_ttl.as_ref(), "cache_ttl")
+                ttl_ms: policy::duration_ms(cache_ttl.as_ref(), "cache_ttl")
                     .ok()
                     .flatten(),
-                outputs_live: outputs
-                    .values()
-                    .flatten()
-                    .all(|a| a.state == ArtifactState::Live as i32),
-                invalidated: entry::is_invalidated(&v),
+                outputs_live,
+                invalidated,
             };
             match policy::eligibility(&candidate, now, max_staleness_ms) {
                 Ok(()) => {
                     // Only the newest entry is what every lookup would serve.
-                    if passed_over.is_empty() && whole {
-                        let hit = hot::HotHit {
+                    if let (true, true, Hit::Encoded(fields)) =
+                        (passed_over.is_empty(), whole, &hit)
+                    {
+                        let hot = hot::HotHit {
                             completed_ms,
                             ttl_ms: candidate.ttl_ms,
-                            value: v,
+                            fields: fields.clone(),
                         };
-                        self.hot.insert(generation, ns, key, hit);
+                        self.hot.insert(generation, ns, key, hot);
                     }
-                    return Ok(Lookup::Hit {
-                        execution: Box::new(execution),
-                        outputs,
-                    });
+                    return Ok(Lookup::Hit(hit));
                 }
                 // Entries come newest first: once one is stale, all the rest are.
                 Err(Ineligible::Stale) => {
@@ -645,12 +656,46 @@ impl Store {
         max_staleness_ms: Option<i64>,
     ) -> Option<Lookup> {
         let hit = self.hot.get(ns, key, self.now_ms(), max_staleness_ms)?;
-        // Only whole records were cached; anything else asks the store.
-        let (execution, outputs) = entry::record(&hit.value).ok()??.into_hit().ok()?;
-        Some(Lookup::Hit {
-            execution: Box::new(execution),
-            outputs,
-        })
+        Some(Lookup::Hit(Hit::Encoded(hit.fields.clone())))
+    }
+
+    /// A hit that is not one whole record: the record's execution with its
+    /// outputs read, or (no record, or another execution's) both read.
+    fn hit_read_out(
+        &self,
+        ns: &str,
+        exec_id: i64,
+        v: &[u8],
+    ) -> Result<(Execution, entry::Outputs)> {
+        let rec = match entry::record(v)? {
+            Some(rec)
+                if rec
+                    .execution
+                    .as_ref()
+                    .is_some_and(|e| e.id == exec_id && e.namespace == ns) =>
+            {
+                rec
+            }
+            _ => {
+                return Ok((
+                    self.execution(exec_id, Some(ns))?,
+                    self.outputs_of(exec_id)?,
+                ))
+            }
+        };
+        let outputs = rec
+            .outputs
+            .iter()
+            .map(|o| {
+                let arts = o
+                    .artifact_ids
+                    .iter()
+                    .map(|id| self.artifact(*id, None))
+                    .collect::<Result<Vec<_>>>()?;
+                Ok((o.name.clone(), arts))
+            })
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        Ok((rec.execution.unwrap_or_default(), outputs))
     }
 
     /// Looks the key up; on a miss settles its reservation in one step that no
@@ -665,15 +710,13 @@ impl Store {
         ask: Option<&Ask>,
     ) -> Result<Claimed> {
         // Hits need no lock.
-        if let Lookup::Hit { execution, outputs } = self.lookup(ns, key, max_staleness_ms)? {
-            return Ok(Claimed::Hit { execution, outputs });
+        if let Lookup::Hit(hit) = self.lookup(ns, key, max_staleness_ms)? {
+            return Ok(Claimed::Hit(hit));
         }
         let claim = {
             let _guard = self.key_lock(key)?;
             let reason = match self.lookup(ns, key, max_staleness_ms)? {
-                Lookup::Hit { execution, outputs } => {
-                    return Ok(Claimed::Hit { execution, outputs })
-                }
+                Lookup::Hit(hit) => return Ok(Claimed::Hit(hit)),
                 Lookup::Miss { reason } => reason,
             };
             let now = self.now_ms();
@@ -1440,14 +1483,21 @@ mod tests {
         execution_write(req, &Limits::default()).unwrap()
     }
 
-    fn hit_outputs(store: &Store, w: &ExecutionWrite) -> Option<Vec<i64>> {
-        match store
-            .lookup("default", w.key.as_ref().unwrap(), None)
-            .unwrap()
-        {
-            Lookup::Hit { outputs, .. } => Some(outputs["out"].iter().map(|a| a.id).collect()),
+    /// A lookup's execution and outputs, decoded; None on a miss.
+    fn served(lookup: Lookup) -> Option<(Execution, entry::Outputs)> {
+        match lookup {
+            Lookup::Hit(hit) => Some(hit.decoded().unwrap()),
             Lookup::Miss { .. } => None,
         }
+    }
+
+    fn hit_outputs(store: &Store, w: &ExecutionWrite) -> Option<Vec<i64>> {
+        let (_, outputs) = served(
+            store
+                .lookup("default", w.key.as_ref().unwrap(), None)
+                .unwrap(),
+        )?;
+        Some(outputs["out"].iter().map(|a| a.id).collect())
     }
 
     #[test]
@@ -1602,18 +1652,11 @@ mod tests {
             store.lookup_hot("default", &key, None).is_none(),
             "not read yet"
         );
-        let Lookup::Hit { execution, outputs } = store.lookup("default", &key, None).unwrap()
-        else {
-            panic!("expected a hit");
-        };
-        let Some(Lookup::Hit {
-            execution: hot_execution,
-            outputs: hot_outputs,
-        }) = store.lookup_hot("default", &key, None)
-        else {
-            panic!("the hit read from the store is in the hot cache");
-        };
-        assert_eq!((hot_execution, &hot_outputs), (execution, &outputs));
+        let read = store.lookup("default", &key, None).unwrap();
+        assert!(matches!(read, Lookup::Hit(Hit::Encoded(_))), "{read:?}");
+        let hot = store.lookup_hot("default", &key, None);
+        let hot = hot.expect("the hit read from the store is in the hot cache");
+        assert_eq!(served(hot).unwrap(), served(read).unwrap());
         assert!(store.lookup_hot("other", &key, None).is_none());
 
         // An artifact update forgets it; the next read caches the new copy.
@@ -1622,10 +1665,10 @@ mod tests {
         store.put_artifacts(vec![moved]).unwrap();
         assert!(store.lookup_hot("default", &key, None).is_none());
         store.lookup("default", &key, None).unwrap();
-        let Some(Lookup::Hit { outputs, .. }) = store.lookup_hot("default", &key, None) else {
-            panic!("cached again");
-        };
-        assert_eq!(outputs["out"][0].uri, "mem://moved");
+        let hot = store
+            .lookup_hot("default", &key, None)
+            .expect("cached again");
+        assert_eq!(served(hot).unwrap().1["out"][0].uri, "mem://moved");
 
         // An entry without a record (completed by an update) is never cached.
         let mut running = write("cold", &[], "");
@@ -1636,7 +1679,7 @@ mod tests {
         let cold = running.key.unwrap();
         assert!(matches!(
             store.lookup("default", &cold, None).unwrap(),
-            Lookup::Hit { .. }
+            Lookup::Hit(Hit::Decoded { .. })
         ));
         assert!(store.lookup_hot("default", &cold, None).is_none());
     }
@@ -1675,13 +1718,11 @@ mod tests {
         assert_eq!(without[0].1, vec![VALID]);
 
         for (w, id) in [(&created, c.execution_id), (&running, r.execution_id)] {
-            let Lookup::Hit { execution, outputs } = store
+            let lookup = store
                 .lookup("default", w.key.as_ref().unwrap(), None)
-                .unwrap()
-            else {
-                panic!("expected a hit for execution {id}");
-            };
-            assert_eq!(*execution, store.execution(id, None).unwrap());
+                .unwrap();
+            let (execution, outputs) = served(lookup).expect("a hit");
+            assert_eq!(execution, store.execution(id, None).unwrap());
             assert_eq!(outputs, store.outputs_of(id).unwrap());
             assert_eq!(outputs["out"].len(), 1);
         }
@@ -1694,24 +1735,21 @@ mod tests {
         let mut moved = store.artifact(out_id, None).unwrap();
         moved.uri = "mem://moved".into();
         store.put_artifacts(vec![moved]).unwrap();
-        let served = |store: &Store| match store
-            .lookup("default", created.key.as_ref().unwrap(), None)
-            .unwrap()
-        {
-            Lookup::Hit { outputs, .. } => Some(outputs["out"][0].clone()),
-            Lookup::Miss { .. } => None,
+        let output = |store: &Store| {
+            let lookup = store.lookup("default", created.key.as_ref().unwrap(), None);
+            served(lookup.unwrap()).map(|(_, outputs)| outputs["out"][0].clone())
         };
-        assert_eq!(served(&store), Some(store.artifact(out_id, None).unwrap()));
-        assert_eq!(served(&store).unwrap().uri, "mem://moved");
+        assert_eq!(output(&store), Some(store.artifact(out_id, None).unwrap()));
+        assert_eq!(output(&store).unwrap().uri, "mem://moved");
         assert!(store.check().unwrap().problems.is_empty());
         let mut dead = store.artifact(out_id, None).unwrap();
         dead.state = ArtifactState::Deleted as i32;
         store.put_artifacts(vec![dead]).unwrap();
-        assert_eq!(served(&store), None, "a deleted output is never served");
+        assert_eq!(output(&store), None, "a deleted output is never served");
         let mut live = store.artifact(out_id, None).unwrap();
         live.state = ArtifactState::Live as i32;
         store.put_artifacts(vec![live]).unwrap();
-        assert!(served(&store).is_some());
+        assert!(output(&store).is_some());
         let with_record = entries(&store, created.key.as_ref().unwrap());
         // A copy that disagrees with the artifact (written behind the store's
         // back) is a problem.
@@ -1739,23 +1777,23 @@ mod tests {
         let problems = store.check().unwrap().problems;
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("hit record differs"), "{problems:?}");
-        // A record of another execution is not served as this one.
+        // A record of another execution, with or without copies of its
+        // outputs, is not served as this one.
         exec.id += 1000;
         let outputs = store.outputs_of(c.execution_id).unwrap();
         let ids = outputs
             .iter()
             .map(|(n, a)| (n.clone(), a.iter().map(|a| a.id).collect()))
             .collect();
-        store
-            .tree
-            .insert(k, entry::with_record(&exec, &ids, Vec::new()))
-            .unwrap();
-        let Lookup::Hit { execution, .. } = store
-            .lookup("default", created.key.as_ref().unwrap(), None)
-            .unwrap()
-        else {
-            panic!("expected a hit");
-        };
-        assert_eq!(execution.id, c.execution_id);
+        let copies = outputs.values().flatten().cloned().collect::<Vec<_>>();
+        for copies in [Vec::new(), copies] {
+            store
+                .tree
+                .insert(k, entry::with_record(&exec, &ids, copies))
+                .unwrap();
+            let lookup = store.lookup("default", created.key.as_ref().unwrap(), None);
+            let (execution, _) = served(lookup.unwrap()).expect("a hit");
+            assert_eq!(execution.id, c.execution_id);
+        }
     }
 }
