@@ -18,6 +18,16 @@ use prost::{DecodeError, Message};
 
 use super::{ArtifactList, Execution, Outcome, Reservation};
 
+/// Merges a message field into its slot, as generated code does.
+fn merge_optional<M: Message + Default>(
+    slot: &mut Option<M>,
+    wire_type: WireType,
+    buf: &mut impl Buf,
+    ctx: DecodeContext,
+) -> Result<(), DecodeError> {
+    message::merge(wire_type, slot.get_or_insert_with(M::default), buf, ctx)
+}
+
 macro_rules! lookup_reply {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
@@ -98,13 +108,8 @@ macro_rules! lookup_reply {
                         .map_err(at("outcome")),
                     2 => string::merge(wire_type, &mut self.cache_key, buf, ctx)
                         .map_err(at("cache_key")),
-                    3 => message::merge(
-                        wire_type,
-                        self.execution.get_or_insert_with(Default::default),
-                        buf,
-                        ctx,
-                    )
-                    .map_err(at("execution")),
+                    3 => merge_optional(&mut self.execution, wire_type, buf, ctx)
+                        .map_err(at("execution")),
                     4 => btree_map::merge(
                         string::merge,
                         message::merge,
@@ -113,20 +118,10 @@ macro_rules! lookup_reply {
                         ctx,
                     )
                     .map_err(at("output_artifacts")),
-                    5 => message::merge(
-                        wire_type,
-                        self.cached_execution.get_or_insert_with(Default::default),
-                        buf,
-                        ctx,
-                    )
-                    .map_err(at("cached_execution")),
-                    6 => message::merge(
-                        wire_type,
-                        self.reservation.get_or_insert_with(Default::default),
-                        buf,
-                        ctx,
-                    )
-                    .map_err(at("reservation")),
+                    5 => merge_optional(&mut self.cached_execution, wire_type, buf, ctx)
+                        .map_err(at("cached_execution")),
+                    6 => merge_optional(&mut self.reservation, wire_type, buf, ctx)
+                        .map_err(at("reservation")),
                     7 => string::merge(wire_type, &mut self.reason, buf, ctx)
                         .map_err(at("reason")),
                     _ => skip_field(wire_type, tag, buf, ctx),
