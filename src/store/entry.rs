@@ -12,7 +12,8 @@
 //! (`Store::put_artifacts`); an output that existed before the publishing write
 //! is never copied, only named, and read at every hit. Entries without a record
 //! (published by an update, or written by an older version) are served by
-//! reading the execution and its events.
+//! reading the execution and its events. A lookup reads a whole record without
+//! decoding it (`encoded_hit`): the reply carries its bytes.
 
 use std::collections::BTreeMap;
 
