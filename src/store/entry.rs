@@ -90,6 +90,15 @@ pub fn record(v: &[u8]) -> Result<Option<HitRecord>> {
     }
 }
 
+/// Whether a record's copies (their IDs, in order) are one of each output,
+/// in index order, and there is at least one: then the record is the whole
+/// answer of a hit.
+fn copies_complete(outputs: &[HitOutputs], copy_ids: impl Iterator<Item = i64>) -> bool {
+    let mut copy_ids = copy_ids.peekable();
+    copy_ids.peek().is_some()
+        && copy_ids.eq(outputs.iter().flat_map(|o| o.artifact_ids.iter().copied()))
+}
+
 /// A hit record read with its execution and artifacts left encoded: the
 /// same fields as `HitRecord`, as bytes.
 #[derive(Clone, PartialEq, Message)]
@@ -137,8 +146,7 @@ pub struct EncodedHit {
 }
 
 /// The entry's hit record as an `EncodedHit`, when it has one with a copy of
-/// every output (as `HitRecord::copied_artifacts`); else None (read it the
-/// long way).
+/// every output (`copies_complete`); else None (read it the long way).
 pub fn encoded_hit(v: sled::IVec) -> Result<Option<EncodedHit>> {
     if !v.starts_with(&[VALID, RECORD_V1]) {
         return Ok(None);
@@ -152,12 +160,7 @@ pub fn encoded_hit(v: sled::IVec) -> Result<Option<EncodedHit>> {
         .map(|a| ArtifactHead::decode(a.as_ref()))
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(damaged)?;
-    let ids: Vec<i64> = rec
-        .outputs
-        .iter()
-        .flat_map(|o| o.artifact_ids.iter().copied())
-        .collect();
-    if heads.is_empty() || !heads.iter().map(|h| h.id).eq(ids.iter().copied()) {
+    if !copies_complete(&rec.outputs, heads.iter().map(|h| h.id)) {
         return Ok(None);
     }
     let head = ExecutionHead::decode(rec.execution.as_ref()).map_err(damaged)?;
@@ -186,34 +189,10 @@ impl HitRecord {
     }
 
     /// The copied output artifacts, when the record has a copy of each.
+    #[cfg(test)]
     pub fn copied_artifacts(&self) -> Option<&[Artifact]> {
-        let mut ids = self.outputs.iter().flat_map(|o| o.artifact_ids.iter());
-        let complete = self.artifacts.len()
-            == self
-                .outputs
-                .iter()
-                .map(|o| o.artifact_ids.len())
-                .sum::<usize>()
-            && self.artifacts.iter().all(|a| ids.next() == Some(&a.id));
-        (complete && !self.artifacts.is_empty()).then_some(self.artifacts.as_slice())
-    }
-
-    /// The execution and its outputs by name, when the record has a copy of
-    /// every output; else the record back (its outputs must be read).
-    pub fn into_hit(mut self) -> std::result::Result<(Execution, Outputs), Box<HitRecord>> {
-        if self.copied_artifacts().is_none() {
-            return Err(Box::new(self));
-        }
-        let mut copies = std::mem::take(&mut self.artifacts).into_iter();
-        let outputs = self
-            .outputs
-            .iter()
-            .map(|o| {
-                let arts = copies.by_ref().take(o.artifact_ids.len()).collect();
-                (o.name.clone(), arts)
-            })
-            .collect();
-        Ok((self.execution.unwrap_or_default(), outputs))
+        copies_complete(&self.outputs, self.artifacts.iter().map(|a| a.id))
+            .then_some(self.artifacts.as_slice())
     }
 
     /// Replaces the copy of `artifact` (same ID); false when there is none.
@@ -283,10 +262,18 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(partial.copied_artifacts(), None);
-        assert!(partial.clone().into_hit().is_err(), "outputs to read");
-        let (e, outs) = full.clone().into_hit().unwrap();
-        assert_eq!(e, exec);
-        let ids = |name: &str| outs[name].iter().map(|a| a.id).collect::<Vec<_>>();
+        let v = with_record(&exec, &outputs, vec![art(2), art(3), art(4)]);
+        let fields = encoded_hit(v.into()).unwrap().unwrap().fields;
+        let reply = crate::proto::GetCachedExecutionResponse::decode(fields).unwrap();
+        assert_eq!(reply.execution, Some(exec.clone()));
+        let outs = reply.output_artifacts;
+        let ids = |name: &str| {
+            outs[name]
+                .artifacts
+                .iter()
+                .map(|a| a.id)
+                .collect::<Vec<_>>()
+        };
         assert_eq!((ids("a"), ids("b")), (vec![2, 3], vec![4]));
         let shuffled = record(&with_record(&exec, &outputs, vec![art(3), art(2), art(4)]))
             .unwrap()
@@ -358,12 +345,15 @@ mod tests {
         assert_eq!(hit.cache_ttl, exec.cache_ttl);
         assert!(hit.outputs_live);
         let reply = GetCachedExecutionResponse::decode(hit.fields.clone()).unwrap();
-        let (e, outs) = record(&v).unwrap().unwrap().into_hit().unwrap();
-        assert_eq!(reply.execution, Some(e));
-        let outs: BTreeMap<_, _> = outs
-            .into_iter()
-            .map(|(name, artifacts)| (name, crate::proto::ArtifactList { artifacts }))
-            .collect();
+        assert_eq!(reply.execution, Some(exec.clone()));
+        let list = |artifacts: &[Artifact]| crate::proto::ArtifactList {
+            artifacts: artifacts.to_vec(),
+        };
+        let outs = BTreeMap::from([
+            ("metrics".to_string(), list(&live[..1])),
+            ("model".to_string(), list(&live[1..])),
+            ("none".to_string(), list(&[])),
+        ]);
         assert_eq!(reply.output_artifacts, outs);
         assert_eq!(reply.output_artifacts["model"].artifacts[1].id, 10);
 
