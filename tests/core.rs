@@ -1,9 +1,12 @@
 //! The core service over a real socket: the seed scenario, states, namespaces,
-//! restarts and the error codes of the core RPCs.
+//! restarts, the error codes of the core RPCs, and hits of every reply size
+//! sharing one connection.
 
 mod common;
 
 use common::*;
+use stepcache::proto::cache_service_client::CacheServiceClient;
+use stepcache::proto::metadata_store_service_client::MetadataStoreServiceClient;
 use stepcache::proto::*;
 use tonic::Code;
 
@@ -713,5 +716,60 @@ async fn error_codes_leave_the_store_unchanged() {
     let err = meta.put_execution(clash).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists);
     assert_eq!(snapshot(&mut meta, "e").await, with_ext);
+    server.stop().await;
+}
+
+/// Hits whose replies fall on both sides of the size at which h2 stops copying
+/// a DATA frame into its write buffer (4 KiB in vendor/h2), many at once on one
+/// connection, each arrive whole and as their own execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_hits_of_every_reply_size_arrive_whole_on_one_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let channel = server.channel().await;
+    let mut meta = MetadataStoreServiceClient::new(channel.clone());
+    let pads = [0usize, 3_000, 3_900, 4_000, 4_100, 4_300, 9_000, 40_000];
+    let mut tasks = Vec::new();
+    for (i, pad) in pads.iter().enumerate() {
+        let ti = iface(
+            &format!("sized-{i}"),
+            &[("pad", text(&"x".repeat(*pad)))],
+            &[],
+        );
+        let put = meta
+            .put_execution(put_req("default", &ti, ExecutionState::Complete, "mem://s"))
+            .await
+            .unwrap()
+            .into_inner();
+        tasks.push((ti, put.execution_id, put.output_artifact_ids[0]));
+    }
+
+    let mut calls = tokio::task::JoinSet::new();
+    for round in 0..8 {
+        for (ti, exec_id, out_id) in tasks.iter().cloned() {
+            let mut cache = CacheServiceClient::new(channel.clone());
+            calls.spawn(async move {
+                let resp = cache
+                    .get_cached_execution(lookup_req("default", &ti))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                (round, ti, exec_id, out_id, resp)
+            });
+        }
+    }
+    let mut sizes = Vec::new();
+    while let Some(done) = calls.join_next().await {
+        let (_, ti, exec_id, out_id, resp) = done.unwrap();
+        assert_eq!(resp.outcome, Outcome::Hit as i32, "{}", resp.reason);
+        let execution = resp.execution.clone().unwrap();
+        assert_eq!(execution.id, exec_id);
+        assert_eq!(execution.interface.as_ref(), Some(&ti));
+        assert_eq!(outputs_by_name(&resp)["out"], vec![out_id]);
+        sizes.push(prost::Message::encoded_len(&resp));
+    }
+    assert_eq!(sizes.len(), 8 * pads.len());
+    // The replies straddle the threshold, so both of h2's paths ran.
+    assert!(sizes.iter().any(|n| *n < 4096) && sizes.iter().any(|n| *n > 4096));
     server.stop().await;
 }
