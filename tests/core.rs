@@ -745,7 +745,7 @@ async fn concurrent_hits_of_every_reply_size_arrive_whole_on_one_connection() {
     }
 
     let mut calls = tokio::task::JoinSet::new();
-    for round in 0..8 {
+    for _ in 0..8 {
         for (ti, exec_id, out_id) in tasks.iter().cloned() {
             let mut cache = CacheServiceClient::new(channel.clone());
             calls.spawn(async move {
@@ -754,15 +754,15 @@ async fn concurrent_hits_of_every_reply_size_arrive_whole_on_one_connection() {
                     .await
                     .unwrap()
                     .into_inner();
-                (round, ti, exec_id, out_id, resp)
+                (ti, exec_id, out_id, resp)
             });
         }
     }
     let mut sizes = Vec::new();
     while let Some(done) = calls.join_next().await {
-        let (_, ti, exec_id, out_id, resp) = done.unwrap();
+        let (ti, exec_id, out_id, resp) = done.unwrap();
         assert_eq!(resp.outcome, Outcome::Hit as i32, "{}", resp.reason);
-        let execution = resp.execution.clone().unwrap();
+        let execution = resp.execution.as_ref().unwrap();
         assert_eq!(execution.id, exec_id);
         assert_eq!(execution.interface.as_ref(), Some(&ti));
         assert_eq!(outputs_by_name(&resp)["out"], vec![out_id]);
