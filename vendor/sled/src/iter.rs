@@ -92,6 +92,32 @@ impl Iter {
         } else {
             let view =
                 iter_try!(self.tree.view_for_key(self.low_key(), &guard));
+            // stepcache patch 11: the first entry of a forward scan (whose
+            // start is not excluded) is answered from the leaf in the cache,
+            // without a copy of the leaf: a scan that reads one entry (a
+            // cache lookup) copied all of it. The checks are those of the
+            // loop below; when one fails, the loop takes over with a copy.
+            // The next call, from an excluded bound, copies as before.
+            if self.going_forward
+                && !matches!(self.lo, Bound::Excluded(_))
+                && !self.bounds_collapsed()
+                && view.contains_upper_bound(&self.lo)
+                && view.contains_lower_bound(&self.lo, true)
+            {
+                if let Some((key, value)) = view.successor(&self.lo) {
+                    self.lo = Bound::Excluded(key.clone());
+                    return match self.hi {
+                        Bound::Unbounded => Some(Ok((key, value))),
+                        Bound::Included(ref h) if *h >= key => {
+                            Some(Ok((key, value)))
+                        }
+                        Bound::Excluded(ref h) if *h > key => {
+                            Some(Ok((key, value)))
+                        }
+                        _ => None,
+                    };
+                }
+            }
             (view.pid, view.deref().clone())
         };
 

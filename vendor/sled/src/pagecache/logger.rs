@@ -48,7 +48,17 @@ impl Log {
     }
 
     /// read a buffer from the disk
-    pub fn read(&self, pid: PageId, lsn: Lsn, ptr: DiskPtr) -> Result<LogRead> {
+    ///
+    /// stepcache patch 10: `size_hint` is the message's length in the log
+    /// (its header included) when the caller knows it, else 0; see
+    /// `read_message`.
+    pub fn read(
+        &self,
+        pid: PageId,
+        lsn: Lsn,
+        ptr: DiskPtr,
+        size_hint: u64,
+    ) -> Result<LogRead> {
         trace!("reading log lsn {} ptr {}", lsn, ptr);
 
         let expected_segment_number = SegmentNumber(
@@ -59,7 +69,13 @@ impl Log {
         if ptr.is_inline() {
             iobuf::make_durable(&self.iobufs, lsn)?;
             let f = &self.config.file;
-            read_message(&**f, ptr.lid(), expected_segment_number, &self.config)
+            read_message(
+                &**f,
+                ptr.lid(),
+                expected_segment_number,
+                &self.config,
+                size_hint,
+            )
         } else {
             // we short-circuit the inline read
             // here because it might not still
@@ -701,11 +717,19 @@ impl ReadAt for BasedBuf {
 }
 
 /// read a buffer from the disk
+///
+/// stepcache patch 10: with a `size_hint` (the message's length in the log,
+/// header included, as a page's `CacheInfo::log_size` records it), the header
+/// and the body come in one read of that many bytes instead of a read of the
+/// header and a second of the body. The hint is only a hint: a message longer
+/// than what was read has its remainder read as before, and the checks below
+/// (length, checksum, segment number) are unchanged. 0 means no hint.
 pub(crate) fn read_message<R: ReadAt>(
     file: &R,
     lid: LogOffset,
     expected_segment_number: SegmentNumber,
     config: &Config,
+    size_hint: u64,
 ) -> Result<LogRead> {
     let _measure = Measure::new(&M.read);
     let segment_len = config.segment_size;
@@ -718,16 +742,24 @@ pub(crate) fn read_message<R: ReadAt>(
         "tried to read a message from the red zone"
     );
 
-    let msg_header_buf = &mut [0; 128];
-    let _read_bytes = file.pread_exact_or_eof(msg_header_buf, lid)?;
-    let header_cursor = &mut msg_header_buf.as_ref();
+    let ceiling = seg_start + segment_len as LogOffset;
+
+    // stepcache patch 10: read the hinted length (at least the 128 bytes
+    // read without a hint, at most up to the end of the segment) at once.
+    let first_len = usize::try_from(size_hint)
+        .unwrap_or(usize::MAX)
+        .max(128)
+        .min(assert_usize(ceiling - lid).max(128));
+    let mut first = vec![0; first_len];
+    let read_bytes = file.pread_exact_or_eof(&mut first, lid)?;
+    // As without a hint, the header is parsed from at least 128 bytes,
+    // zero-padded past the end of the file.
+    let header_cursor = &mut &first[..read_bytes.max(128)];
     let len_before = header_cursor.len();
     let header = MessageHeader::deserialize(header_cursor)?;
     let len_after = header_cursor.len();
     trace!("read message header at lid {}: {:?}", lid, header);
     let message_offset = len_before - len_after;
-
-    let ceiling = seg_start + segment_len as LogOffset;
 
     assert!(lid + message_offset as LogOffset <= ceiling);
 
@@ -753,20 +785,25 @@ pub(crate) fn read_message<R: ReadAt>(
     }
 
     // perform crc check on everything that isn't Corrupted
-    let mut buf = vec![0; header_len];
-
-    if header_len > len_after {
+    let (buf, crc32) = if header_len > len_after {
         // we have to read more data from disk
+        let mut buf = vec![0; header_len];
         file.pread_exact(&mut buf, lid + message_offset as LogOffset)?;
+        let crc32 =
+            calculate_message_crc32(&first[..message_offset], &buf);
+        (buf, crc32)
     } else {
-        // we already read this data in the initial read
-        buf.copy_from_slice(header_cursor[..header_len].as_ref());
-    }
-
-    let crc32 = calculate_message_crc32(
-        msg_header_buf[..message_offset].as_ref(),
-        &buf,
-    );
+        // we already read this data in the initial read (stepcache patch
+        // 10: the body is moved to the front of that buffer, not copied
+        // into a new one)
+        let crc32 = calculate_message_crc32(
+            &first[..message_offset],
+            &first[message_offset..message_offset + header_len],
+        );
+        first.truncate(message_offset + header_len);
+        first.drain(..message_offset);
+        (first, crc32)
+    };
 
     if crc32 != header.crc32 {
         trace!("read a message with a bad checksum with header {:?}", header);
