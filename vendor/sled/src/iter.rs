@@ -68,6 +68,16 @@ impl Iter {
         }
     }
 
+    /// Whether `key` is within the upper bound (stepcache patch 11: shared
+    /// by the forward loop and its fast path).
+    fn below_hi(&self, key: &IVec) -> bool {
+        match self.hi {
+            Bound::Unbounded => true,
+            Bound::Included(ref h) => h >= key,
+            Bound::Excluded(ref h) => h > key,
+        }
+    }
+
     fn low_key(&self) -> &[u8] {
         match self.lo {
             Bound::Unbounded => &[],
@@ -106,16 +116,7 @@ impl Iter {
             {
                 if let Some((key, value)) = view.successor(&self.lo) {
                     self.lo = Bound::Excluded(key.clone());
-                    return match self.hi {
-                        Bound::Unbounded => Some(Ok((key, value))),
-                        Bound::Included(ref h) if *h >= key => {
-                            Some(Ok((key, value)))
-                        }
-                        Bound::Excluded(ref h) if *h > key => {
-                            Some(Ok((key, value)))
-                        }
-                        _ => None,
-                    };
+                    return self.below_hi(&key).then(|| Ok((key, value)));
                 }
             }
             (view.pid, view.deref().clone())
@@ -148,16 +149,7 @@ impl Iter {
                 self.cached_node = Some((pid, node));
                 self.going_forward = true;
 
-                match self.hi {
-                    Bound::Unbounded => return Some(Ok((key, value))),
-                    Bound::Included(ref h) if *h >= key => {
-                        return Some(Ok((key, value)));
-                    }
-                    Bound::Excluded(ref h) if *h > key => {
-                        return Some(Ok((key, value)));
-                    }
-                    _ => return None,
-                }
+                return self.below_hi(&key).then(|| Ok((key, value)));
             } else {
                 if node.hi.is_empty() {
                     return None;

@@ -744,17 +744,18 @@ pub(crate) fn read_message<R: ReadAt>(
 
     let ceiling = seg_start + segment_len as LogOffset;
 
-    // stepcache patch 10: read the hinted length (at least the 128 bytes
-    // read without a hint, at most up to the end of the segment) at once.
+    // stepcache patch 10: read the hinted length (at least what upstream
+    // reads for the header, at most up to the end of the segment) at once.
+    const HEADER_READ: usize = 128;
     let first_len = usize::try_from(size_hint)
         .unwrap_or(usize::MAX)
-        .max(128)
-        .min(assert_usize(ceiling - lid).max(128));
+        .min(assert_usize(ceiling - lid))
+        .max(HEADER_READ);
     let mut first = vec![0; first_len];
     let read_bytes = file.pread_exact_or_eof(&mut first, lid)?;
-    // As without a hint, the header is parsed from at least 128 bytes,
-    // zero-padded past the end of the file.
-    let header_cursor = &mut &first[..read_bytes.max(128)];
+    // As without a hint, the header is parsed from at least HEADER_READ
+    // bytes, zero-padded past the end of the file.
+    let header_cursor = &mut &first[..read_bytes.max(HEADER_READ)];
     let len_before = header_cursor.len();
     let header = MessageHeader::deserialize(header_cursor)?;
     let len_after = header_cursor.len();

@@ -2135,8 +2135,7 @@ impl PageCache {
             trace!("installing page for pid {}", pid);
 
             let update = if pid == META_PID || pid == COUNTER_PID {
-                let update =
-                    self.pull(
+                let update = self.pull(
                     pid,
                     cache_infos[0].lsn,
                     cache_infos[0].pointer,
