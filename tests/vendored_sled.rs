@@ -1,4 +1,4 @@
-//! The vendored sled's read path (vendor/README.md, changes 10 and 11)
+//! The vendored sled's read path (vendor/README.md, changes 10 to 12)
 //! against a model: pages paged back in from the log with one read of their
 //! recorded size, and scans whose first entry is answered without a copy of
 //! the leaf, must give exactly what was written.
@@ -77,7 +77,7 @@ fn owned<'a>(it: impl Iterator<Item = (&'a Vec<u8>, &'a Vec<u8>)>) -> Vec<(Vec<u
     it.map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
-fn check(db: &sled::Db, model: &Model, rng: &mut StdRng) {
+fn check(db: &sled::Db, model: &Model, rng: &mut StdRng, answered: &mut usize) {
     assert_eq!(db.len(), model.len());
     for (k, v) in model {
         assert_eq!(db.get(k).unwrap().as_deref(), Some(&v[..]), "get {k:?}");
@@ -93,6 +93,15 @@ fn check(db: &sled::Db, model: &Model, rng: &mut StdRng) {
             want.map(|(k, v)| (&k[..], &v[..])),
             "first at or after {at:?}"
         );
+        // The same from `first_at_or_after` (change 12), when it answers.
+        if let Some((k, v)) = db.first_at_or_after(&at).unwrap() {
+            *answered += 1;
+            assert_eq!(
+                Some((&k[..], &v[..])),
+                want.map(|(k, v)| (&k[..], &v[..])),
+                "first_at_or_after {at:?}"
+            );
+        }
         // A prefix scan, read in full, and a range whose start is excluded
         // (which takes the copying path from its first call).
         let prefix = &at[..rng.random_range(1..=at.len().min(2))];
@@ -122,20 +131,67 @@ fn pages_read_back_from_the_log_match_what_was_written() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = StdRng::seed_from_u64(0x5eed_5eed);
     let mut model = Model::new();
+    // Probes that `first_at_or_after` answered (of 300 per check).
+    let mut answered = 0;
     {
         let db = open(dir.path());
         write(&db, &mut model, &mut rng, 3_000);
         db.flush().unwrap();
-        check(&db, &model, &mut rng);
+        check(&db, &model, &mut rng, &mut answered);
         // More writes to pages that are on disk, then read again.
         write(&db, &mut model, &mut rng, 1_500);
         db.flush().unwrap();
-        check(&db, &model, &mut rng);
+        check(&db, &model, &mut rng, &mut answered);
     }
     // Recovery reads the log without size hints; then the pages are paged
     // in with them.
     let db = open(dir.path());
-    check(&db, &model, &mut rng);
+    check(&db, &model, &mut rng, &mut answered);
     write(&db, &mut model, &mut rng, 500);
-    check(&db, &model, &mut rng);
+    check(&db, &model, &mut rng, &mut answered);
+    eprintln!("first_at_or_after answered {answered} of 1200 probes");
+    assert!(answered >= 600, "{answered} of 1200 probes answered");
+}
+
+/// The first entry at or after each of `n` random points, from
+/// `first_at_or_after` where it answers; returns how many it answered.
+fn probe_first(db: &sled::Db, model: &Model, rng: &mut StdRng, n: usize) -> usize {
+    let mut answered = 0;
+    for _ in 0..n {
+        let at = key(rng);
+        if let Some((k, v)) = db.first_at_or_after(&at).unwrap() {
+            answered += 1;
+            let want = model.range(at.clone()..).next();
+            assert_eq!(
+                Some((&k[..], &v[..])),
+                want.map(|(k, v)| (&k[..], &v[..])),
+                "first_at_or_after {at:?}"
+            );
+        }
+    }
+    answered
+}
+
+#[test]
+fn first_entries_read_from_leaves_not_in_the_cache_match_the_model() {
+    // Just after a restart no leaf is in the cache, and `first_at_or_after`
+    // reads leaves without adding them: every probe reads one from the log.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(0x1eaf);
+    let mut model = Model::new();
+    let db = open(dir.path());
+    write(&db, &mut model, &mut rng, 3_000);
+    drop(db);
+    let db = open(dir.path());
+    // Leaves as one node each.
+    let answered = probe_first(&db, &model, &mut rng, 400);
+    assert!(answered >= 300, "{answered} of 400 answered");
+    // Overwrites and removals leave leaves of a node and the links written
+    // since; a new start leaves them out of the cache again.
+    write(&db, &mut model, &mut rng, 600);
+    drop(db);
+    let db = open(dir.path());
+    let answered = probe_first(&db, &model, &mut rng, 400);
+    assert!(answered >= 300, "{answered} of 400 answered");
+    check(&db, &model, &mut rng, &mut 0);
 }

@@ -237,6 +237,16 @@ impl<'a> Ids<'a> {
     }
 }
 
+/// What judges every entry of one lookup.
+struct Judge<'a> {
+    ns: &'a str,
+    key: &'a CacheKey,
+    max_staleness_ms: Option<i64>,
+    now: i64,
+    generation: u64,
+    prefix: Vec<u8>,
+}
+
 pub struct Store {
     /// The data dir, for the checkpoint at `close`.
     path: PathBuf,
@@ -586,54 +596,34 @@ impl Store {
         key: &CacheKey,
         max_staleness_ms: Option<i64>,
     ) -> Result<Lookup> {
-        let now = self.now_ms();
-        let generation = self.hot.generation();
-        let prefix = keys::cache_prefix(ns, key);
-        let mut passed_over: Vec<Ineligible> = Vec::new();
-        for item in self.tree.scan_prefix(&prefix) {
-            let (k, v) = item?;
-            let (completed_ms, exec_id) = keys::parse_cache_suffix(&k[prefix.len()..])?;
-            let invalidated = entry::is_invalidated(&v);
-            // A record with a copy of every output is the whole answer, served
-            // as its bytes; the hot cache keeps only such answers.
-            let (hit, cache_ttl, outputs_live, whole) = match entry::encoded_hit(v.clone())? {
-                Some(e) if e.execution_id == exec_id && e.namespace == ns => {
-                    (Hit::Encoded(e.fields), e.cache_ttl, e.outputs_live, true)
-                }
-                _ => {
-                    let (execution, outputs) = self.hit_read_out(ns, exec_id, &v)?;
-                    let live = outputs
-                        .values()
-                        .flatten()
-                        .all(|a| a.state == ArtifactState::Live as i32);
-                    let ttl = execution.cache_ttl;
-                    let execution = Box::new(execution);
-                    (Hit::Decoded { execution, outputs }, ttl, live, false)
-                }
-            };
-            let candidate = Candidate {
-                completed_ms,
-                ttl_ms: policy::duration_ms(cache_ttl.as_ref(), "cache_ttl")
-                    .ok()
-                    .flatten(),
-                outputs_live,
-                invalidated,
-            };
-            match policy::eligibility(&candidate, now, max_staleness_ms) {
-                Ok(()) => {
-                    // Only the newest entry is what every lookup would serve.
-                    if let (true, true, Hit::Encoded(fields)) =
-                        (passed_over.is_empty(), whole, &hit)
-                    {
-                        let hot = hot::HotHit {
-                            completed_ms,
-                            ttl_ms: candidate.ttl_ms,
-                            fields: fields.clone(),
-                        };
-                        self.hot.insert(generation, ns, key, hot);
-                    }
+        let judge = Judge {
+            ns,
+            key,
+            max_staleness_ms,
+            now: self.now_ms(),
+            generation: self.hot.generation(),
+            prefix: keys::cache_prefix(ns, key),
+        };
+        // Most lookups are answered by the newest entry alone, read without
+        // adding its leaf to sled's cache (vendored sled, change 12).
+        match self.tree.first_at_or_after(&judge.prefix)? {
+            Some((k, _)) if !k.starts_with(&judge.prefix) => {
+                return Ok(Lookup::Miss {
+                    reason: policy::miss_reason(&[]),
+                })
+            }
+            Some((k, v)) => {
+                if let Ok(hit) = self.judge(&judge, &k, v, true)? {
                     return Ok(Lookup::Hit(hit));
                 }
+            }
+            None => {}
+        }
+        let mut passed_over: Vec<Ineligible> = Vec::new();
+        for item in self.tree.scan_prefix(&judge.prefix) {
+            let (k, v) = item?;
+            match self.judge(&judge, &k, v, passed_over.is_empty())? {
+                Ok(hit) => return Ok(Lookup::Hit(hit)),
                 // Entries come newest first: once one is stale, all the rest are.
                 Err(Ineligible::Stale) => {
                     passed_over.push(Ineligible::Stale);
@@ -645,6 +635,57 @@ impl Store {
         Ok(Lookup::Miss {
             reason: policy::miss_reason(&passed_over),
         })
+    }
+
+    /// One cache entry `(k, v)` of a lookup: its hit, or why it may not be
+    /// served. The newest entry's hit, when it is one whole record, goes
+    /// into the hot cache: it is what every lookup of the key would serve.
+    fn judge(
+        &self,
+        j: &Judge,
+        k: &[u8],
+        v: sled::IVec,
+        newest: bool,
+    ) -> Result<std::result::Result<Hit, Ineligible>> {
+        let (completed_ms, exec_id) = keys::parse_cache_suffix(&k[j.prefix.len()..])?;
+        let invalidated = entry::is_invalidated(&v);
+        // A record with a copy of every output is the whole answer, served
+        // as its bytes; the hot cache keeps only such answers.
+        let (hit, cache_ttl, outputs_live, whole) = match entry::encoded_hit(v.clone())? {
+            Some(e) if e.execution_id == exec_id && e.namespace == j.ns => {
+                (Hit::Encoded(e.fields), e.cache_ttl, e.outputs_live, true)
+            }
+            _ => {
+                let (execution, outputs) = self.hit_read_out(j.ns, exec_id, &v)?;
+                let live = outputs
+                    .values()
+                    .flatten()
+                    .all(|a| a.state == ArtifactState::Live as i32);
+                let ttl = execution.cache_ttl;
+                let execution = Box::new(execution);
+                (Hit::Decoded { execution, outputs }, ttl, live, false)
+            }
+        };
+        let candidate = Candidate {
+            completed_ms,
+            ttl_ms: policy::duration_ms(cache_ttl.as_ref(), "cache_ttl")
+                .ok()
+                .flatten(),
+            outputs_live,
+            invalidated,
+        };
+        if let Err(why) = policy::eligibility(&candidate, j.now, j.max_staleness_ms) {
+            return Ok(Err(why));
+        }
+        if let (true, true, Hit::Encoded(fields)) = (newest, whole, &hit) {
+            let hot = hot::HotHit {
+                completed_ms,
+                ttl_ms: candidate.ttl_ms,
+                fields: fields.clone(),
+            };
+            self.hot.insert(j.generation, j.ns, j.key, hot);
+        }
+        Ok(Ok(hit))
     }
 
     /// A hit from memory, without touching sled (so callable on the async

@@ -800,3 +800,117 @@ fn merge_uneven_nodes() {
 
     left.receive_merge(&right);
 }
+
+/// stepcache patch 12: a node's serialized bytes (`Serialize for Node`),
+/// read in place. `Tree::first_at_or_after` answers from a leaf it has read
+/// but not added to the cache; building the `Node` would cost an allocation
+/// and a copy per key and value, and dropping it as many frees.
+pub(crate) struct NodeBytes<'a> {
+    merging: bool,
+    merging_child: bool,
+    prefix_len: usize,
+    lo: &'a [u8],
+    hi: &'a [u8],
+    /// A leaf's entry count and its keys then values; None for an index.
+    leaf: Option<(usize, &'a [u8])>,
+}
+
+/// A length-prefixed byte string (`Serialize for IVec`), in place.
+fn bytes_in_place<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
+    let len = usize::try_from(u64::deserialize(buf).ok()?).ok()?;
+    let (bytes, rest) = (buf.get(..len)?, buf.get(len..)?);
+    *buf = rest;
+    Some(bytes)
+}
+
+impl<'a> NodeBytes<'a> {
+    /// None when the bytes are not a whole node.
+    pub(crate) fn parse(mut buf: &'a [u8]) -> Option<NodeBytes<'a>> {
+        let buf = &mut buf;
+        let _next = Option::<NonZeroU64>::deserialize(buf).ok()?;
+        let merging_child =
+            Option::<NonZeroU64>::deserialize(buf).ok()?.is_some();
+        let merging = bool::deserialize(buf).ok()?;
+        let prefix_len = usize::from(u8::deserialize(buf).ok()?);
+        let lo = bytes_in_place(buf)?;
+        let hi = bytes_in_place(buf)?;
+        let leaf = match u8::deserialize(buf).ok()? {
+            0 => {
+                let count = usize::try_from(u64::deserialize(buf).ok()?).ok()?;
+                Some((count, *buf))
+            }
+            _ => None,
+        };
+        (prefix_len <= lo.len()).then_some(NodeBytes {
+            merging,
+            merging_child,
+            prefix_len,
+            lo,
+            hi,
+            leaf,
+        })
+    }
+
+    pub(crate) fn is_index(&self) -> bool {
+        self.leaf.is_none()
+    }
+
+    /// What `Node::successor(&Bound::Included(key))` gives once `links`
+    /// (`Set` and `Del`, oldest first) are applied, when this is a leaf that
+    /// holds `key` (not being merged, `lo <= key < hi`): the first entry at
+    /// or after `key`, or `Some(None)` when the leaf has none. None when
+    /// this is not such a leaf.
+    pub(crate) fn successor(
+        &self,
+        key: &[u8],
+        links: &[Link],
+    ) -> Option<Option<(IVec, IVec)>> {
+        let (count, mut rest) = self.leaf?;
+        let holds_key = key >= self.lo && (self.hi.is_empty() || key < self.hi);
+        if self.merging || self.merging_child || !holds_key {
+            return None;
+        }
+        let prefix = &self.lo[..self.prefix_len];
+        let encoded = key.strip_prefix(prefix)?;
+        // What the links leave of the keys at or after `key`, as encoded
+        // keys: a value, or None for removed.
+        let mut linked: BTreeMap<&[u8], Option<&IVec>> = BTreeMap::new();
+        for link in links {
+            match link {
+                Link::Set(k, v) if &**k >= encoded => {
+                    linked.insert(k, Some(v));
+                }
+                Link::Del(k) if &**k >= encoded => {
+                    linked.insert(k, None);
+                }
+                Link::Set(..) | Link::Del(_) => {}
+                _ => return None,
+            }
+        }
+        let first_linked =
+            linked.iter().find_map(|(k, v)| v.map(|v| (*k, v)));
+        // Keys are stored sorted, then the values in the same order. The
+        // first stored key at or after `key` that no link replaced or
+        // removed.
+        let mut stored = None;
+        for idx in 0..count {
+            let k = bytes_in_place(&mut rest)?;
+            if stored.is_none() && k >= encoded && !linked.contains_key(k) {
+                stored = Some((idx, k));
+            }
+        }
+        let value_of = |idx: usize, mut rest: &[u8]| {
+            for _ in 0..idx {
+                bytes_in_place(&mut rest)?;
+            }
+            bytes_in_place(&mut rest).map(IVec::from)
+        };
+        let (k, v) = match (stored, first_linked) {
+            (Some((_, k)), Some((lk, lv))) if lk < k => (lk, lv.clone()),
+            (Some((idx, k)), _) => (k, value_of(idx, rest)?),
+            (None, Some((lk, lv))) => (lk, lv.clone()),
+            (None, None) => return Some(None),
+        };
+        Some(Some((prefix::decode(prefix, k), v)))
+    }
+}

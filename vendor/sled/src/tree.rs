@@ -8,7 +8,12 @@ use std::{
 
 use parking_lot::RwLock;
 
-use crate::{atomic_shim::AtomicU64, pagecache::NodeView, *};
+use crate::{
+    atomic_shim::AtomicU64,
+    node::NodeBytes,
+    pagecache::{NodeView, Peeked},
+    *,
+};
 
 #[derive(Debug, Clone)]
 pub(crate) struct View<'g> {
@@ -421,6 +426,57 @@ impl Tree {
                 return Ok(get);
             }
         }
+    }
+
+    /// stepcache patch 12: the first entry at or after `key`, when the leaf
+    /// that holds `key` has one; `Ok(None)` when this cannot tell (that leaf
+    /// has nothing at or after `key`, or it or a node above it is being
+    /// split or merged, or is in several fragments): then ask
+    /// `range(key..)`. A leaf that is not in the cache is read but not
+    /// added to it. A lookup into a store much larger than the cache reads
+    /// one entry: `range` paged its leaf in, built it (an allocation per key
+    /// and value), cached it and evicted another, at every call. This path
+    /// reads and never writes: it completes no split or merge on the way.
+    pub fn first_at_or_after<K: AsRef<[u8]>>(
+        &self,
+        key: K,
+    ) -> Result<Option<(IVec, IVec)>> {
+        /// Deeper than any tree of this store; past it, `range` decides.
+        const MAX_DEPTH: usize = 64;
+        let key = key.as_ref();
+        let guard = pin();
+        let _cc = concurrency_control::read();
+        let mut cursor = self.root.load(Acquire);
+        for _ in 0..MAX_DEPTH {
+            if cursor == u64::max_value() {
+                return Ok(None);
+            }
+            let node = match self.context.pagecache.peek(cursor, &guard)? {
+                Peeked::Cached(node) => node,
+                Peeked::Bytes { node, links } => match NodeBytes::parse(&node) {
+                    // An index node is worth its place in the cache.
+                    Some(bytes) if bytes.is_index() => {
+                        match self.context.pagecache.get(cursor, &guard)? {
+                            Some(node) => node,
+                            None => return Ok(None),
+                        }
+                    }
+                    Some(leaf) => return Ok(leaf.successor(key, &links).flatten()),
+                    None => return Ok(None),
+                },
+                Peeked::Other => return Ok(None),
+            };
+            let holds_key = key >= &*node.lo
+                && (node.hi.is_empty() || key < &*node.hi);
+            if node.merging || node.merging_child.is_some() || !holds_key {
+                return Ok(None);
+            }
+            if !node.data.is_index() {
+                return Ok(node.successor(&ops::Bound::Included(IVec::from(key))));
+            }
+            cursor = node.index_next_node(key).1;
+        }
+        Ok(None)
     }
 
     pub(crate) fn get_inner(

@@ -436,6 +436,15 @@ impl<'a> RecoveryGuard<'a> {
     }
 }
 
+/// stepcache patch 12: see `PageCache::peek`.
+pub(crate) enum Peeked<'g> {
+    Cached(NodeView<'g>),
+    /// A leaf's (or an index's) serialized node, and the `Set` and `Del`
+    /// links to apply to it, oldest first.
+    Bytes { node: Vec<u8>, links: Vec<Link> },
+    Other,
+}
+
 /// A page consists of a sequence of state transformations
 /// with associated storage parameters like disk pos, lsn, time.
 #[derive(Debug, Clone)]
@@ -1778,6 +1787,64 @@ impl PageCache {
 
             self.get(pid, guard)
         }
+    }
+
+    /// stepcache patch 12: a page as `Tree::first_at_or_after` reads it.
+    /// In the cache: what `get` gives. Not in the cache, and in the log as
+    /// one node and the `Set` and `Del` links written since: the node's
+    /// serialized bytes and those links, read with one `pread` each and not
+    /// added to the cache, so nothing is evicted for them. Anything else
+    /// (other links, a blob, a freed page, a read that does not check out):
+    /// `Other`, and the caller asks `get`.
+    pub(crate) fn peek<'g>(
+        &self,
+        pid: PageId,
+        guard: &'g Guard,
+    ) -> Result<Peeked<'g>> {
+        if pid == COUNTER_PID || pid == META_PID || pid == BATCH_MANIFEST_PID {
+            return Ok(Peeked::Other);
+        }
+        let page_view = match self.inner.get(pid, guard) {
+            Some(page_view) if !page_view.is_free() => page_view,
+            _ => return Ok(Peeked::Other),
+        };
+        if page_view.update.is_some() {
+            return Ok(self.get(pid, guard)?.map_or(Peeked::Other, Peeked::Cached));
+        }
+        let segment_size =
+            u64::try_from(self.config.segment_size).unwrap_or(u64::MAX);
+        let read = |ci: &CacheInfo, kind: MessageKind| {
+            let segment =
+                SegmentNumber(u64::try_from(ci.lsn).unwrap_or(0) / segment_size);
+            match self.log.read(pid, ci.lsn, ci.pointer, ci.log_size) {
+                Ok(LogRead::Inline(header, bytes, _))
+                    if header.pid == pid
+                        && header.segment_number == segment
+                        && header.kind == kind =>
+                {
+                    Some(bytes)
+                }
+                _ => None,
+            }
+        };
+        let (base, links) = match page_view.cache_infos.split_first() {
+            Some(split) => split,
+            None => return Ok(Peeked::Other),
+        };
+        let node = match read(base, MessageKind::InlineNode) {
+            Some(node) => node,
+            None => return Ok(Peeked::Other),
+        };
+        let mut sets = Vec::with_capacity(links.len());
+        for ci in links {
+            let link = read(ci, MessageKind::InlineLink)
+                .and_then(|bytes| Link::deserialize(&mut bytes.as_slice()).ok());
+            match link {
+                Some(link @ (Link::Set(..) | Link::Del(_))) => sets.push(link),
+                _ => return Ok(Peeked::Other),
+            }
+        }
+        Ok(Peeked::Bytes { node, links: sets })
     }
 
     /// Returns `true` if the database was
