@@ -430,9 +430,9 @@ impl Tree {
 
     /// stepcache patch 12: the first entry at or after `key`, when the leaf
     /// that holds `key` has one; `Ok(None)` when this cannot tell (that leaf
-    /// has nothing at or after `key`, or it or a node above it is being
-    /// split or merged, or is in several fragments): then ask
-    /// `range(key..)`. A leaf that is not in the cache is read but not
+    /// has nothing at or after `key`, it or a node above it is being split
+    /// or merged, or its page holds a blob or links other than `Set` and
+    /// `Del`): then ask `range(key..)`. A leaf that is not in the cache is read but not
     /// added to it. A lookup into a store much larger than the cache reads
     /// one entry: `range` paged its leaf in, built it (an allocation per key
     /// and value), cached it and evicted another, at every call. This path
