@@ -77,6 +77,23 @@ fn owned<'a>(it: impl Iterator<Item = (&'a Vec<u8>, &'a Vec<u8>)>) -> Vec<(Vec<u
     it.map(|(k, v)| (k.clone(), v.clone())).collect()
 }
 
+/// Whether `first_at_or_after(at)` answered; when it did, its answer must be
+/// the model's first entry at or after `at`.
+fn first_at_or_after_matches(db: &sled::Db, model: &Model, at: &[u8]) -> bool {
+    let Some((k, v)) = db.first_at_or_after(at).unwrap() else {
+        return false;
+    };
+    let want = model
+        .range::<[u8], _>((Bound::Included(at), Bound::Unbounded))
+        .next();
+    assert_eq!(
+        Some((&k[..], &v[..])),
+        want.map(|(k, v)| (&k[..], &v[..])),
+        "first_at_or_after {at:?}"
+    );
+    true
+}
+
 fn check(db: &sled::Db, model: &Model, rng: &mut StdRng, answered: &mut usize) {
     assert_eq!(db.len(), model.len());
     for (k, v) in model {
@@ -94,14 +111,7 @@ fn check(db: &sled::Db, model: &Model, rng: &mut StdRng, answered: &mut usize) {
             "first at or after {at:?}"
         );
         // The same from `first_at_or_after` (change 12), when it answers.
-        if let Some((k, v)) = db.first_at_or_after(&at).unwrap() {
-            *answered += 1;
-            assert_eq!(
-                Some((&k[..], &v[..])),
-                want.map(|(k, v)| (&k[..], &v[..])),
-                "first_at_or_after {at:?}"
-            );
-        }
+        *answered += usize::from(first_at_or_after_matches(db, model, &at));
         // A prefix scan, read in full, and a range whose start is excluded
         // (which takes the copying path from its first call).
         let prefix = &at[..rng.random_range(1..=at.len().min(2))];
@@ -156,20 +166,9 @@ fn pages_read_back_from_the_log_match_what_was_written() {
 /// The first entry at or after each of `n` random points, from
 /// `first_at_or_after` where it answers; returns how many it answered.
 fn probe_first(db: &sled::Db, model: &Model, rng: &mut StdRng, n: usize) -> usize {
-    let mut answered = 0;
-    for _ in 0..n {
-        let at = key(rng);
-        if let Some((k, v)) = db.first_at_or_after(&at).unwrap() {
-            answered += 1;
-            let want = model.range(at.clone()..).next();
-            assert_eq!(
-                Some((&k[..], &v[..])),
-                want.map(|(k, v)| (&k[..], &v[..])),
-                "first_at_or_after {at:?}"
-            );
-        }
-    }
-    answered
+    (0..n)
+        .filter(|_| first_at_or_after_matches(db, model, &key(rng)))
+        .count()
 }
 
 #[test]

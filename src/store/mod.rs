@@ -606,23 +606,27 @@ impl Store {
         };
         // Most lookups are answered by the newest entry alone, read without
         // adding its leaf to sled's cache (vendored sled, change 12).
-        match self.tree.first_at_or_after(&judge.prefix)? {
+        let newest = match self.tree.first_at_or_after(&judge.prefix)? {
             Some((k, _)) if !k.starts_with(&judge.prefix) => {
                 return Ok(Lookup::Miss {
                     reason: policy::miss_reason(&[]),
                 })
             }
-            Some((k, v)) => {
-                if let Ok(hit) = self.judge(&judge, &k, v, true)? {
-                    return Ok(Lookup::Hit(hit));
-                }
-            }
-            None => {}
-        }
+            Some((k, v)) => match self.judge(&judge, &k, v, true)? {
+                Ok(hit) => return Ok(Lookup::Hit(hit)),
+                Err(why) => Some((k, why)),
+            },
+            None => None,
+        };
         let mut passed_over: Vec<Ineligible> = Vec::new();
         for item in self.tree.scan_prefix(&judge.prefix) {
             let (k, v) = item?;
-            match self.judge(&judge, &k, v, passed_over.is_empty())? {
+            // The newest entry, when the short way judged it already.
+            let judged = match &newest {
+                Some((newest_k, why)) if *newest_k == k => Err(*why),
+                _ => self.judge(&judge, &k, v, passed_over.is_empty())?,
+            };
+            match judged {
                 Ok(hit) => return Ok(Lookup::Hit(hit)),
                 // Entries come newest first: once one is stale, all the rest are.
                 Err(Ineligible::Stale) => {
