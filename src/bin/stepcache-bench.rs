@@ -86,6 +86,11 @@ impl Workload {
             Workload::All => "all",
         }
     }
+
+    /// Whether the workload writes to the store (puts; the pipeline's misses).
+    fn writes(self) -> bool {
+        matches!(self, Workload::Put | Workload::Pipeline)
+    }
 }
 
 #[derive(Parser, Debug)]
@@ -587,6 +592,15 @@ fn rss_mib(pid: u32) -> Option<(f64, f64)> {
     Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
+/// Bytes a process has sent to the storage layer so far (`write_bytes` of
+/// /proc/PID/io: its writes to files, counted as it dirties the page cache;
+/// not its socket writes).
+fn storage_writes(pid: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("write_bytes:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// User+system CPU seconds of a process so far (clock ticks of 1/100 s).
 fn cpu_secs(pid: &str) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -833,6 +847,8 @@ struct Result1 {
     server_rss: Option<(f64, f64)>,
     server_cores: Option<f64>,
     bench_cores: Option<f64>,
+    /// Bytes the server sent to storage over the window (its data dir).
+    server_writes: Option<u64>,
     first_error: Option<String>,
 }
 
@@ -870,6 +886,8 @@ async fn run_workload(
     let measure_start = Arc::new(Mutex::new(None::<Instant>));
     let server_pid = ctx.server_pid.map(|p| p.to_string());
     let cpu_at = |pid: &Option<String>| pid.as_deref().and_then(cpu_secs);
+    let writes_at = |pid: &Option<String>| pid.as_deref().and_then(storage_writes);
+    let mut writes0 = None;
     let mut cpu0 = None;
     let mut bench_cpu0 = None;
 
@@ -936,6 +954,7 @@ async fn run_workload(
         }));
         if w == 0 {
             cpu0 = cpu_at(&server_pid);
+            writes0 = writes_at(&server_pid);
             bench_cpu0 = cpu_secs("self");
         }
     }
@@ -943,6 +962,7 @@ async fn run_workload(
     if let Some(warm) = warm_until {
         tokio::time::sleep_until(warm.into()).await;
         cpu0 = cpu_at(&server_pid);
+        writes0 = writes_at(&server_pid);
         bench_cpu0 = cpu_secs("self");
     }
     let mut hist = histogram();
@@ -976,6 +996,9 @@ async fn run_workload(
         secs,
         server_cores: cores(cpu0, cpu_at(&server_pid)),
         bench_cores: cores(bench_cpu0, cpu_secs("self")),
+        server_writes: writes_at(&server_pid)
+            .zip(writes0)
+            .map(|(end, start)| end.saturating_sub(start)),
         counts,
         hist,
         run_hist,
@@ -992,6 +1015,11 @@ impl Result1 {
     /// Tasks per second (an RPC, or a pipeline task of lookup [+ put]).
     fn throughput(&self) -> f64 {
         self.counts.tasks as f64 / self.secs
+    }
+
+    /// KiB the server sent to storage per task over the window.
+    fn writes_kib_per_op(&self) -> Option<f64> {
+        Some(self.server_writes? as f64 / 1024.0 / self.counts.tasks.max(1) as f64)
     }
 
     /// CPU time per task of a process that used `cores` over the window.
@@ -1014,9 +1042,15 @@ impl Result1 {
             (None, Some(b)) => format!("  cpu bench {b:.2} cores"),
             _ => String::new(),
         };
+        // Only workloads that write: reads write nothing but sled's own
+        // housekeeping.
+        let writes = match self.writes_kib_per_op() {
+            Some(kib) if self.workload.writes() => format!("  server writes {kib:.1} KiB per op"),
+            _ => String::new(),
+        };
         println!(
             "stepcache stored={stored:<8} {:<12} c={:<3} {:>8.0}/s  p50 {:7.3} ms  p90 {:7.3} ms  \
-             p99 {:7.3} ms  max {:8.3} ms  n={}  errors={}{rss}{cpu}",
+             p99 {:7.3} ms  max {:8.3} ms  n={}  errors={}{rss}{cpu}{writes}",
             self.workload.name(),
             self.concurrency,
             self.throughput(),
@@ -1063,6 +1097,7 @@ impl Result1 {
                 "server_cores": self.server_cores,
                 "server_cpu_us_per_op": self.server_cores.map(|c| self.cpu_us_per_op(c)),
                 "bench_cpu_us_per_op": self.bench_cores.map(|c| self.cpu_us_per_op(c)),
+                "server_writes_kib_per_op": self.writes_kib_per_op(),
                 "rounds": self.round + 1,
                 "bench_cores": self.bench_cores,
             });
@@ -1272,12 +1307,14 @@ fn merge_rounds(results: &[Result1]) -> anyhow::Result<Vec<Result1>> {
                 server_rss: None,
                 server_cores: Some(0.0),
                 bench_cores: Some(0.0),
+                server_writes: Some(0),
                 first_error: None,
             });
         // Cores are averaged over time: weight each round by its length.
         let weigh = |acc: Option<f64>, x: Option<f64>| Some(acc? + x? * r.secs);
         m.server_cores = weigh(m.server_cores, r.server_cores);
         m.bench_cores = weigh(m.bench_cores, r.bench_cores);
+        m.server_writes = m.server_writes.zip(r.server_writes).map(|(a, b)| a + b);
         m.round = m.round.max(r.round);
         m.secs += r.secs;
         m.counts.ops += r.counts.ops;
@@ -1341,5 +1378,22 @@ fn print_ratios(results: &[Result1]) {
             w.name(),
             100.0 * median
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn storage_writes_count_what_a_process_writes_to_files() {
+        let before = storage_writes("self").expect("/proc/self/io");
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&vec![7u8; 1 << 20]).unwrap();
+        f.sync_all().unwrap();
+        let after = storage_writes("self").unwrap();
+        assert!(after >= before + (1 << 20), "{before} -> {after}");
+        assert_eq!(storage_writes("0"), None, "no such process");
     }
 }
