@@ -1042,10 +1042,13 @@ impl Result1 {
             (None, Some(b)) => format!("  cpu bench {b:.2} cores"),
             _ => String::new(),
         };
-        // Only workloads that write: reads write nothing but sled's own
-        // housekeeping.
+        // Only workloads that write (reads write nothing but sled's own
+        // housekeeping), and only a server that writes files itself (on
+        // PostgreSQL, the database server writes).
         let writes = match self.writes_kib_per_op() {
-            Some(kib) if self.workload.writes() => format!("  server writes {kib:.1} KiB per op"),
+            Some(kib) if self.workload.writes() && kib > 0.0 => {
+                format!("  server writes {kib:.1} KiB per op")
+            }
             _ => String::new(),
         };
         println!(
