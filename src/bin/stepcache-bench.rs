@@ -582,14 +582,17 @@ impl ServerProc {
     }
 }
 
+/// The number after `name` in a /proc file of `name: value [unit]` lines.
+fn proc_value<T: std::str::FromStr>(text: &str, name: &str) -> Option<T> {
+    let line = text.lines().find(|l| l.starts_with(name))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// Resident and peak memory of a process, in MiB.
 fn rss_mib(pid: u32) -> Option<(f64, f64)> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| -> Option<f64> {
-        let line = s.lines().find(|l| l.starts_with(name))?;
-        Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
-    };
-    Some((field("VmRSS:")?, field("VmHWM:")?))
+    let mib = |name: &str| Some(proc_value::<f64>(&s, name)? / 1024.0);
+    Some((mib("VmRSS:")?, mib("VmHWM:")?))
 }
 
 /// Bytes a process has sent to the storage layer so far (`write_bytes` of
@@ -597,8 +600,7 @@ fn rss_mib(pid: u32) -> Option<(f64, f64)> {
 /// not its socket writes).
 fn storage_writes(pid: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("write_bytes:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    proc_value(&s, "write_bytes:")
 }
 
 /// User+system CPU seconds of a process so far (clock ticks of 1/100 s).

@@ -815,6 +815,12 @@ pub(crate) struct NodeBytes<'a> {
     leaf: Option<(usize, &'a [u8])>,
 }
 
+/// stepcache patch 12: whether a node bounded by `lo` (inclusive) and `hi`
+/// (exclusive; empty for none) holds `key`.
+pub(crate) fn holds_key(lo: &[u8], hi: &[u8], key: &[u8]) -> bool {
+    key >= lo && (hi.is_empty() || key < hi)
+}
+
 /// A length-prefixed byte string (`Serialize for IVec`), in place.
 fn bytes_in_place<'a>(buf: &mut &'a [u8]) -> Option<&'a [u8]> {
     let len = usize::try_from(u64::deserialize(buf).ok()?).ok()?;
@@ -866,8 +872,10 @@ impl<'a> NodeBytes<'a> {
         links: &[Link],
     ) -> Option<Option<(IVec, IVec)>> {
         let (count, mut rest) = self.leaf?;
-        let holds_key = key >= self.lo && (self.hi.is_empty() || key < self.hi);
-        if self.merging || self.merging_child || !holds_key {
+        if self.merging
+            || self.merging_child
+            || !holds_key(self.lo, self.hi, key)
+        {
             return None;
         }
         let prefix = &self.lo[..self.prefix_len];

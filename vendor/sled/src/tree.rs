@@ -10,7 +10,7 @@ use parking_lot::RwLock;
 
 use crate::{
     atomic_shim::AtomicU64,
-    node::NodeBytes,
+    node::{holds_key, NodeBytes},
     pagecache::{NodeView, Peeked},
     *,
 };
@@ -466,9 +466,10 @@ impl Tree {
                 },
                 Peeked::Other => return Ok(None),
             };
-            let holds_key = key >= &*node.lo
-                && (node.hi.is_empty() || key < &*node.hi);
-            if node.merging || node.merging_child.is_some() || !holds_key {
+            if node.merging
+                || node.merging_child.is_some()
+                || !holds_key(&node.lo, &node.hi, key)
+            {
                 return Ok(None);
             }
             if !node.data.is_index() {

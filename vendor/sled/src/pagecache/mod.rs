@@ -1695,18 +1695,7 @@ impl PageCache {
             }
 
             if page_view.update.is_some() {
-                // possibly evict an item now that our cache has grown
-                let total_page_size = page_view.log_size();
-                let to_evict = self.lru.accessed(pid, total_page_size, guard);
-                trace!(
-                    "accessed pid {} -> paging out pids {:?}",
-                    pid,
-                    to_evict
-                );
-                if !to_evict.is_empty() {
-                    self.page_out(to_evict, guard)?;
-                }
-                return Ok(Some(NodeView(page_view)));
+                return self.resident(pid, page_view, guard).map(Some);
             }
 
             trace!(
@@ -1789,6 +1778,25 @@ impl PageCache {
         }
     }
 
+    /// A page in the cache, as `get` serves it: its access is recorded in
+    /// the LRU, which may page others out. (stepcache patch 12: shared with
+    /// `peek`, which loaded the page's view already.)
+    fn resident<'g>(
+        &self,
+        pid: PageId,
+        page_view: PageView<'g>,
+        guard: &'g Guard,
+    ) -> Result<NodeView<'g>> {
+        // possibly evict an item now that our cache has grown
+        let total_page_size = page_view.log_size();
+        let to_evict = self.lru.accessed(pid, total_page_size, guard);
+        trace!("accessed pid {} -> paging out pids {:?}", pid, to_evict);
+        if !to_evict.is_empty() {
+            self.page_out(to_evict, guard)?;
+        }
+        Ok(NodeView(page_view))
+    }
+
     /// stepcache patch 12: a page as `Tree::first_at_or_after` reads it.
     /// In the cache: what `get` gives. Not in the cache, and in the log as
     /// one node and the `Set` and `Del` links written since: the node's
@@ -1809,7 +1817,7 @@ impl PageCache {
             _ => return Ok(Peeked::Other),
         };
         if page_view.update.is_some() {
-            return Ok(self.get(pid, guard)?.map_or(Peeked::Other, Peeked::Cached));
+            return self.resident(pid, page_view, guard).map(Peeked::Cached);
         }
         let segment_size =
             u64::try_from(self.config.segment_size).unwrap_or(u64::MAX);
