@@ -58,31 +58,56 @@ mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Arc;
 
-    #[test]
-    fn concurrent_writers_share_flushes() {
+    /// 16 threads, each waiting 50 times for durability with `flush` (given
+    /// the count of flushes before it), retrying a wait whose flush failed.
+    /// Returns (flushes run, failed waits).
+    fn sixteen_writers(flush: fn(u64) -> Result<(), Error>) -> (u64, u64) {
         let g = Arc::new(GroupFlush::default());
-        let flushes = Arc::new(AtomicU64::new(0));
+        let calls = Arc::new(AtomicU64::new(0));
         let threads: Vec<_> = (0..16)
             .map(|_| {
-                let (g, flushes) = (g.clone(), flushes.clone());
+                let (g, calls) = (g.clone(), calls.clone());
                 std::thread::spawn(move || {
+                    let mut failures = 0u64;
                     for _ in 0..50 {
-                        g.wait_durable(|| {
-                            flushes.fetch_add(1, Ordering::SeqCst);
-                            std::thread::sleep(std::time::Duration::from_millis(1));
-                            Ok(())
-                        })
-                        .unwrap();
+                        while g
+                            .wait_durable(|| flush(calls.fetch_add(1, Ordering::SeqCst)))
+                            .is_err()
+                        {
+                            failures += 1;
+                        }
                     }
+                    failures
                 })
             })
             .collect();
-        for t in threads {
-            t.join().unwrap();
-        }
-        let n = flushes.load(Ordering::SeqCst);
+        let failures = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        (calls.load(Ordering::SeqCst), failures)
+    }
+
+    #[test]
+    fn concurrent_writers_share_flushes() {
+        let (n, failures) = sixteen_writers(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            Ok(())
+        });
+        assert_eq!(failures, 0);
         assert!(n >= 50, "every writer waited for at least its own flush");
         assert!(n < 800, "flushes were shared: {n} for 800 writes");
+    }
+
+    #[test]
+    fn every_waiter_returns_when_flushes_fail_and_succeed() {
+        // A waiter left asleep after a failed flush would hang this test.
+        let (calls, failures) = sixteen_writers(|n| {
+            std::thread::sleep(std::time::Duration::from_micros(300));
+            match n % 3 {
+                2 => Err(Error::Storage("disk".into())),
+                _ => Ok(()),
+            }
+        });
+        assert!(failures > 0, "some waits saw a failed flush");
+        assert!(calls < 16 * 50 * 2, "flushes were shared: {calls}");
     }
 
     #[test]

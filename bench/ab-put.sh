@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Durable puts, one round per server binary, each on a fresh copy of the same
+# settled data dir, so that no round sees the executions an earlier one added.
+#
+#   bench/ab-put.sh SETTLED_DIR N SERVER_A SERVER_B [SERVER_A SERVER_B ...]
+#
+# SETTLED_DIR holds a preload of N executions (stepcache-bench --preload N
+# --data-dir SETTLED_DIR ..., then stepcache check --data-dir SETTLED_DIR).
+# Give the binaries alternating: this machine's speed drifts within minutes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+settled=$1 n=$2
+shift 2
+work=${WORK_DIR:-$settled.ab}
+for server in "$@"; do
+  rm -rf "$work" && cp -a "$settled" "$work"
+  python3 bench/pin-pages.py "$work/db" >"$work.pin" 2>&1 &
+  pinner=$!
+  for _ in $(seq 200); do grep -q pinned "$work.pin" && break; sleep 0.3; done
+  echo "== $server"
+  target/release/stepcache-bench --server-bin "$server" --data-dir "$work" --preload "$n" \
+    --rounds 1 --duration 5 --warmup 0.5 --concurrency 64 put | grep " put "
+  kill "$pinner" && wait "$pinner" 2>/dev/null || true
+done
+rm -rf "$work" "$work.pin"
