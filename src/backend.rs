@@ -94,6 +94,11 @@ pub trait Backend: Send + Sync {
     fn count_reservations(&self, ns: &str) -> Result<i64>;
     fn reservations_by_namespace(&self) -> Result<BTreeMap<String, i64>>;
     fn size_on_disk(&self) -> Result<u64>;
+    /// Write batches and flushes of the server's own write path, when it has
+    /// one (sled; PostgreSQL commits its own writes).
+    fn write_totals(&self) -> Option<crate::store::activity::WriteTotals> {
+        None
+    }
     fn collect_garbage(&self, ns: Option<&str>) -> Result<i64>;
     fn prune(&self, ns: &str, older_than_ms: i64, dry_run: bool) -> Result<Pruned>;
     /// The offline integrity check (sled only).
@@ -231,6 +236,9 @@ impl Backend for Store {
     }
     fn size_on_disk(&self) -> Result<u64> {
         Store::size_on_disk(self)
+    }
+    fn write_totals(&self) -> Option<crate::store::activity::WriteTotals> {
+        Some(Store::write_totals(self))
     }
     fn collect_garbage(&self, ns: Option<&str>) -> Result<i64> {
         Store::collect_garbage(self, ns)

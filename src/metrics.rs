@@ -15,6 +15,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Instant;
@@ -38,6 +39,7 @@ use crate::backend::Backend;
 use crate::server::Config;
 use crate::service::stats::Stats;
 use crate::service::Shared;
+use crate::store::activity::WriteTotals;
 
 /// Labels of the per-call metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,6 +65,66 @@ struct NamespaceLabels {
 
 type HistogramFamily = Family<RpcLabels, Histogram, fn() -> Histogram>;
 
+/// The store's write-path totals (`store::activity`), brought up to date at
+/// each scrape.
+#[derive(Default)]
+struct WriteCounters {
+    batches: Counter,
+    writes: Counter,
+    batch_seconds: Counter<f64, AtomicU64>,
+    flushes: Counter,
+    flush_seconds: Counter<f64, AtomicU64>,
+}
+
+impl WriteCounters {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "write_batches",
+            "PutExecution write batches applied (one sled transaction each, one at a time)",
+            self.batches.clone(),
+        );
+        registry.register(
+            "write_batch_writes",
+            "PutExecution writes applied in those batches",
+            self.writes.clone(),
+        );
+        registry.register(
+            "write_batch_seconds",
+            "Time spent applying write batches; its rate near 1 means puts are bound by \
+             the one thread that applies them",
+            self.batch_seconds.clone(),
+        );
+        registry.register(
+            "store_flushes",
+            "Group flushes that made acknowledged writes durable",
+            self.flushes.clone(),
+        );
+        registry.register(
+            "store_flush_seconds",
+            "Time spent in group flushes",
+            self.flush_seconds.clone(),
+        );
+    }
+
+    /// Raises each counter to the store's total (totals only grow).
+    fn catch_up(&self, t: &WriteTotals) {
+        let whole = |c: &Counter, total: u64| {
+            c.inc_by(total.saturating_sub(c.get()));
+        };
+        let seconds = |c: &Counter<f64, AtomicU64>, total: f64| {
+            let behind = total - c.get();
+            if behind > 0.0 {
+                c.inc_by(behind);
+            }
+        };
+        whole(&self.batches, t.batches);
+        whole(&self.writes, t.writes);
+        seconds(&self.batch_seconds, t.batch_seconds);
+        whole(&self.flushes, t.flushes);
+        seconds(&self.flush_seconds, t.flush_seconds);
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms .. ~16 s; longer waits (WaitForCachedExecution) land in +Inf.
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -74,6 +136,7 @@ struct Inner {
     latency: HistogramFamily,
     reservations: Family<NamespaceLabels, Gauge>,
     store_bytes: Gauge,
+    writes: WriteCounters,
     /// Weak: a scrape connection that outlives the server must not keep the
     /// store (and its directory lock) open.
     store: Weak<dyn Backend>,
@@ -120,6 +183,11 @@ impl Metrics {
             "Size of the sled store on disk",
             store_bytes.clone(),
         );
+        // Only a store with a write path of its own has them (sled).
+        let writes = WriteCounters::default();
+        if store.write_totals().is_some() {
+            writes.register(&mut registry);
+        }
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -127,6 +195,7 @@ impl Metrics {
                 latency,
                 reservations,
                 store_bytes,
+                writes,
                 store: Arc::downgrade(store),
                 scrape: Mutex::new(()),
             }),
@@ -186,6 +255,9 @@ impl Metrics {
                     inner.store_bytes.set(i64::try_from(n).unwrap_or(i64::MAX));
                 }
                 Err(e) => tracing::warn!(error = %e, "metrics: cannot read the store size"),
+            }
+            if let Some(t) = store.write_totals() {
+                inner.writes.catch_up(&t);
             }
         }
         let mut out = String::new();

@@ -1,5 +1,6 @@
 //! A scrape of /metrics after known traffic: exact counts per RPC and code,
-//! lookups per namespace and outcome, reservations held, store size.
+//! lookups per namespace and outcome, reservations held, store size, write
+//! batches and flushes.
 
 mod common;
 
@@ -158,6 +159,18 @@ async fn scrape_after_traffic_counts_every_call() {
     assert_eq!(lookups("n", "hit"), 1.0);
     assert_eq!(get("stepcache_reservations_held{namespace=\"m\"}"), 1.0);
     assert!(get("stepcache_store_size_bytes") > 0.0);
+    // The write path: 2 PutExecutions so far, each acknowledged after a flush.
+    let sled = postgres_base().is_none();
+    if sled {
+        assert_eq!(get("stepcache_write_batch_writes_total"), 2.0);
+        let batches = get("stepcache_write_batches_total");
+        assert!((1.0..=2.0).contains(&batches), "{batches}");
+        assert!(get("stepcache_write_batch_seconds_total") > 0.0);
+        assert!(get("stepcache_store_flushes_total") >= 1.0);
+        assert!(get("stepcache_store_flush_seconds_total") > 0.0);
+    } else {
+        assert!(!body.contains("stepcache_write_batches"), "{body}");
+    }
 
     // The scrape itself is not a gRPC call; other paths are 404.
     let (status, _) = http_get(addr, "/").await;
@@ -175,6 +188,9 @@ async fn scrape_after_traffic_counts_every_call() {
     let s = samples(&body);
     assert_eq!(s.get("stepcache_reservations_held{namespace=\"m\"}"), None);
     assert_eq!(s[&rpc(req, PUT_EXECUTION, "OK")], 3.0);
+    if sled {
+        assert_eq!(s["stepcache_write_batch_writes_total"], 3.0);
+    }
     server.stop().await;
 }
 

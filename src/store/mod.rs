@@ -5,6 +5,7 @@
 //! calls block, so the service runs them on its read and write thread pools
 //! (`crate::pool`).
 
+pub mod activity;
 pub mod backup;
 pub mod combine;
 pub mod entry;
@@ -253,6 +254,8 @@ pub struct Store {
     db: sled::Db,
     tree: sled::Tree,
     flush: GroupFlush,
+    /// Batches and flushes, for the metrics endpoint.
+    activity: activity::WriteActivity,
     clock: Arc<dyn Clock>,
     /// Held (by key stripe) around "look up, then reserve" and around each write
     /// that publishes or releases, so that a reservation is never granted for a
@@ -293,6 +296,7 @@ impl Store {
             db,
             tree,
             flush: GroupFlush::default(),
+            activity: activity::WriteActivity::default(),
             clock,
             key_locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
             hot: hot::HotHits::new(config.hot_hits),
@@ -366,7 +370,9 @@ impl Store {
     /// Blocks until every write applied so far is on disk.
     pub fn durable(&self) -> Result<()> {
         self.flush.wait_durable(|| {
+            let started = std::time::Instant::now();
             self.db.flush()?;
+            self.activity.flush(started.elapsed());
             Ok(())
         })
     }
@@ -500,10 +506,19 @@ impl Store {
             .submit(pending, |batch| self.apply_writes(&batch))
     }
 
+    /// Applies a batch of execution writes (`transactions`), timed for the
+    /// metrics endpoint.
+    fn apply_writes(&self, batch: &[PendingWrite]) -> Vec<Result<Written>> {
+        let started = std::time::Instant::now();
+        let written = self.transactions(batch);
+        self.activity.batch(batch.len(), started.elapsed());
+        written
+    }
+
     /// Applies a batch of execution writes in one transaction; when one of
     /// them fails nothing of the batch is applied, and each is applied alone,
     /// so that a bad write fails by itself.
-    fn apply_writes(&self, batch: &[PendingWrite]) -> Vec<Result<Written>> {
+    fn transactions(&self, batch: &[PendingWrite]) -> Vec<Result<Written>> {
         let one =
             |p: &PendingWrite| -> Result<Written> { Ok(self.tree.transaction(|tx| p.apply(tx))?) };
         if batch.len() > 1 {
@@ -906,6 +921,11 @@ impl Store {
     }
 
     /// Makes every write so far durable.
+    /// Write batches and flushes since the store was opened.
+    pub fn write_totals(&self) -> activity::WriteTotals {
+        self.activity.totals()
+    }
+
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
