@@ -603,6 +603,25 @@ fn storage_writes(pid: &str) -> Option<u64> {
     proc_value(&s, "write_bytes:")
 }
 
+/// What the server and the load generator have used so far; a window's use
+/// is the difference of two samples.
+#[derive(Default)]
+struct Usage {
+    server_cpu: Option<f64>,
+    server_writes: Option<u64>,
+    bench_cpu: Option<f64>,
+}
+
+impl Usage {
+    fn of(server_pid: Option<&str>) -> Usage {
+        Usage {
+            server_cpu: server_pid.and_then(cpu_secs),
+            server_writes: server_pid.and_then(storage_writes),
+            bench_cpu: cpu_secs("self"),
+        }
+    }
+}
+
 /// User+system CPU seconds of a process so far (clock ticks of 1/100 s).
 fn cpu_secs(pid: &str) -> Option<f64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -887,11 +906,8 @@ async fn run_workload(
     let taken = Arc::new(AtomicU64::new(0));
     let measure_start = Arc::new(Mutex::new(None::<Instant>));
     let server_pid = ctx.server_pid.map(|p| p.to_string());
-    let cpu_at = |pid: &Option<String>| pid.as_deref().and_then(cpu_secs);
-    let writes_at = |pid: &Option<String>| pid.as_deref().and_then(storage_writes);
-    let mut writes0 = None;
-    let mut cpu0 = None;
-    let mut bench_cpu0 = None;
+    let usage_now = || Usage::of(server_pid.as_deref());
+    let mut usage0 = Usage::default();
 
     let mut handles = Vec::with_capacity(concurrency);
     for w in 0..concurrency {
@@ -955,17 +971,13 @@ async fn run_workload(
             (worker, first_error, last)
         }));
         if w == 0 {
-            cpu0 = cpu_at(&server_pid);
-            writes0 = writes_at(&server_pid);
-            bench_cpu0 = cpu_secs("self");
+            usage0 = usage_now();
         }
     }
     // CPU is sampled over the measured window only (duration mode).
     if let Some(warm) = warm_until {
         tokio::time::sleep_until(warm.into()).await;
-        cpu0 = cpu_at(&server_pid);
-        writes0 = writes_at(&server_pid);
-        bench_cpu0 = cpu_secs("self");
+        usage0 = usage_now();
     }
     let mut hist = histogram();
     let mut run_hist = histogram();
@@ -990,16 +1002,18 @@ async fn run_workload(
         .or(*measure_start.lock().expect("not poisoned"))
         .unwrap_or(started);
     let secs = ended.saturating_duration_since(begin).as_secs_f64();
+    let usage1 = usage_now();
     let cores = |a: Option<f64>, b: Option<f64>| Some((b? - a?) / secs);
     Ok(Result1 {
         round: 0,
         workload,
         concurrency,
         secs,
-        server_cores: cores(cpu0, cpu_at(&server_pid)),
-        bench_cores: cores(bench_cpu0, cpu_secs("self")),
-        server_writes: writes_at(&server_pid)
-            .zip(writes0)
+        server_cores: cores(usage0.server_cpu, usage1.server_cpu),
+        bench_cores: cores(usage0.bench_cpu, usage1.bench_cpu),
+        server_writes: usage1
+            .server_writes
+            .zip(usage0.server_writes)
             .map(|(end, start)| end.saturating_sub(start)),
         counts,
         hist,

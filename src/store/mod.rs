@@ -920,12 +920,12 @@ impl Store {
         }
     }
 
-    /// Makes every write so far durable.
     /// Write batches and flushes since the store was opened.
     pub fn write_totals(&self) -> activity::WriteTotals {
         self.activity.totals()
     }
 
+    /// Makes every write so far durable.
     pub fn flush(&self) -> Result<()> {
         self.db.flush()?;
         Ok(())
