@@ -4,12 +4,17 @@
 
 use crate::error::Error;
 use crate::key::CacheKey;
+use crate::proto::{ArtifactState, ExecutionState};
 
 pub const ARTIFACT: u8 = b'a';
+/// Like `EXEC_BY_NS`, for artifacts (`artifact_by_ns_prefixes`).
 pub const ARTIFACT_BY_NS: u8 = b'b';
 pub const CACHE: u8 = b'c';
 pub const EXECUTION: u8 = b'e';
 pub const EXEC_BY_KEY: u8 = b'k';
+/// Written by stores before the namespace indexes became the union of the
+/// state indexes (`exec_by_ns_prefixes`): no longer read, deleted with their
+/// execution.
 pub const EXEC_BY_NS: u8 = b'l';
 pub const EXEC_BY_COMPONENT: u8 = b'm';
 pub const RESERVATION: u8 = b'r';
@@ -225,8 +230,17 @@ pub fn reservation(ns: &str, key: &CacheKey) -> Vec<u8> {
     KeyBuf::new(RESERVATION).str(ns).cache_key(key).done()
 }
 
-pub fn exec_by_ns_prefix(ns: &str) -> Vec<u8> {
-    KeyBuf::new(EXEC_BY_NS).str(ns).done()
+/// The legacy by-namespace index entry of an execution (see `EXEC_BY_NS`).
+pub fn legacy_exec_by_ns(ns: &str, id: i64) -> Vec<u8> {
+    with_rev_id(&KeyBuf::new(EXEC_BY_NS).str(ns).done(), id)
+}
+
+/// A namespace's executions: one by-state index per state, which together
+/// hold each execution once.
+pub fn exec_by_ns_prefixes(ns: &str) -> Vec<Vec<u8>> {
+    every_value(|s| ExecutionState::try_from(s).is_ok())
+        .map(|s| exec_by_state_prefix(ns, s))
+        .collect()
 }
 
 pub fn exec_by_component_prefix(ns: &str, component: &str) -> Vec<u8> {
@@ -237,8 +251,22 @@ pub fn exec_by_key_prefix(ns: &str, key: &CacheKey) -> Vec<u8> {
     KeyBuf::new(EXEC_BY_KEY).str(ns).cache_key(key).done()
 }
 
-pub fn artifact_by_ns_prefix(ns: &str) -> Vec<u8> {
-    KeyBuf::new(ARTIFACT_BY_NS).str(ns).done()
+/// The legacy by-namespace index entry of an artifact (see `ARTIFACT_BY_NS`).
+pub fn legacy_artifact_by_ns(ns: &str, id: i64) -> Vec<u8> {
+    with_rev_id(&KeyBuf::new(ARTIFACT_BY_NS).str(ns).done(), id)
+}
+
+/// A namespace's artifacts: the union of its by-state indexes.
+pub fn artifact_by_ns_prefixes(ns: &str) -> Vec<Vec<u8>> {
+    every_value(|s| ArtifactState::try_from(s).is_ok())
+        .map(|s| artifact_by_state_prefix(ns, s))
+        .collect()
+}
+
+/// The values of a proto enum whose values run from 0 without a gap (writes
+/// are validated against the enum, so no record holds another).
+fn every_value(known: impl Fn(i32) -> bool) -> impl Iterator<Item = i32> {
+    (0..).take_while(move |s| known(*s))
 }
 
 pub fn exec_by_state_prefix(ns: &str, state: i32) -> Vec<u8> {
@@ -362,7 +390,19 @@ mod tests {
     fn namespaces_do_not_share_prefixes() {
         let k = CacheKey([1; 32]);
         assert!(!cache_entry("ab", &k, 1, 1).starts_with(&cache_prefix("a", &k)));
-        assert!(!with_rev_id(&exec_by_ns_prefix("ab"), 1).starts_with(&exec_by_ns_prefix("a")));
+        for (ab, a) in exec_by_ns_prefixes("ab").iter().zip(exec_by_ns_prefixes("a")) {
+            assert!(!with_rev_id(ab, 1).starts_with(&a));
+        }
+    }
+
+    #[test]
+    fn a_namespace_index_is_one_state_index_per_state() {
+        let execs = exec_by_ns_prefixes("n");
+        assert_eq!(execs.len(), 7);
+        assert_eq!(execs[3], exec_by_state_prefix("n", ExecutionState::Complete as i32));
+        let arts = artifact_by_ns_prefixes("n");
+        assert_eq!(arts.len(), 6);
+        assert_eq!(arts[5], artifact_by_state_prefix("n", ArtifactState::Abandoned as i32));
     }
 
     #[test]

@@ -150,18 +150,24 @@ impl Store {
             let (k, v) = item?;
             let Some(&prefix) = k.first() else { continue };
             match prefix {
-                keys::ARTIFACT => r.artifacts += 1,
+                keys::ARTIFACT => {
+                    r.artifacts += 1;
+                    let a: crate::proto::Artifact = super::decode(&v)?;
+                    for k in super::artifact_index_keys(&a) {
+                        if !exists(&k)? {
+                            r.problems.push(format!(
+                                "artifact {} lacks its type or state index entry",
+                                a.id
+                            ));
+                        }
+                    }
+                }
                 keys::EXECUTION => {
                     r.executions += 1;
                     let e: Execution = super::decode(&v)?;
-                    if !exists(&keys::with_rev_id(
-                        &keys::exec_by_ns_prefix(&e.namespace),
-                        e.id,
-                    ))? {
-                        r.problems.push(format!(
-                            "execution {} lacks its namespace index entry",
-                            e.id
-                        ));
+                    if !exists(&super::exec_state_key(&e))? {
+                        r.problems
+                            .push(format!("execution {} lacks its state index entry", e.id));
                     }
                     let events = self.events_of_execution(e.id)?;
                     if let Some(ti) = &e.interface {
@@ -257,7 +263,10 @@ impl Store {
                         }
                     }
                 }
-                keys::EXEC_BY_NS | keys::EXEC_BY_COMPONENT | keys::EXEC_BY_KEY => {
+                keys::EXEC_BY_NS
+                | keys::EXEC_BY_STATE
+                | keys::EXEC_BY_COMPONENT
+                | keys::EXEC_BY_KEY => {
                     let id = keys::rev_id_suffix(&k)?;
                     if !exists(&keys::execution(id))? {
                         r.problems
@@ -350,14 +359,17 @@ impl Store {
         let cutoff = self.now_ms().saturating_sub(older_than_ms);
         // Oldest first; IDs grow with creation time.
         let mut victims: Vec<Execution> = Vec::new();
-        for item in self.tree.scan_prefix(keys::exec_by_ns_prefix(ns)).rev() {
-            let id = keys::rev_id_suffix(&item?.0)?;
-            let e = self.execution(id, Some(ns))?;
-            if super::create_ms(&e) >= cutoff {
-                break;
+        for prefix in keys::exec_by_ns_prefixes(ns) {
+            for item in self.tree.scan_prefix(prefix).rev() {
+                let id = keys::rev_id_suffix(&item?.0)?;
+                let e = self.execution(id, Some(ns))?;
+                if super::create_ms(&e) >= cutoff {
+                    break;
+                }
+                victims.push(e);
             }
-            victims.push(e);
         }
+        victims.sort_unstable_by_key(|e| e.id);
         let position: BTreeMap<i64, usize> =
             victims.iter().enumerate().map(|(i, e)| (e.id, i)).collect();
 
@@ -369,7 +381,7 @@ impl Store {
         for e in &victims {
             let mut doomed = vec![
                 keys::execution(e.id),
-                keys::with_rev_id(&keys::exec_by_ns_prefix(ns), e.id),
+                keys::legacy_exec_by_ns(ns, e.id),
                 super::exec_state_key(e),
             ];
             // Its associations with contexts, both ways.
@@ -431,10 +443,7 @@ impl Store {
                 for art_id in dies_with.get(&(first + i)).into_iter().flatten() {
                     let a = self.artifact(*art_id, None)?;
                     doomed.push(keys::artifact(a.id));
-                    doomed.push(keys::with_rev_id(
-                        &keys::artifact_by_ns_prefix(&a.namespace),
-                        a.id,
-                    ));
+                    doomed.push(keys::legacy_artifact_by_ns(&a.namespace, a.id));
                     doomed.extend(super::artifact_index_keys(&a));
                     // Its attributions to contexts, both ways.
                     for item in self

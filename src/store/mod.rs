@@ -1050,10 +1050,6 @@ fn put_artifact_tx(
             a.id,
             &digest,
         )?;
-        tx.set(
-            keys::with_rev_id(&keys::artifact_by_ns_prefix(&a.namespace), a.id),
-            &[],
-        )?;
         for k in artifact_index_keys(&a) {
             tx.set(k, &[])?;
         }
@@ -1125,7 +1121,8 @@ fn refresh_copies_tx(tx: &Tx, artifact: &Artifact, producers: &[i64]) -> TxResul
 }
 
 /// The entries of an artifact in the indexes that change with its content:
-/// by (namespace, type) and by (namespace, state).
+/// by (namespace, type) and by (namespace, state), the latter also its
+/// namespace's index (`keys::artifact_by_ns_prefixes`).
 pub(crate) fn artifact_index_keys(a: &Artifact) -> [Vec<u8>; 2] {
     [
         keys::with_rev_id(
@@ -1316,12 +1313,15 @@ fn put_execution_tx(
             return abort(not_found("execution.id: execution", req.id, Some(ns)));
         };
         check_execution_update(&old, req, ns).or_else(abort)?;
-        if old.state != req.state {
+        let moves = old.state != req.state;
+        if moves {
             tx.remove(exec_state_key(&old))?;
         }
         exec = old;
         exec.state = req.state;
-        tx.set(exec_state_key(&exec), &[])?;
+        if moves {
+            tx.set(exec_state_key(&exec), &[])?;
+        }
         exec.output_parameters.extend(req.output_parameters.clone());
         exec.properties.extend(req.properties.clone());
         if req.cache_ttl.is_some() {
@@ -1450,10 +1450,7 @@ fn put_execution_tx(
 fn insert_new_execution_tx(tx: &Tx, exec: &Execution, _now: i64) -> TxResult<()> {
     let ns = exec.namespace.as_str();
     put(tx, keys::execution(exec.id), exec)?;
-    tx.set(
-        keys::with_rev_id(&keys::exec_by_ns_prefix(ns), exec.id),
-        &[],
-    )?;
+    // Also its namespace's index (`keys::exec_by_ns_prefixes`).
     tx.set(exec_state_key(exec), &[])?;
     if let Some(ti) = &exec.interface {
         tx.set(

@@ -74,7 +74,7 @@ impl Store {
             Some(t) => keys::context_by_type_prefix(&f.namespace, t),
             None => keys::context_by_ns_prefix(&f.namespace),
         };
-        self.walk(&[prefix], start_at(after), 1, page_size, |id| {
+        self.walk(vec![Index::one(prefix)], start_at(after), 1, page_size, |id| {
             Ok(self
                 .get::<Context>(&keys::context(id))?
                 .filter(|c| c.namespace == f.namespace))
@@ -104,11 +104,9 @@ impl Store {
         if let Some(s) = f.state {
             prefixes.push(keys::exec_by_state_prefix(ns, s as i32));
         }
-        let by_ns = keys::exec_by_ns_prefix(ns);
-        if prefixes.is_empty() {
-            prefixes.push(by_ns.clone());
-        }
-        let Some((floor, ceiling)) = self.id_range(&by_ns, &f.created, |id| {
+        let by_ns = || Index::any_of(keys::exec_by_ns_prefixes(ns));
+        let indexes = indexes_or(prefixes, by_ns);
+        let Some((floor, ceiling)) = self.id_range(by_ns(), &f.created, |id| {
             Ok(self
                 .get::<Execution>(&keys::execution(id))?
                 .map(|e| created_ms(e.create_time.as_ref())))
@@ -117,7 +115,7 @@ impl Store {
             return Ok(empty());
         };
         let start = start_at(after).min(ceiling);
-        self.walk(&prefixes, start, floor, page_size, |id| {
+        self.walk(indexes, start, floor, page_size, |id| {
             let Some(e) = self.get::<Execution>(&keys::execution(id))? else {
                 return Ok(None); // pruned meanwhile
             };
@@ -154,11 +152,9 @@ impl Store {
         if let Some(s) = f.state {
             prefixes.push(keys::artifact_by_state_prefix(ns, s as i32));
         }
-        let by_ns = keys::artifact_by_ns_prefix(ns);
-        if prefixes.is_empty() {
-            prefixes.push(by_ns.clone());
-        }
-        let Some((floor, ceiling)) = self.id_range(&by_ns, &f.created, |id| {
+        let by_ns = || Index::any_of(keys::artifact_by_ns_prefixes(ns));
+        let indexes = indexes_or(prefixes, by_ns);
+        let Some((floor, ceiling)) = self.id_range(by_ns(), &f.created, |id| {
             Ok(self
                 .get::<Artifact>(&keys::artifact(id))?
                 .map(|a| created_ms(a.create_time.as_ref())))
@@ -167,7 +163,7 @@ impl Store {
             return Ok(empty());
         };
         let start = start_at(after).min(ceiling);
-        self.walk(&prefixes, start, floor, page_size, |id| {
+        self.walk(indexes, start, floor, page_size, |id| {
             let Some(a) = self.get::<Artifact>(&keys::artifact(id))? else {
                 return Ok(None);
             };
@@ -203,17 +199,17 @@ impl Store {
     /// record can match.
     fn id_range(
         &self,
-        index: &[u8],
+        mut index: Index,
         range: &TimeRange,
         created: impl Fn(i64) -> Result<Option<i64>>,
     ) -> Result<Option<(i64, i64)>> {
         if range.is_unbounded() {
             return Ok(Some((1, i64::MAX)));
         }
-        let Some(max_id) = self.seek(index, i64::MAX)? else {
+        let Some(max_id) = index.seek(self, i64::MAX)? else {
             return Ok(None);
         };
-        query::id_range(range, max_id, |x| match self.seek(index, x)? {
+        query::id_range(range, max_id, |x| match index.seek(self, x)? {
             Some(id) => Ok(created(id)?.map(|ms| (id, ms))),
             None => Ok(None),
         })
@@ -224,7 +220,7 @@ impl Store {
     /// full, the indexes end or the examine budget runs out.
     fn walk<T>(
         &self,
-        prefixes: &[Vec<u8>],
+        mut indexes: Vec<Index>,
         start: i64,
         floor: i64,
         page_size: usize,
@@ -234,17 +230,12 @@ impl Store {
         let mut budget = EXAMINE_BUDGET;
         let mut at = start;
         loop {
-            let step =
-                query::next_common(
-                    prefixes.len(),
-                    at,
-                    floor,
-                    &mut budget,
-                    |i, x| match prefixes.get(i) {
-                        Some(p) => self.seek(p, x),
-                        None => Ok(None),
-                    },
-                )?;
+            let step = query::next_common(indexes.len(), at, floor, &mut budget, |i, x| {
+                match indexes.get_mut(i) {
+                    Some(index) => index.seek(self, x),
+                    None => Ok(None),
+                }
+            })?;
             match step {
                 Step::End => {
                     return Ok(Page {
@@ -265,8 +256,8 @@ impl Store {
                     }
                     if items.len() >= page_size {
                         // A token only when the first index goes on.
-                        let more = match prefixes.first() {
-                            Some(p) => self.seek(p, id - 1)?.is_some_and(|n| n >= floor),
+                        let more = match indexes.first_mut() {
+                            Some(index) => index.seek(self, id - 1)?.is_some_and(|n| n >= floor),
                             None => false,
                         };
                         return Ok(Page {
@@ -336,6 +327,60 @@ impl Graph for EventGraph<'_> {
                     }),
             ),
         })
+    }
+}
+
+/// An ID-ordered index a list walks: the entries under one key prefix, or
+/// the union of several (a namespace's records are the union of its
+/// per-state indexes, which hold each record once).
+struct Index {
+    prefixes: Vec<Vec<u8>>,
+    /// Per prefix, the last seek: (at most, the ID found). A walk seeks
+    /// downwards, so most prefixes of a union answer from here.
+    last: Vec<Option<(i64, Option<i64>)>>,
+}
+
+impl Index {
+    fn one(prefix: Vec<u8>) -> Index {
+        Index::any_of(vec![prefix])
+    }
+
+    fn any_of(prefixes: Vec<Vec<u8>>) -> Index {
+        let last = vec![None; prefixes.len()];
+        Index { prefixes, last }
+    }
+
+    /// The largest ID at or below `at_most` in any of the prefixes.
+    fn seek(&mut self, store: &Store, at_most: i64) -> Result<Option<i64>> {
+        let mut best = None;
+        for (prefix, last) in self.prefixes.iter().zip(self.last.iter_mut()) {
+            let found = match *last {
+                // What the last seek found is still the answer when it is at
+                // or below this one's bound, which is at or below the last's.
+                Some((asked, found))
+                    if at_most <= asked && found.is_none_or(|id| id <= at_most) =>
+                {
+                    found
+                }
+                _ => {
+                    let found = store.seek(prefix, at_most)?;
+                    *last = Some((at_most, found));
+                    found
+                }
+            };
+            best = best.max(found);
+        }
+        Ok(best)
+    }
+}
+
+/// The indexes of the filters given, or the kind's by-namespace index when
+/// none was.
+fn indexes_or(prefixes: Vec<Vec<u8>>, by_ns: impl FnOnce() -> Index) -> Vec<Index> {
+    if prefixes.is_empty() {
+        vec![by_ns()]
+    } else {
+        prefixes.into_iter().map(Index::one).collect()
     }
 }
 
