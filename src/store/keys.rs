@@ -160,6 +160,7 @@ pub fn event_tail(event_type: i32, name: &str, index: i32) -> Vec<u8> {
         .done()
 }
 
+/// A legacy per-event record of an execution (see `events`).
 pub fn event_by_exec(exec_id: i64, artifact_id: i64, tail: &[u8]) -> Vec<u8> {
     KeyBuf::new(EVENT_BY_EXEC)
         .id(exec_id)
@@ -188,33 +189,30 @@ pub fn events_of_artifact_typed(artifact_id: i64, event_type: i32) -> Vec<u8> {
         .done()
 }
 
-/// The events of one type of an execution.
-pub fn events_of_execution_typed(exec_id: i64, event_type: i32) -> Vec<u8> {
-    KeyBuf::new(EVENT_BY_EXEC)
-        .id(exec_id)
-        .byte(event_type.clamp(0, 255) as u8)
-        .done()
-}
-
 /// The execution id of an event-by-artifact key.
 pub fn event_by_artifact_exec(k: &[u8]) -> Result<i64, Error> {
     Ok(read_u64(k, 10)? as i64)
 }
 
-pub fn events_of_execution(exec_id: i64) -> Vec<u8> {
+/// The events of an execution, one record (see `events`); also the prefix
+/// of its legacy per-event records (`event_by_exec`).
+pub fn event_list(exec_id: i64) -> Vec<u8> {
     KeyBuf::new(EVENT_BY_EXEC).id(exec_id).done()
 }
+
+/// The length of an `event_list` key (legacy per-event keys are longer).
+pub const EVENT_LIST_LEN: usize = 9;
 
 pub fn events_of_artifact(artifact_id: i64) -> Vec<u8> {
     KeyBuf::new(EVENT_BY_ARTIFACT).id(artifact_id).done()
 }
 
-/// The by-execution key an event-by-artifact key points at.
-pub fn event_by_artifact_target(k: &[u8]) -> Result<Vec<u8>, Error> {
+/// (artifact id, execution id, tail) of an event-by-artifact key.
+pub fn parse_event_by_artifact(k: &[u8]) -> Result<(i64, i64, &[u8]), Error> {
     let art = read_u64(k, 1)?;
     let exec = read_u64(k, 10)?;
     let tail = k.get(18..).ok_or_else(|| corrupt(k))?;
-    Ok(event_by_exec(exec as i64, art as i64, tail))
+    Ok((art as i64, exec as i64, tail))
 }
 
 pub fn external_id(ns: &str, kind: u8, external_id: &str) -> Vec<u8> {
@@ -390,7 +388,10 @@ mod tests {
     fn namespaces_do_not_share_prefixes() {
         let k = CacheKey([1; 32]);
         assert!(!cache_entry("ab", &k, 1, 1).starts_with(&cache_prefix("a", &k)));
-        for (ab, a) in exec_by_ns_prefixes("ab").iter().zip(exec_by_ns_prefixes("a")) {
+        for (ab, a) in exec_by_ns_prefixes("ab")
+            .iter()
+            .zip(exec_by_ns_prefixes("a"))
+        {
             assert!(!with_rev_id(ab, 1).starts_with(&a));
         }
     }
@@ -399,10 +400,16 @@ mod tests {
     fn a_namespace_index_is_one_state_index_per_state() {
         let execs = exec_by_ns_prefixes("n");
         assert_eq!(execs.len(), 7);
-        assert_eq!(execs[3], exec_by_state_prefix("n", ExecutionState::Complete as i32));
+        assert_eq!(
+            execs[3],
+            exec_by_state_prefix("n", ExecutionState::Complete as i32)
+        );
         let arts = artifact_by_ns_prefixes("n");
         assert_eq!(arts.len(), 6);
-        assert_eq!(arts[5], artifact_by_state_prefix("n", ArtifactState::Abandoned as i32));
+        assert_eq!(
+            arts[5],
+            artifact_by_state_prefix("n", ArtifactState::Abandoned as i32)
+        );
     }
 
     #[test]
@@ -410,22 +417,18 @@ mod tests {
         let tail = event_tail(2, "model", 1);
         let by_art = event_by_artifact(42, 7, &tail);
         assert_eq!(
-            event_by_artifact_target(&by_art).unwrap(),
-            event_by_exec(7, 42, &tail)
+            parse_event_by_artifact(&by_art).unwrap(),
+            (42, 7, tail.as_slice())
         );
-        let by_exec = event_by_exec(7, 42, &tail);
-        assert!(by_exec.starts_with(&events_of_execution_typed(
-            7,
-            crate::proto::EventType::Output as i32
-        )));
-        assert!(!by_exec.starts_with(&events_of_execution_typed(
-            7,
-            crate::proto::EventType::Input as i32
-        )));
         assert_eq!(event_by_artifact_exec(&by_art).unwrap(), 7);
         assert!(by_art.starts_with(&events_of_artifact_typed(42, 2)));
         assert!(!by_art.starts_with(&events_of_artifact_typed(42, 1)));
-        assert!(event_by_exec(7, 42, &tail).starts_with(&events_of_execution_typed(7, 2)));
+        // An execution's list sorts before its legacy per-event records.
+        let list = event_list(7);
+        assert_eq!(list.len(), EVENT_LIST_LEN);
+        let legacy = event_by_exec(7, 42, &tail);
+        assert!(legacy.starts_with(&list) && legacy.len() > EVENT_LIST_LEN);
+        assert!(!event_by_exec(70, 42, &tail).starts_with(&list));
         assert!(with_rev_id(b"p", 10) < with_rev_id(b"p", 9));
         assert_eq!(rev_id_suffix(&with_rev_id(b"p", 10)).unwrap(), 10);
     }

@@ -190,29 +190,30 @@ impl Store {
                     }
                 }
                 keys::EVENT_BY_EXEC => {
-                    r.events += 1;
-                    let ev: crate::proto::Event = super::decode(&v)?;
-                    let tail = keys::event_tail(ev.r#type, &ev.name, ev.index);
-                    if !exists(&keys::execution(ev.execution_id))? {
-                        r.problems
-                            .push(format!("event of missing execution {}", ev.execution_id));
-                    }
-                    if !exists(&keys::artifact(ev.artifact_id))? {
-                        r.problems
-                            .push(format!("event of missing artifact {}", ev.artifact_id));
-                    }
-                    if !exists(&keys::event_by_artifact(
-                        ev.artifact_id,
-                        ev.execution_id,
-                        &tail,
-                    ))? {
-                        r.problems.push(format!(
-                            "event {}->{} lacks its by-artifact entry",
-                            ev.execution_id, ev.artifact_id
-                        ));
+                    for ev in super::events::decode_record(&k, &v)? {
+                        r.events += 1;
+                        let tail = keys::event_tail(ev.r#type, &ev.name, ev.index);
+                        if !exists(&keys::execution(ev.execution_id))? {
+                            r.problems
+                                .push(format!("event of missing execution {}", ev.execution_id));
+                        }
+                        if !exists(&keys::artifact(ev.artifact_id))? {
+                            r.problems
+                                .push(format!("event of missing artifact {}", ev.artifact_id));
+                        }
+                        if !exists(&keys::event_by_artifact(
+                            ev.artifact_id,
+                            ev.execution_id,
+                            &tail,
+                        ))? {
+                            r.problems.push(format!(
+                                "event {}->{} lacks its by-artifact entry",
+                                ev.execution_id, ev.artifact_id
+                            ));
+                        }
                     }
                 }
-                keys::EVENT_BY_ARTIFACT if !exists(&keys::event_by_artifact_target(&k)?)? => {
+                keys::EVENT_BY_ARTIFACT if self.event_of_index_entry(&k)?.is_none() => {
                     r.problems.push(format!(
                         "dangling by-artifact event entry {}",
                         hex::encode(&k)
@@ -408,8 +409,10 @@ impl Store {
             doomed.extend(entries);
             let events = self.events_of_execution(e.id)?;
             let n_events = events.len() as i64;
+            doomed.push(keys::event_list(e.id));
             for ev in &events {
                 let tail = keys::event_tail(ev.r#type, &ev.name, ev.index);
+                // Its legacy record, if it has one.
                 doomed.push(keys::event_by_exec(e.id, ev.artifact_id, &tail));
                 doomed.push(keys::event_by_artifact(ev.artifact_id, e.id, &tail));
                 if ev.r#type == EventType::Output as i32 && seen.insert(ev.artifact_id) {

@@ -9,6 +9,7 @@ pub mod activity;
 pub mod backup;
 pub mod combine;
 pub mod entry;
+pub mod events;
 pub mod flush;
 pub mod hot;
 pub mod keys;
@@ -24,12 +25,13 @@ use prost::Message;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
 use combine::Combiner;
+use events::NewEvents;
 
 use crate::clock::{timestamp, timestamp_ms, Clock};
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::policy::{self, Candidate, Ineligible};
-use crate::proto::{Artifact, ArtifactState, Context, Event, EventType, Execution, ExecutionState};
+use crate::proto::{Artifact, ArtifactState, Context, EventType, Execution, ExecutionState};
 use crate::query::TimeRange;
 use crate::reservations::{self, Ask, Claim, Holder};
 use flush::GroupFlush;
@@ -576,6 +578,7 @@ impl Store {
                 update_time: Some(timestamp(now)),
             };
             insert_new_execution_tx(tx, &exec, now)?;
+            let mut events = NewEvents::new(exec.id, now);
             let mut members = Vec::new();
             for (name, ids) in inputs {
                 for (i, id) in ids.iter().enumerate() {
@@ -587,16 +590,17 @@ impl Store {
                             Some(ns),
                         ));
                     }
-                    insert_event_tx(tx, exec.id, *id, EventType::Input, name, i, now)?;
+                    events.add(tx, *id, EventType::Input, name, i)?;
                     members.push(*id);
                 }
             }
             for (name, arts) in outputs {
                 for (i, a) in arts.iter().enumerate() {
-                    insert_event_tx(tx, exec.id, a.id, EventType::Output, name, i, now)?;
+                    events.add(tx, a.id, EventType::Output, name, i)?;
                     members.push(a.id);
                 }
             }
+            events.write(tx)?;
             associate_tx(tx, ns, context_ids, exec.id, &members)?;
             Ok(exec)
         })?;
@@ -850,15 +854,9 @@ impl Store {
     }
 
     /// The output artifacts of an execution by output name, in index order.
-    /// Reads only the OUTPUT events: the event type follows the execution ID
-    /// in their keys, so the INPUT events are neither read nor decoded.
     pub fn outputs_of(&self, exec_id: i64) -> Result<BTreeMap<String, Vec<Artifact>>> {
         let mut out: BTreeMap<String, Vec<Artifact>> = BTreeMap::new();
-        for item in self.tree.scan_prefix(keys::events_of_execution_typed(
-            exec_id,
-            EventType::Output as i32,
-        )) {
-            let ev: Event = decode(&item?.1)?;
+        for ev in self.events_of_execution_typed(exec_id, EventType::Output)? {
             let a = self.artifact(ev.artifact_id, None)?;
             out.entry(ev.name).or_default().push(a);
         }
@@ -874,25 +872,6 @@ impl Store {
             ))
             .map(|item| keys::event_by_artifact_exec(&item?.0))
             .collect()
-    }
-
-    pub fn events_of_execution(&self, exec_id: i64) -> Result<Vec<Event>> {
-        self.tree
-            .scan_prefix(keys::events_of_execution(exec_id))
-            .map(|item| decode(&item?.1))
-            .collect()
-    }
-
-    pub fn events_of_artifact(&self, artifact_id: i64) -> Result<Vec<Event>> {
-        let mut out = Vec::new();
-        for item in self.tree.scan_prefix(keys::events_of_artifact(artifact_id)) {
-            let (k, _) = item?;
-            let target = keys::event_by_artifact_target(&k)?;
-            if let Some(ev) = self.get::<Event>(&target)? {
-                out.push(ev);
-            }
-        }
-        Ok(out)
     }
 
     /// Flushes, closes, then checkpoints: brings the snapshot sled reads at
@@ -1262,6 +1241,7 @@ fn put_execution_tx(
     let ns = req.namespace.as_str();
     let cache_key = w.key.map(|k| k.to_string()).unwrap_or_default();
     let mut exec;
+    let mut events;
     if req.id == 0 {
         if let Some(id) =
             resolve_external_id(tx, ns, keys::KIND_EXECUTION, &req.external_id, &w.digest)?
@@ -1293,6 +1273,7 @@ fn put_execution_tx(
             &w.digest,
         )?;
         insert_new_execution_tx(tx, &exec, now)?;
+        events = NewEvents::new(exec.id, now);
         if let Some(ti) = &exec.interface {
             for (name, ids) in &ti.input_artifacts {
                 for (i, id) in ids.ids.iter().enumerate() {
@@ -1304,7 +1285,7 @@ fn put_execution_tx(
                             Some(ns),
                         ));
                     }
-                    insert_event_tx(tx, exec.id, *id, EventType::Input, name, i, now)?;
+                    events.add(tx, *id, EventType::Input, name, i)?;
                 }
             }
         }
@@ -1329,6 +1310,7 @@ fn put_execution_tx(
         }
         exec.update_time = Some(timestamp(now));
         put(tx, keys::execution(exec.id), &exec)?;
+        events = NewEvents::stored(tx, exec.id, now)?;
     }
 
     let mut output_ids = Vec::with_capacity(w.outputs.len());
@@ -1360,24 +1342,18 @@ fn put_execution_tx(
         let index = next_index.entry(name.as_str()).or_insert(0);
         // Outputs added by an update follow those already recorded (a new
         // execution has none).
-        let existing = match req.id {
-            0 => None,
-            _ => tx.get(keys::event_by_exec(
-                exec.id,
-                id,
-                &keys::event_tail(EventType::Output as i32, name, *index as i32),
-            ))?,
-        };
-        if existing.is_some() {
+        if req.id != 0 && events.recorded(tx, id, EventType::Output, name, *index)? {
             return abort(Error::precondition(format!(
                 "{field}: output {name:?}[{index}] is already recorded"
             )));
         }
-        insert_event_tx(tx, exec.id, id, EventType::Output, name, *index, now)?;
+        events.add(tx, id, EventType::Output, name, *index)?;
         *index += 1;
         output_ids.push(id);
         outputs_by_name.entry(name.clone()).or_default().push(id);
     }
+
+    events.write(tx)?;
 
     if !w.context_ids.is_empty() {
         let mut members: Vec<i64> = exec
@@ -1467,30 +1443,6 @@ fn insert_new_execution_tx(tx: &Tx, exec: &Execution, _now: i64) -> TxResult<()>
     Ok(())
 }
 
-fn insert_event_tx(
-    tx: &Tx,
-    exec_id: i64,
-    artifact_id: i64,
-    kind: EventType,
-    name: &str,
-    index: usize,
-    now: i64,
-) -> TxResult<()> {
-    let index = i32::try_from(index).unwrap_or(i32::MAX);
-    let ev = Event {
-        artifact_id,
-        execution_id: exec_id,
-        r#type: kind as i32,
-        name: name.to_string(),
-        index,
-        time: Some(timestamp(now)),
-    };
-    let tail = keys::event_tail(kind as i32, name, index);
-    put(tx, keys::event_by_exec(exec_id, artifact_id, &tail), &ev)?;
-    tx.set(keys::event_by_artifact(artifact_id, exec_id, &tail), &[])?;
-    Ok(())
-}
-
 pub fn state_name(state: i32) -> &'static str {
     ExecutionState::try_from(state)
         .map(|s| s.as_str_name())
@@ -1560,6 +1512,116 @@ mod tests {
                 .unwrap(),
         )?;
         Some(outputs["out"].iter().map(|a| a.id).collect())
+    }
+
+    /// Rewrites an execution's records into the layout of stores written
+    /// before: one record per event, by-namespace index entries.
+    fn to_earlier_layout(store: &Store, exec_id: i64) {
+        let events = store.events_of_execution(exec_id).unwrap();
+        store.tree.remove(keys::event_list(exec_id)).unwrap();
+        for ev in &events {
+            let tail = keys::event_tail(ev.r#type, &ev.name, ev.index);
+            let k = keys::event_by_exec(exec_id, ev.artifact_id, &tail);
+            store.tree.insert(k, ev.encode_to_vec()).unwrap();
+            if ev.r#type == EventType::Output as i32 {
+                let k = keys::legacy_artifact_by_ns("default", ev.artifact_id);
+                store.tree.insert(k, &[]).unwrap();
+            }
+        }
+        let k = keys::legacy_exec_by_ns("default", exec_id);
+        store.tree.insert(k, &[]).unwrap();
+    }
+
+    /// A store written before events were kept together and before the
+    /// namespace indexes were the state indexes reads, checks, lists, updates
+    /// and prunes its records as it does new ones.
+    #[test]
+    fn records_in_the_earlier_layout_read_update_and_prune_as_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(crate::clock::ManualClock::new(1_000_000));
+        let store = Store::open(dir.path(), &StoreConfig::default(), clock.clone()).unwrap();
+        let a = store.put_execution(&write("a", &[], "")).unwrap();
+        let a_out = a.output_artifact_ids[0];
+        let mut running = write("b", &[a_out], "");
+        running.execution.state = ExecutionState::Running as i32;
+        let b = store.put_execution(&running).unwrap();
+        let ids = [a.execution_id, b.execution_id];
+        let events = ids.map(|id| store.events_of_execution(id).unwrap());
+        let of_artifact = store.events_of_artifact(a_out).unwrap();
+        let checked = store.check().unwrap();
+        assert_eq!((checked.events, checked.problems.len()), (3, 0));
+
+        for id in ids {
+            to_earlier_layout(&store, id);
+        }
+        assert!(store
+            .tree
+            .get(keys::event_list(b.execution_id))
+            .unwrap()
+            .is_none());
+        assert_eq!(ids.map(|id| store.events_of_execution(id).unwrap()), events);
+        assert_eq!(store.events_of_artifact(a_out).unwrap(), of_artifact);
+        let checked = store.check().unwrap();
+        assert_eq!(
+            (checked.events, checked.problems),
+            (3, Vec::<String>::new())
+        );
+        let filter = ExecutionFilter {
+            namespace: "default".into(),
+            ..Default::default()
+        };
+        let listed = store.list_executions(&filter, 10, None).unwrap();
+        let listed: Vec<i64> = listed.items.iter().map(|e| e.id).collect();
+        assert_eq!(listed, vec![b.execution_id, a.execution_id]);
+
+        // Completing b: an output event it has in the earlier layout is
+        // refused, a new one joins those.
+        let completion = |name: &str, id: i64| {
+            let req = PutExecutionRequest {
+                execution: Some(Execution {
+                    id: b.execution_id,
+                    state: ExecutionState::Complete as i32,
+                    ..Default::default()
+                }),
+                outputs: vec![OutputArtifact {
+                    name: name.into(),
+                    artifact: Some(Artifact {
+                        id,
+                        ..Default::default()
+                    }),
+                }],
+                ..Default::default()
+            };
+            execution_write(req, &Limits::default()).unwrap()
+        };
+        let again = store.put_execution(&completion("out", b.output_artifact_ids[0]));
+        assert!(
+            matches!(again, Err(Error::FailedPrecondition(m)) if m.contains("already recorded"))
+        );
+        let done = store.put_execution(&completion("extra", 0)).unwrap();
+        let names: Vec<(String, i32)> = store
+            .events_of_execution(b.execution_id)
+            .unwrap()
+            .into_iter()
+            .map(|ev| (ev.name, ev.r#type))
+            .collect();
+        let (input, output) = (EventType::Input as i32, EventType::Output as i32);
+        assert_eq!(
+            names,
+            [("in", input), ("out", output), ("extra", output)].map(|(n, t)| (n.to_string(), t))
+        );
+        assert!(store.check().unwrap().problems.is_empty());
+        assert_eq!(done.output_artifact_ids.len(), 1);
+
+        clock.advance_ms(10_000);
+        let pruned = store.prune("default", 5_000, false).unwrap();
+        assert_eq!((pruned.executions, pruned.events), (2, 4));
+        let left: Vec<u8> = store.tree.iter().map(|item| item.unwrap().0[0]).collect();
+        assert!(
+            left.is_empty(),
+            "left: {:?}",
+            left.iter().map(|b| *b as char).collect::<String>()
+        );
     }
 
     #[test]

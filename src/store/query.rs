@@ -7,7 +7,7 @@
 //! allocated together). Each call examines at most `EXAMINE_BUDGET` index
 //! entries: a page may come back short, even empty, with a next token.
 
-use super::{decode, keys, not_found, put, tx_get, Ids, Page, Store, TxResult};
+use super::{keys, not_found, put, tx_get, Ids, Page, Store, TxResult};
 use super::{ArtifactFilter, ExecutionFilter};
 use crate::clock::{timestamp, timestamp_ms};
 use crate::error::{Error, Result};
@@ -74,11 +74,17 @@ impl Store {
             Some(t) => keys::context_by_type_prefix(&f.namespace, t),
             None => keys::context_by_ns_prefix(&f.namespace),
         };
-        self.walk(vec![Index::one(prefix)], start_at(after), 1, page_size, |id| {
-            Ok(self
-                .get::<Context>(&keys::context(id))?
-                .filter(|c| c.namespace == f.namespace))
-        })
+        self.walk(
+            vec![Index::one(prefix)],
+            start_at(after),
+            1,
+            page_size,
+            |id| {
+                Ok(self
+                    .get::<Context>(&keys::context(id))?
+                    .filter(|c| c.namespace == f.namespace))
+            },
+        )
     }
 
     /// Executions newest first, filtered, from after the page token.
@@ -230,12 +236,13 @@ impl Store {
         let mut budget = EXAMINE_BUDGET;
         let mut at = start;
         loop {
-            let step = query::next_common(indexes.len(), at, floor, &mut budget, |i, x| {
-                match indexes.get_mut(i) {
+            let step =
+                query::next_common(indexes.len(), at, floor, &mut budget, |i, x| match indexes
+                    .get_mut(i)
+                {
                     Some(index) => index.seek(self, x),
                     None => Ok(None),
-                }
-            })?;
+                })?;
             match step {
                 Step::End => {
                     return Ok(Page {
@@ -307,23 +314,20 @@ struct EventGraph<'a>(&'a Store);
 
 impl Graph for EventGraph<'_> {
     fn edges(&self, node: Node, dir: Dir) -> Result<Edges<'_>> {
-        let t = lineage::edge_type(node, dir) as i32;
-        let tree = &self.0.tree;
+        let t = lineage::edge_type(node, dir);
+        let store = self.0;
         Ok(match node {
-            Node::Execution(id) => Box::new(
-                tree.scan_prefix(keys::events_of_execution_typed(id, t))
-                    .map(|item| decode::<Event>(&item?.1)),
-            ),
+            Node::Execution(id) => {
+                Box::new(store.events_of_execution_typed(id, t)?.into_iter().map(Ok))
+            }
             Node::Artifact(id) => Box::new(
-                tree.scan_prefix(keys::events_of_artifact_typed(id, t))
+                store
+                    .tree
+                    .scan_prefix(keys::events_of_artifact_typed(id, t as i32))
                     .filter_map(move |item| {
-                        let target = item
-                            .map_err(Error::from)
-                            .and_then(|(k, _)| keys::event_by_artifact_target(&k));
-                        match target {
-                            Ok(target) => self.0.get::<Event>(&target).transpose(),
-                            Err(e) => Some(Err(e)),
-                        }
+                        item.map_err(Error::from)
+                            .and_then(|(k, _)| store.event_of_index_entry(&k))
+                            .transpose()
                     }),
             ),
         })
