@@ -12,12 +12,21 @@ use rand::{Rng, SeedableRng};
 type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 
 /// A cache of 1 KiB (4 bytes per LRU shard): nearly every read pages in.
+/// A reopen right after a drop waits for the lock: sled's flusher thread
+/// lets go of the file a moment after the last handle (seen once under load).
 fn open(dir: &std::path::Path) -> sled::Db {
-    sled::Config::new()
-        .path(dir)
-        .cache_capacity(1024)
-        .open()
-        .unwrap()
+    let config = sled::Config::new().path(dir).cache_capacity(1024);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match config.open() {
+            Ok(db) => return db,
+            Err(e) if e.to_string().contains("could not acquire lock") => {
+                assert!(std::time::Instant::now() < deadline, "{e}");
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
 
 fn key(rng: &mut StdRng) -> Vec<u8> {
