@@ -1111,15 +1111,23 @@ impl SegmentAccountant {
         let config = self.config.clone();
 
         io_fail!(&config, "file truncation");
-        threadpool::spawn(move || {
-            debug!("truncating file to length {}", at);
-            let res = config
-                .file
-                .set_len(at)
-                .and_then(|_| config.file.sync_all())
-                .map_err(|e| e.into());
-            completer.fill(res);
-        })?;
+        // stepcache patch 13: the truncation runs on a thread of its own,
+        // not on the IO threadpool. `bump_tip` waits for it while it holds
+        // the segment accountant's lock, which the pool's threads take to
+        // stabilize their writes (`IoBufs::sa_stabilize`): once every pool
+        // thread waited for that lock, a truncation queued behind them never
+        // ran, and the store hung (seen in query-bench's bulk writes).
+        std::thread::Builder::new()
+            .name("sled-truncate".to_string())
+            .spawn(move || {
+                debug!("truncating file to length {}", at);
+                let res = config
+                    .file
+                    .set_len(at)
+                    .and_then(|_| config.file.sync_all())
+                    .map_err(|e| e.into());
+                completer.fill(res);
+            })?;
 
         if self.async_truncations.insert(at, promise).is_some() {
             panic!(
