@@ -75,13 +75,27 @@ impl Store {
         Ok(events)
     }
 
-    /// The event a by-artifact index entry names (None when it is gone).
+    /// The event a by-artifact index entry names (None when it is gone): in
+    /// its execution's list, else a legacy single event. Two point reads at
+    /// most, no scan (lineage calls this once per edge).
     pub(crate) fn event_of_index_entry(&self, k: &[u8]) -> Result<Option<Event>> {
         let (artifact_id, exec_id, tail) = keys::parse_event_by_artifact(k)?;
-        Ok(self
-            .events_of_execution(exec_id)?
-            .into_iter()
-            .find(|ev| ev.artifact_id == artifact_id && has_tail(ev, tail)))
+        if let Some(v) = self.tree.get(keys::event_list(exec_id))? {
+            let listed = decode::<EventList>(&v)?
+                .events
+                .into_iter()
+                .find(|ev| ev.artifact_id == artifact_id && has_tail(ev, tail));
+            if listed.is_some() {
+                return Ok(listed);
+            }
+        }
+        match self
+            .tree
+            .get(keys::event_by_exec(exec_id, artifact_id, tail))?
+        {
+            Some(v) => Ok(Some(decode::<Event>(&v)?)),
+            None => Ok(None),
+        }
     }
 
     pub fn events_of_artifact(&self, artifact_id: i64) -> Result<Vec<Event>> {
