@@ -7,6 +7,8 @@
 # SETTLED_DIR holds a preload of N executions (stepcache-bench --preload N
 # --data-dir SETTLED_DIR ..., then stepcache check --data-dir SETTLED_DIR).
 # Give the binaries alternating: this machine's speed drifts within minutes.
+# BENCH_ARGS adds options to every round's stepcache-bench (for instance
+# "--cache-capacity-mb 128": call once per setting, alternating).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 settled=$1 n=$2
@@ -19,7 +21,7 @@ for server in "$@"; do
   for _ in $(seq 200); do grep -q pinned "$work.pin" && break; sleep 0.3; done
   echo "== $server"
   target/release/stepcache-bench --server-bin "$server" --data-dir "$work" --preload "$n" \
-    --rounds 1 --duration 5 --warmup 0.5 --concurrency 64 put | grep " put "
+    --rounds 1 --duration 5 --warmup 0.5 --concurrency 64 ${BENCH_ARGS:-} put | grep " put "
   kill "$pinner" && wait "$pinner" 2>/dev/null || true
 done
 rm -rf "$work" "$work.pin"
