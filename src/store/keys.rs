@@ -111,12 +111,20 @@ impl KeyBuf {
 }
 
 pub fn artifact(id: i64) -> Vec<u8> {
-    KeyBuf::new(ARTIFACT).id(id).done()
+    record(ARTIFACT, id)
 }
 
 pub fn execution(id: i64) -> Vec<u8> {
-    KeyBuf::new(EXECUTION).id(id).done()
+    record(EXECUTION, id)
 }
+
+/// The record of an ID of one kind (`ARTIFACT`, `EXECUTION`, `CONTEXT`): the
+/// prefix, then the ID; `RECORD_KEY_LEN` bytes.
+pub fn record(kind: u8, id: i64) -> Vec<u8> {
+    KeyBuf::new(kind).id(id).done()
+}
+
+pub const RECORD_KEY_LEN: usize = 9;
 
 /// Cache index entries of (namespace, key): newest completion first, and the
 /// newest execution first within one millisecond.
@@ -286,7 +294,7 @@ pub fn artifact_by_state_prefix(ns: &str, state: i32) -> Vec<u8> {
 }
 
 pub fn context(id: i64) -> Vec<u8> {
-    KeyBuf::new(CONTEXT).id(id).done()
+    record(CONTEXT, id)
 }
 
 pub fn context_by_name(ns: &str, context_type: &str, name: &str) -> Vec<u8> {

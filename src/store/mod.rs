@@ -1466,6 +1466,10 @@ mod tests {
     }
 
     fn write(component: &str, inputs: &[i64], external_id: &str) -> ExecutionWrite {
+        write_in("", component, inputs, external_id)
+    }
+
+    fn write_in(ns: &str, component: &str, inputs: &[i64], external_id: &str) -> ExecutionWrite {
         let ti = TaskInterface {
             component: component.into(),
             input_artifacts: [(
@@ -1480,6 +1484,7 @@ mod tests {
         };
         let req = PutExecutionRequest {
             execution: Some(Execution {
+                namespace: ns.into(),
                 interface: Some(ti),
                 external_id: external_id.into(),
                 state: ExecutionState::Complete as i32,
@@ -1622,6 +1627,73 @@ mod tests {
             "left: {:?}",
             left.iter().map(|b| *b as char).collect::<String>()
         );
+    }
+
+    #[test]
+    fn created_windows_bound_each_namespace_by_ids_of_all() {
+        // Executions of two namespaces interleave in ID and creation order;
+        // a window's ID range is found over both, and each namespace's list
+        // holds exactly its own executions created in the window.
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(crate::clock::ManualClock::new(1_000_000));
+        let store = Store::open(dir.path(), &StoreConfig::default(), clock.clone()).unwrap();
+        let mut made: Vec<(String, i64, i64, i64)> = Vec::new(); // (ns, exec, output, ms)
+        for i in 0..40 {
+            let ns = ["default", "other"][usize::from(i % 3 == 0)];
+            let w = write_in(ns, &format!("c{i}"), &[], "");
+            let done = store.put_execution(&w).unwrap();
+            made.push((
+                ns.into(),
+                done.execution_id,
+                done.output_artifact_ids[0],
+                clock.now_ms(),
+            ));
+            clock.advance_ms(if i % 5 == 0 { 0 } else { 7 });
+        }
+        let first = made[0].3;
+        let windows = [
+            (None, None),
+            (Some(first), Some(first + 1)),
+            (Some(first + 20), Some(first + 90)),
+            (Some(first + 21), None),
+            (None, Some(first + 50)),
+            (Some(first + 10_000), None),
+            (None, Some(first)),
+            (Some(first + 90), Some(first + 20)),
+        ];
+        for ns in ["default", "other", "none"] {
+            for (after_ms, before_ms) in windows {
+                let created = TimeRange {
+                    after_ms,
+                    before_ms,
+                };
+                let want = |pick: fn(&(String, i64, i64, i64)) -> i64| -> Vec<i64> {
+                    let mut ids: Vec<i64> = made
+                        .iter()
+                        .filter(|m| m.0 == ns && created.contains(m.3))
+                        .map(pick)
+                        .collect();
+                    ids.reverse();
+                    ids
+                };
+                let f = ExecutionFilter {
+                    namespace: ns.into(),
+                    created,
+                    ..Default::default()
+                };
+                let got = store.list_executions(&f, 100, None).unwrap();
+                let got: Vec<i64> = got.items.iter().map(|e| e.id).collect();
+                assert_eq!(got, want(|m| m.1), "executions {ns} {created:?}");
+                let f = ArtifactFilter {
+                    namespace: ns.into(),
+                    created,
+                    ..Default::default()
+                };
+                let got = store.list_artifacts(&f, 100, None).unwrap();
+                let got: Vec<i64> = got.items.iter().map(|a| a.id).collect();
+                assert_eq!(got, want(|m| m.2), "artifacts {ns} {created:?}");
+            }
+        }
     }
 
     #[test]

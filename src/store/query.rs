@@ -7,7 +7,7 @@
 //! allocated together). Each call examines at most `EXAMINE_BUDGET` index
 //! entries: a page may come back short, even empty, with a next token.
 
-use super::{keys, not_found, put, tx_get, Ids, Page, Store, TxResult};
+use super::{decode, keys, not_found, put, tx_get, Ids, Page, Store, TxResult};
 use super::{ArtifactFilter, ExecutionFilter};
 use crate::clock::{timestamp, timestamp_ms};
 use crate::error::{Error, Result};
@@ -112,10 +112,8 @@ impl Store {
         }
         let by_ns = || Index::any_of(keys::exec_by_ns_prefixes(ns));
         let indexes = indexes_or(prefixes, by_ns);
-        let Some((floor, ceiling)) = self.id_range(by_ns(), &f.created, |id| {
-            Ok(self
-                .get::<Execution>(&keys::execution(id))?
-                .map(|e| created_ms(e.create_time.as_ref())))
+        let Some((floor, ceiling)) = self.id_range(keys::EXECUTION, &f.created, |v| {
+            Ok(created_ms(decode::<Execution>(v)?.create_time.as_ref()))
         })?
         else {
             return Ok(empty());
@@ -160,10 +158,8 @@ impl Store {
         }
         let by_ns = || Index::any_of(keys::artifact_by_ns_prefixes(ns));
         let indexes = indexes_or(prefixes, by_ns);
-        let Some((floor, ceiling)) = self.id_range(by_ns(), &f.created, |id| {
-            Ok(self
-                .get::<Artifact>(&keys::artifact(id))?
-                .map(|a| created_ms(a.create_time.as_ref())))
+        let Some((floor, ceiling)) = self.id_range(keys::ARTIFACT, &f.created, |v| {
+            Ok(created_ms(decode::<Artifact>(v)?.create_time.as_ref()))
         })?
         else {
             return Ok(empty());
@@ -199,26 +195,44 @@ impl Store {
         }
     }
 
-    /// The ID range of a created-time range, by binary search over `index`
-    /// (the kind's by-namespace index); `created(id)` loads a creation time.
-    /// `Some((1, i64::MAX))` when the range is unbounded; None when no
-    /// record can match.
+    /// The ID range of a created-time range, by binary search over every
+    /// record of a kind (`kind`: `keys::EXECUTION` or `keys::ARTIFACT`), in any
+    /// namespace: IDs and creation times are allocated together for all
+    /// namespaces, so the bounds found hold for each one's subset, and one
+    /// seek per probe reads the ID and its record. `created(record)` decodes a
+    /// creation time. `Some((1, i64::MAX))` when the range is unbounded; None
+    /// when no record can match.
     fn id_range(
         &self,
-        mut index: Index,
+        kind: u8,
         range: &TimeRange,
-        created: impl Fn(i64) -> Result<Option<i64>>,
+        created: impl Fn(&[u8]) -> Result<i64>,
     ) -> Result<Option<(i64, i64)>> {
         if range.is_unbounded() {
             return Ok(Some((1, i64::MAX)));
         }
-        let Some(max_id) = index.seek(self, i64::MAX)? else {
+        let at_most = |x: i64| -> Result<Option<(i64, i64)>> {
+            if x < 1 {
+                return Ok(None);
+            }
+            let bound = keys::record(kind, x);
+            match self.tree.range(..=bound).next_back() {
+                Some(item) => {
+                    let (k, v) = item?;
+                    match (k.first(), k.len()) {
+                        (Some(p), keys::RECORD_KEY_LEN) if *p == kind => {
+                            Ok(Some((keys::id_suffix(&k)?, created(&v)?)))
+                        }
+                        _ => Ok(None),
+                    }
+                }
+                None => Ok(None),
+            }
+        };
+        let Some((max_id, _)) = at_most(i64::MAX)? else {
             return Ok(None);
         };
-        query::id_range(range, max_id, |x| match index.seek(self, x)? {
-            Some(id) => Ok(created(id)?.map(|ms| (id, ms))),
-            None => Ok(None),
-        })
+        query::id_range(range, max_id, at_most)
     }
 
     /// Walks the intersection of ID-ordered indexes downwards from `start`
