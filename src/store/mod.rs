@@ -1638,7 +1638,7 @@ mod tests {
         let clock = Arc::new(crate::clock::ManualClock::new(1_000_000));
         let store = Store::open(dir.path(), &StoreConfig::default(), clock.clone()).unwrap();
         let mut made: Vec<(String, i64, i64, i64)> = Vec::new(); // (ns, exec, output, ms)
-        for i in 0..40 {
+        for i in 0..300 {
             let ns = ["default", "other"][usize::from(i % 3 == 0)];
             let w = write_in(ns, &format!("c{i}"), &[], "");
             let done = store.put_execution(&w).unwrap();
@@ -1655,6 +1655,8 @@ mod tests {
             (None, None),
             (Some(first), Some(first + 1)),
             (Some(first + 20), Some(first + 90)),
+            (Some(first + 500), Some(first + 1_300)),
+            (Some(first + 1_001), None),
             (Some(first + 21), None),
             (None, Some(first + 50)),
             (Some(first + 10_000), None),
@@ -1681,7 +1683,7 @@ mod tests {
                     created,
                     ..Default::default()
                 };
-                let got = store.list_executions(&f, 100, None).unwrap();
+                let got = store.list_executions(&f, 1_000, None).unwrap();
                 let got: Vec<i64> = got.items.iter().map(|e| e.id).collect();
                 assert_eq!(got, want(|m| m.1), "executions {ns} {created:?}");
                 let f = ArtifactFilter {
@@ -1689,7 +1691,7 @@ mod tests {
                     created,
                     ..Default::default()
                 };
-                let got = store.list_artifacts(&f, 100, None).unwrap();
+                let got = store.list_artifacts(&f, 1_000, None).unwrap();
                 let got: Vec<i64> = got.items.iter().map(|a| a.id).collect();
                 assert_eq!(got, want(|m| m.2), "artifacts {ns} {created:?}");
             }
