@@ -200,8 +200,10 @@ const ID_BLOCK: usize = 64;
 /// The state of ID allocation.
 #[derive(Default)]
 struct IdGen {
-    /// The creation time of the last allocated ID.
-    last_ms: i64,
+    /// The creation time of the last allocated ID; None until the newest
+    /// stored record's is read (at the first allocation after an open or an
+    /// import).
+    last_ms: Option<i64>,
     /// `keys::META_ID_FLOOR`, once read.
     floor: Option<u64>,
     /// Values of sled's generator fetched and not handed out yet, ascending.
@@ -316,8 +318,12 @@ impl Store {
     /// stamps the last time again), so that a created-time range is an ID range.
     fn allocate(&self, n: usize) -> Result<Alloc> {
         let mut g = self.id_gen()?;
-        let now = self.now_ms().max(g.last_ms);
-        g.last_ms = now;
+        let last = match g.last_ms {
+            Some(ms) => ms,
+            None => self.newest_create_ms()?,
+        };
+        let now = self.now_ms().max(last);
+        g.last_ms = Some(now);
         // Above the floor an import left (a restored store has a fresh generator).
         let floor = match g.floor {
             Some(f) => f,
@@ -348,10 +354,46 @@ impl Store {
         Ok(Alloc { now, ids })
     }
 
-    /// After an import moved the ID floor.
+    /// After an import moved the ID floor (and brought records created
+    /// later than any here, perhaps).
     fn reload_id_floor(&self) -> Result<()> {
-        self.id_gen()?.floor = None;
+        let mut g = self.id_gen()?;
+        g.floor = None;
+        g.last_ms = None;
         Ok(())
+    }
+
+    /// The creation time of the newest stored record (0 in an empty store): a
+    /// clock that stepped back while the server was down must not stamp new
+    /// IDs earlier than the IDs before them.
+    fn newest_create_ms(&self) -> Result<i64> {
+        let mut newest = 0;
+        for kind in [keys::EXECUTION, keys::ARTIFACT, keys::CONTEXT] {
+            if let Some((_, v)) = self.record_at_most(kind, i64::MAX)? {
+                newest = newest.max(record_create_ms(kind, &v)?);
+            }
+        }
+        Ok(newest)
+    }
+
+    /// The record of the largest ID at or below `at_most` of one kind
+    /// (`keys::record`), with that ID.
+    fn record_at_most(&self, kind: u8, at_most: i64) -> Result<Option<(i64, sled::IVec)>> {
+        if at_most < 1 {
+            return Ok(None);
+        }
+        match self.tree.range(..=keys::record(kind, at_most)).next_back() {
+            Some(item) => {
+                let (k, v) = item?;
+                match (k.first(), k.len()) {
+                    (Some(p), keys::RECORD_KEY_LEN) if *p == kind => {
+                        Ok(Some((keys::id_suffix(&k)?, v)))
+                    }
+                    _ => Ok(None),
+                }
+            }
+            None => Ok(None),
+        }
     }
 
     fn id_gen(&self) -> Result<MutexGuard<'_, IdGen>> {
@@ -1449,6 +1491,17 @@ pub fn state_name(state: i32) -> &'static str {
         .unwrap_or("an unknown state")
 }
 
+/// The creation time in a record of `kind` (`keys::EXECUTION`,
+/// `keys::ARTIFACT` or `keys::CONTEXT`).
+fn record_create_ms(kind: u8, v: &[u8]) -> Result<i64> {
+    let t = match kind {
+        keys::EXECUTION => decode::<Execution>(v)?.create_time,
+        keys::ARTIFACT => decode::<Artifact>(v)?.create_time,
+        _ => decode::<Context>(v)?.create_time,
+    };
+    Ok(t.as_ref().map(timestamp_ms).unwrap_or(0))
+}
+
 /// Creation time of an execution record.
 pub fn create_ms(e: &Execution) -> i64 {
     e.create_time.as_ref().map(timestamp_ms).unwrap_or(0)
@@ -1627,6 +1680,33 @@ mod tests {
             "left: {:?}",
             left.iter().map(|b| *b as char).collect::<String>()
         );
+    }
+
+    #[test]
+    fn a_clock_that_stepped_back_while_closed_stamps_no_id_earlier() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(crate::clock::ManualClock::new(1_000_000));
+        let store = Store::open(dir.path(), &StoreConfig::default(), clock.clone()).unwrap();
+        let first = store.put_execution(&write("a", &[], "")).unwrap();
+        store.close().unwrap();
+
+        clock.advance_ms(-60_000);
+        let store = Store::open(dir.path(), &StoreConfig::default(), clock.clone()).unwrap();
+        let second = store.put_execution(&write("b", &[], "")).unwrap();
+        let ms = |id| create_ms(&store.execution(id, None).unwrap());
+        assert!(second.execution_id > first.execution_id);
+        assert_eq!(ms(second.execution_id), ms(first.execution_id));
+        let f = ExecutionFilter {
+            namespace: "default".into(),
+            created: TimeRange {
+                after_ms: Some(1_000_000),
+                before_ms: None,
+            },
+            ..Default::default()
+        };
+        let listed = store.list_executions(&f, 10, None).unwrap();
+        let listed: Vec<i64> = listed.items.iter().map(|e| e.id).collect();
+        assert_eq!(listed, vec![second.execution_id, first.execution_id]);
     }
 
     #[test]

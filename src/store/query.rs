@@ -7,7 +7,7 @@
 //! allocated together). Each call examines at most `EXAMINE_BUDGET` index
 //! entries: a page may come back short, even empty, with a next token.
 
-use super::{decode, keys, not_found, put, tx_get, Ids, Page, Store, TxResult};
+use super::{keys, not_found, put, tx_get, Ids, Page, Store, TxResult};
 use super::{ArtifactFilter, ExecutionFilter};
 use crate::clock::{timestamp, timestamp_ms};
 use crate::error::{Error, Result};
@@ -112,10 +112,7 @@ impl Store {
         }
         let by_ns = || Index::any_of(keys::exec_by_ns_prefixes(ns));
         let indexes = indexes_or(prefixes, by_ns);
-        let Some((floor, ceiling)) = self.id_range(keys::EXECUTION, &f.created, |v| {
-            Ok(created_ms(decode::<Execution>(v)?.create_time.as_ref()))
-        })?
-        else {
+        let Some((floor, ceiling)) = self.id_range(keys::EXECUTION, &f.created)? else {
             return Ok(empty());
         };
         let start = start_at(after).min(ceiling);
@@ -158,10 +155,7 @@ impl Store {
         }
         let by_ns = || Index::any_of(keys::artifact_by_ns_prefixes(ns));
         let indexes = indexes_or(prefixes, by_ns);
-        let Some((floor, ceiling)) = self.id_range(keys::ARTIFACT, &f.created, |v| {
-            Ok(created_ms(decode::<Artifact>(v)?.create_time.as_ref()))
-        })?
-        else {
+        let Some((floor, ceiling)) = self.id_range(keys::ARTIFACT, &f.created)? else {
             return Ok(empty());
         };
         let start = start_at(after).min(ceiling);
@@ -199,33 +193,15 @@ impl Store {
     /// record of a kind (`kind`: `keys::EXECUTION` or `keys::ARTIFACT`), in any
     /// namespace: IDs and creation times are allocated together for all
     /// namespaces, so the bounds found hold for each one's subset, and one
-    /// seek per probe reads the ID and its record. `created(record)` decodes a
-    /// creation time. `Some((1, i64::MAX))` when the range is unbounded; None
-    /// when no record can match.
-    fn id_range(
-        &self,
-        kind: u8,
-        range: &TimeRange,
-        created: impl Fn(&[u8]) -> Result<i64>,
-    ) -> Result<Option<(i64, i64)>> {
+    /// seek per probe reads the ID and its record. `Some((1, i64::MAX))` when
+    /// the range is unbounded; None when no record can match.
+    fn id_range(&self, kind: u8, range: &TimeRange) -> Result<Option<(i64, i64)>> {
         if range.is_unbounded() {
             return Ok(Some((1, i64::MAX)));
         }
         let at_most = |x: i64| -> Result<Option<(i64, i64)>> {
-            if x < 1 {
-                return Ok(None);
-            }
-            let bound = keys::record(kind, x);
-            match self.tree.range(..=bound).next_back() {
-                Some(item) => {
-                    let (k, v) = item?;
-                    match (k.first(), k.len()) {
-                        (Some(p), keys::RECORD_KEY_LEN) if *p == kind => {
-                            Ok(Some((keys::id_suffix(&k)?, created(&v)?)))
-                        }
-                        _ => Ok(None),
-                    }
-                }
+            match self.record_at_most(kind, x)? {
+                Some((id, v)) => Ok(Some((id, super::record_create_ms(kind, &v)?))),
                 None => Ok(None),
             }
         };
