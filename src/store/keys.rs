@@ -118,8 +118,9 @@ pub fn execution(id: i64) -> Vec<u8> {
     record(EXECUTION, id)
 }
 
-/// The record of an ID of one kind (`ARTIFACT`, `EXECUTION`, `CONTEXT`): the
-/// prefix, then the ID; `RECORD_KEY_LEN` bytes.
+/// The record of an ID of one kind (`ARTIFACT`, `EXECUTION`, `CONTEXT`, an
+/// execution's `EVENT_BY_EXEC` list): the prefix, then the ID;
+/// `RECORD_KEY_LEN` bytes.
 pub fn record(kind: u8, id: i64) -> Vec<u8> {
     KeyBuf::new(kind).id(id).done()
 }
@@ -205,11 +206,11 @@ pub fn event_by_artifact_exec(k: &[u8]) -> Result<i64, Error> {
 /// The events of an execution, one record (see `events`); also the prefix
 /// of its legacy per-event records (`event_by_exec`).
 pub fn event_list(exec_id: i64) -> Vec<u8> {
-    KeyBuf::new(EVENT_BY_EXEC).id(exec_id).done()
+    record(EVENT_BY_EXEC, exec_id)
 }
 
 /// The length of an `event_list` key (legacy per-event keys are longer).
-pub const EVENT_LIST_LEN: usize = 9;
+pub const EVENT_LIST_LEN: usize = RECORD_KEY_LEN;
 
 pub fn events_of_artifact(artifact_id: i64) -> Vec<u8> {
     KeyBuf::new(EVENT_BY_ARTIFACT).id(artifact_id).done()

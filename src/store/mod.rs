@@ -1499,12 +1499,17 @@ fn record_create_ms(kind: u8, v: &[u8]) -> Result<i64> {
         keys::ARTIFACT => decode::<Artifact>(v)?.create_time,
         _ => decode::<Context>(v)?.create_time,
     };
-    Ok(t.as_ref().map(timestamp_ms).unwrap_or(0))
+    Ok(created_ms(t.as_ref()))
 }
 
 /// Creation time of an execution record.
 pub fn create_ms(e: &Execution) -> i64 {
-    e.create_time.as_ref().map(timestamp_ms).unwrap_or(0)
+    created_ms(e.create_time.as_ref())
+}
+
+/// A record's creation time in ms (0 when it has none).
+fn created_ms(t: Option<&prost_types::Timestamp>) -> i64 {
+    t.map(timestamp_ms).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -7,9 +7,9 @@
 //! allocated together). Each call examines at most `EXAMINE_BUDGET` index
 //! entries: a page may come back short, even empty, with a next token.
 
-use super::{keys, not_found, put, tx_get, Ids, Page, Store, TxResult};
+use super::{created_ms, keys, not_found, put, tx_get, Ids, Page, Store, TxResult};
 use super::{ArtifactFilter, ExecutionFilter};
-use crate::clock::{timestamp, timestamp_ms};
+use crate::clock::timestamp;
 use crate::error::{Error, Result};
 use crate::lineage::{self, Bounds, Dir, Edges, Graph, Node};
 use crate::proto::{Artifact, Context, Event, Execution};
@@ -32,10 +32,6 @@ pub struct LineageResult {
     pub executions: Vec<Execution>,
     pub events: Vec<Event>,
     pub truncated: bool,
-}
-
-fn created_ms(t: Option<&prost_types::Timestamp>) -> i64 {
-    t.map(timestamp_ms).unwrap_or(0)
 }
 
 impl Store {
