@@ -59,6 +59,12 @@ enum Command {
         /// Hits kept in memory (the newest servable one per key; 0 = off).
         #[arg(long, default_value_t = 20_000)]
         hot_hits: usize,
+        /// Size limit of the hits file in MiB (`hits.log` in the data dir:
+        /// every cached hit, so that a hit not in memory reads its ~1 KB
+        /// record instead of a sled leaf; past the limit it starts over).
+        /// 0: no hits file.
+        #[arg(long, default_value_t = 2048)]
+        hit_log_mb: u64,
         /// Threads that serve store reads (lookups, gets, lists); default:
         /// two per core, at least 4; 0: reads take tokio's blocking threads.
         #[arg(long)]
@@ -256,6 +262,7 @@ fn main() -> anyhow::Result<()> {
             cache_capacity_mb,
             max_message_bytes,
             hot_hits,
+            hit_log_mb,
             read_threads,
             write_threads,
             max_page_size,
@@ -282,6 +289,7 @@ fn main() -> anyhow::Result<()> {
             config.metrics_listen = metrics_listen;
             config.store.cache_capacity = cache_capacity_mb * 1024 * 1024;
             config.store.hot_hits = hot_hits;
+            config.store.hit_log_bytes = hit_log_mb * 1024 * 1024;
             if let Some(n) = read_threads {
                 config.read_threads = n;
             }
@@ -384,6 +392,8 @@ fn main() -> anyhow::Result<()> {
                 std::sync::Arc::new(stepcache::clock::SystemClock),
             )?;
             let r = store.check()?;
+            // A clean close keeps the hits file's index for the next start.
+            store.close()?;
             println!(
                 "{} executions, {} artifacts, {} events, {} cache entries, {} problems",
                 r.executions,

@@ -119,9 +119,11 @@ pub fn export_dir(data_dir: &Path, out: impl Write) -> anyhow::Result<Summary> {
         bail!("no stepcache store at {}", data_dir.display());
     }
     let store = open(data_dir)?;
-    store
+    let summary = store
         .export(out)
-        .with_context(|| format!("exporting {}", data_dir.display()))
+        .with_context(|| format!("exporting {}", data_dir.display()))?;
+    store.close()?;
+    Ok(summary)
 }
 
 /// `stepcache import`: restores a backup into a new or empty store at

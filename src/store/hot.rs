@@ -1,21 +1,26 @@
 //! An in-memory cache of the newest servable hit per (namespace, key), so that a
 //! repeated lookup costs a hash, a mutex and a reference count instead of a
-//! read on a pool thread (a page-in, on a store larger than sled's cache). It
+//! read on a pool thread (a page-in, on a store larger than sled's cache).
+//! Behind the memory tier, the hits file (`hitlog`) keeps every hit the
+//! cache is given, at ~1 KB per key on disk and 16 bytes of index in memory:
+//! a hit that is not in memory is one small read instead of a sled leaf. A
+//! publish puts its hit in both at once (`Store::republished`). It
 //! holds the hit as the reply's encoded fields (`entry::encoded_hit`), which a
 //! reply carries as they are: nothing is decoded or encoded again, and 20,000
 //! entries take ~20 MiB, not the ~120 MiB their decoded executions and
 //! artifacts did (BENCHMARKS.md). It only ever holds what the store would
 //! serve: every write that could change an answer (a publish of the key, an
 //! artifact update, invalidation, gc, prune) evicts after it commits, and a
-//! lookup inserts only if no eviction happened since it began reading (a
-//! generation counter), so a result read before a write is never cached after
-//! it. Staleness and TTL are judged again at every hit with the current clock.
+//! lookup inserts only if no eviction of its key happened since it began
+//! reading (a generation counter per stripe of keys), so a result read before
+//! a write is never cached after it. Staleness and TTL are judged again at every hit with the current clock.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
+use super::hitlog::{self, HitLog, Index, Segment};
 use crate::key::CacheKey;
 use crate::policy::{self, Candidate};
 
@@ -28,32 +33,65 @@ pub struct HotHit {
     pub fields: prost::bytes::Bytes,
 }
 
+/// Eviction counters: a key's generation is the sum of the whole cache's and
+/// its stripe's, so that a write evicting one key does not turn away every
+/// insert racing it, only those of keys in its stripe.
+const STRIPES: usize = 1024;
+
 struct Inner {
     lru: Option<LruCache<(String, CacheKey), Arc<HotHit>>>,
-    generation: u64,
+    cleared: u64,
+    stripes: Vec<u64>,
+    tier: Option<Tier>,
+}
+
+/// The second tier: every hit given to the cache, in the hits file.
+struct Tier {
+    segment: Arc<Segment>,
+    index: Index,
+}
+
+impl Inner {
+    fn generation(&self, tag: u64) -> u64 {
+        let stripe = self.stripes[tag as usize % STRIPES];
+        self.cleared.wrapping_add(stripe)
+    }
 }
 
 pub struct HotHits {
     inner: Mutex<Inner>,
+    log: Option<HitLog>,
 }
 
 impl HotHits {
-    /// `capacity` 0 turns the cache off.
-    pub fn new(capacity: usize) -> Self {
+    /// `capacity` hits in memory (0: none), and every hit in `log` if given.
+    pub fn new(capacity: usize, log: Option<(HitLog, Arc<Segment>, Index)>) -> Self {
+        let (log, tier) = match log {
+            Some((log, segment, index)) => (Some(log), Some(Tier { segment, index })),
+            None => (None, None),
+        };
         HotHits {
             inner: Mutex::new(Inner {
                 lru: NonZeroUsize::new(capacity).map(LruCache::new),
-                generation: 0,
+                cleared: 0,
+                stripes: vec![0; STRIPES],
+                tier,
             }),
+            log,
         }
     }
 
     /// Read before reading the store; pass to `insert`.
-    pub fn generation(&self) -> u64 {
-        self.inner.lock().map(|i| i.generation).unwrap_or(u64::MAX)
+    pub fn generation(&self, ns: &str, key: &CacheKey) -> u64 {
+        let tag = hitlog::tag(ns, key);
+        self.inner
+            .lock()
+            .map(|i| i.generation(tag))
+            .unwrap_or(u64::MAX)
     }
 
-    /// The cached hit if it may still be served now under `max_staleness_ms`.
+    /// The cached hit in memory if it may still be served now under
+    /// `max_staleness_ms`.
     pub fn get(
         &self,
         ns: &str,
@@ -65,35 +103,122 @@ impl HotHits {
             let mut inner = self.inner.lock().ok()?;
             inner.lru.as_mut()?.get(&(ns.to_string(), *key))?.clone()
         };
-        let candidate = Candidate {
-            completed_ms: hit.completed_ms,
-            ttl_ms: hit.ttl_ms,
-            outputs_live: true,
-            invalidated: false,
-        };
-        policy::eligibility(&candidate, now_ms, max_staleness_ms)
-            .ok()
-            .map(|()| hit)
+        servable(hit, now_ms, max_staleness_ms)
     }
 
-    /// Caches a hit read from the store, unless something was evicted since
+    /// As `get`, from the hits file (a read: call it off the async threads).
+    /// A hit found there is kept in memory too.
+    pub fn get_stored(
+        &self,
+        ns: &str,
+        key: &CacheKey,
+        now_ms: i64,
+        max_staleness_ms: Option<i64>,
+    ) -> Option<Arc<HotHit>> {
+        let tag = hitlog::tag(ns, key);
+        let (generation, segment, packed) = {
+            let inner = self.inner.lock().ok()?;
+            let tier = inner.tier.as_ref()?;
+            let packed = *tier.index.get(&tag)?;
+            (inner.generation(tag), tier.segment.clone(), packed)
+        };
+        let stored = segment.read(packed, ns, key)?;
+        let hit = Arc::new(HotHit {
+            completed_ms: stored.completed_ms,
+            ttl_ms: stored.ttl_ms,
+            fields: stored.fields,
+        });
+        if let Ok(mut inner) = self.inner.lock() {
+            if inner.generation(tag) == generation {
+                if let Some(lru) = inner.lru.as_mut() {
+                    lru.put((ns.to_string(), *key), hit.clone());
+                }
+            }
+        }
+        servable(hit, now_ms, max_staleness_ms)
+    }
+
+    /// Caches a hit read from the store, unless its key was evicted since
     /// `generation` was read.
     pub fn insert(&self, generation: u64, ns: &str, key: &CacheKey, hit: HotHit) {
-        if let Ok(mut inner) = self.inner.lock() {
-            if inner.generation == generation {
-                if let Some(lru) = inner.lru.as_mut() {
-                    lru.put((ns.to_string(), *key), Arc::new(hit));
-                }
+        let tag = hitlog::tag(ns, key);
+        let record = match self.log {
+            Some(_) => hitlog::encode(ns, key, hit.completed_ms, hit.ttl_ms, &hit.fields),
+            None => None,
+        };
+        let at = {
+            let Ok(mut inner) = self.inner.lock() else {
+                return;
+            };
+            if inner.generation(tag) != generation {
+                return;
+            }
+            if let Some(lru) = inner.lru.as_mut() {
+                lru.put((ns.to_string(), *key), Arc::new(hit));
+            }
+            match (record, self.log.as_ref()) {
+                (Some(record), Some(log)) => self.reserve(&mut inner, log, record),
+                _ => None,
+            }
+        };
+        // The write happens outside the lock; the index learns of the record
+        // only once it is whole, and only if nothing evicted the key meanwhile.
+        let Some((segment, offset, record)) = at else {
+            return;
+        };
+        if segment.write(offset, &record).is_err() {
+            return;
+        }
+        if let (Ok(mut inner), Some(packed)) =
+            (self.inner.lock(), hitlog::pack(offset, record.len()))
+        {
+            let current = inner.generation(tag) == generation;
+            if let Some(tier) = inner
+                .tier
+                .as_mut()
+                .filter(|t| current && Arc::ptr_eq(&t.segment, &segment))
+            {
+                tier.index.insert(tag, packed);
             }
         }
     }
 
+    /// Room for `record` in the hits file; a full file starts over (and the
+    /// tier with it).
+    fn reserve(
+        &self,
+        inner: &mut Inner,
+        log: &HitLog,
+        record: Vec<u8>,
+    ) -> Option<(Arc<Segment>, u64, Vec<u8>)> {
+        let tier = inner.tier.as_mut()?;
+        if let Some(at) = tier.segment.reserve(record.len(), log.cap) {
+            return Some((tier.segment.clone(), at, record));
+        }
+        match log.rotate() {
+            Ok(segment) => {
+                tier.segment = segment;
+                tier.index.clear();
+            }
+            Err(e) => {
+                tracing::warn!("the hits file could not start over, so it is off: {e}");
+                inner.tier = None;
+            }
+        }
+        inner.cleared += 1;
+        None
+    }
+
     /// After a write that may change the answer for (ns, key).
     pub fn evict(&self, ns: &str, key: &CacheKey) {
+        let tag = hitlog::tag(ns, key);
         if let Ok(mut inner) = self.inner.lock() {
-            inner.generation += 1;
+            inner.stripes[tag as usize % STRIPES] += 1;
             if let Some(lru) = inner.lru.as_mut() {
                 lru.pop(&(ns.to_string(), *key));
+            }
+            if let Some(tier) = inner.tier.as_mut() {
+                tier.index.remove(&tag);
             }
         }
     }
@@ -101,12 +226,41 @@ impl HotHits {
     /// After a write that may change any answer.
     pub fn clear(&self) {
         if let Ok(mut inner) = self.inner.lock() {
-            inner.generation += 1;
+            inner.cleared += 1;
             if let Some(lru) = inner.lru.as_mut() {
                 lru.clear();
             }
+            if let Some(tier) = inner.tier.as_mut() {
+                tier.index.clear();
+            }
         }
     }
+
+    /// Writes the hits file's index for the next open with `epoch` (at a
+    /// clean close, after the store's last write).
+    pub fn persist(&self, epoch: u64) -> std::io::Result<()> {
+        let inner = self
+            .inner
+            .lock()
+            .map_err(|_| std::io::Error::other("the hot cache's lock is poisoned"))?;
+        match (&self.log, &inner.tier) {
+            (Some(log), Some(tier)) => log.persist(&tier.segment, &tier.index, epoch),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `hit` if staleness and TTL allow it now.
+fn servable(hit: Arc<HotHit>, now_ms: i64, max_staleness_ms: Option<i64>) -> Option<Arc<HotHit>> {
+    let candidate = Candidate {
+        completed_ms: hit.completed_ms,
+        ttl_ms: hit.ttl_ms,
+        outputs_live: true,
+        invalidated: false,
+    };
+    policy::eligibility(&candidate, now_ms, max_staleness_ms)
+        .ok()
+        .map(|()| hit)
 }
 
 #[cfg(test)]
@@ -123,9 +277,9 @@ mod tests {
 
     #[test]
     fn serves_until_stale_or_expired() {
-        let h = HotHits::new(10);
+        let h = HotHits::new(10, None);
         let k = CacheKey([1; 32]);
-        h.insert(h.generation(), "ns", &k, hit(1_000, Some(500)));
+        h.insert(h.generation("ns", &k), "ns", &k, hit(1_000, Some(500)));
         assert!(h.get("ns", &k, 1_500, None).is_some());
         assert!(h.get("ns", &k, 1_501, None).is_none(), "ttl");
         assert!(h.get("ns", &k, 1_100, Some(99)).is_none(), "staleness");
@@ -137,23 +291,84 @@ mod tests {
 
     #[test]
     fn a_read_that_raced_a_write_is_not_cached() {
-        let h = HotHits::new(10);
+        let h = HotHits::new(10, None);
         let k = CacheKey([2; 32]);
-        let before = h.generation();
+        let before = h.generation("ns", &k);
         h.evict("ns", &k); // a write committed while the lookup was reading
         h.insert(before, "ns", &k, hit(1, None));
         assert!(h.get("ns", &k, 2, None).is_none());
-        h.insert(h.generation(), "ns", &k, hit(1, None));
+        h.insert(h.generation("ns", &k), "ns", &k, hit(1, None));
         assert!(h.get("ns", &k, 2, None).is_some());
         h.clear();
         assert!(h.get("ns", &k, 2, None).is_none());
     }
 
+    fn with_file(dir: &std::path::Path, cap: u64) -> HotHits {
+        HotHits::new(0, Some(HitLog::open(dir, cap, None).unwrap()))
+    }
+
+    #[test]
+    fn the_hits_file_keeps_what_memory_does_not_and_forgets_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = with_file(dir.path(), 1 << 20);
+        let (k, other) = (CacheKey([4; 32]), CacheKey([5; 32]));
+        h.insert(h.generation("ns", &k), "ns", &k, hit(1_000, Some(500)));
+        assert!(h.get("ns", &k, 1_100, None).is_none(), "no memory tier");
+        let stored = h.get_stored("ns", &k, 1_100, None).unwrap();
+        assert_eq!(&stored.fields[..], &[0u8]);
+        assert!(h.get_stored("ns", &k, 1_501, None).is_none(), "ttl");
+        assert!(h.get_stored("nt", &k, 1_100, None).is_none());
+        assert!(h.get_stored("ns", &other, 1_100, None).is_none());
+
+        // An eviction of another key in another stripe turns no insert away.
+        let before = h.generation("ns", &k);
+        h.evict("ns", &other);
+        h.insert(before, "ns", &k, hit(2_000, None));
+        assert_eq!(
+            h.get_stored("ns", &k, 2_100, None).unwrap().completed_ms,
+            2_000
+        );
+        // Its own eviction does, and forgets the stored one.
+        let before = h.generation("ns", &k);
+        h.evict("ns", &k);
+        assert!(h.get_stored("ns", &k, 2_100, None).is_none());
+        h.insert(before, "ns", &k, hit(3_000, None));
+        assert!(h.get_stored("ns", &k, 3_100, None).is_none());
+        h.insert(h.generation("ns", &other), "ns", &other, hit(1, None));
+        h.clear();
+        assert!(h.get_stored("ns", &other, 2, None).is_none());
+    }
+
+    #[test]
+    fn a_full_hits_file_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for two records of this size (header 58 + "ns" + 1 byte).
+        let h = with_file(dir.path(), 130);
+        let keys: Vec<CacheKey> = (10..13).map(|i| CacheKey([i; 32])).collect();
+        for k in &keys[..2] {
+            h.insert(h.generation("ns", k), "ns", k, hit(1, None));
+        }
+        assert!(keys[..2]
+            .iter()
+            .all(|k| h.get_stored("ns", k, 2, None).is_some()));
+        // The third does not fit: the file starts over, empty.
+        h.insert(h.generation("ns", &keys[2]), "ns", &keys[2], hit(1, None));
+        assert!(keys
+            .iter()
+            .all(|k| h.get_stored("ns", k, 2, None).is_none()));
+        h.insert(h.generation("ns", &keys[2]), "ns", &keys[2], hit(1, None));
+        assert!(h.get_stored("ns", &keys[2], 2, None).is_some());
+        let len = std::fs::metadata(dir.path().join(hitlog::LOG_FILE))
+            .unwrap()
+            .len();
+        assert_eq!(len, 61);
+    }
+
     #[test]
     fn capacity_zero_is_off() {
-        let h = HotHits::new(0);
+        let h = HotHits::new(0, None);
         let k = CacheKey([3; 32]);
-        h.insert(h.generation(), "ns", &k, hit(1, None));
+        h.insert(h.generation("ns", &k), "ns", &k, hit(1, None));
         assert!(h.get("ns", &k, 2, None).is_none());
     }
 }

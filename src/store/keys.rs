@@ -27,6 +27,9 @@ pub const META: u8 = b'~';
 /// Every ID at or below this u64 (BE) was handed out before an import (see
 /// `backup`): new IDs are generated above it.
 pub const META_ID_FLOOR: &[u8] = b"~id-floor";
+/// The epoch of the hits file's index written at the last clean close
+/// (`hitlog`); removed at open.
+pub const META_HIT_LOG_EPOCH: &[u8] = b"~hit-log-epoch";
 pub const CONTEXT: u8 = b'g';
 /// (namespace, type, name) -> context id.
 pub const CONTEXT_BY_NAME: u8 = b'h';

@@ -119,7 +119,10 @@ impl Store {
             Ok(n)
         })?;
         if n > 0 {
-            self.hot.clear();
+            for k in &entries {
+                let (key, _, _) = keys::parse_cache_entry(k)?;
+                self.hot.evict(ns, &key);
+            }
             self.durable()?;
         }
         Ok(n)

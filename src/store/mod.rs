@@ -11,6 +11,7 @@ pub mod combine;
 pub mod entry;
 pub mod events;
 pub mod flush;
+pub mod hitlog;
 pub mod hot;
 pub mod keys;
 pub mod maintenance;
@@ -54,6 +55,8 @@ pub struct StoreConfig {
     pub cache_capacity: u64,
     /// Hits kept in memory (the newest servable one per key); 0 = off.
     pub hot_hits: usize,
+    /// The hits file's size limit in bytes (`hitlog`); 0 = no hits file.
+    pub hit_log_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -61,6 +64,7 @@ impl Default for StoreConfig {
         StoreConfig {
             cache_capacity: 32 * 1024 * 1024,
             hot_hits: 20_000,
+            hit_log_bytes: 2 << 30,
         }
     }
 }
@@ -295,6 +299,7 @@ impl Store {
                 ))
             })?;
         let tree = db.open_tree("stepcache")?;
+        let hot = hot::HotHits::new(config.hot_hits, open_hit_log(path, &tree, config)?);
         Ok(Store {
             path: path.to_path_buf(),
             db,
@@ -303,7 +308,7 @@ impl Store {
             activity: activity::WriteActivity::default(),
             clock,
             key_locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
-            hot: hot::HotHits::new(config.hot_hits),
+            hot,
             writes: Combiner::new(WRITE_BATCH),
             ids: Mutex::new(IdGen::default()),
         })
@@ -480,8 +485,7 @@ impl Store {
         match self.put_execution_unsynced(w)? {
             Written::New(written) => {
                 if let (true, Ok(k)) = (written.published, written.cache_key.parse::<CacheKey>()) {
-                    // A newer entry now wins for this key.
-                    self.hot.evict(&w.execution.namespace, &k);
+                    self.republished(&w.execution.namespace, &k);
                 }
                 self.durable()?;
                 Ok(written)
@@ -497,14 +501,20 @@ impl Store {
         let mut replayed = Vec::new();
         for (i, w) in writes.iter().enumerate() {
             match self.put_execution_unsynced(w)? {
-                Written::New(written) => out.push(Some(written)),
+                Written::New(written) => {
+                    if let (true, Ok(k)) =
+                        (written.published, written.cache_key.parse::<CacheKey>())
+                    {
+                        self.republished(&w.execution.namespace, &k);
+                    }
+                    out.push(Some(written))
+                }
                 Written::Replayed(id) => {
                     out.push(None);
                     replayed.push((i, id));
                 }
             }
         }
-        self.hot.clear();
         self.durable()?;
         for (i, id) in replayed {
             if let (Some(slot), Some(w)) = (out.get_mut(i), writes.get(i)) {
@@ -512,6 +522,16 @@ impl Store {
             }
         }
         Ok(out.into_iter().flatten().collect())
+    }
+
+    /// After a write published a new entry of (ns, key): it now wins, in
+    /// the hot cache too, where it goes at once (in the hits file it is
+    /// what a hit reads instead of sled's leaf).
+    fn republished(&self, ns: &str, key: &CacheKey) {
+        self.hot.evict(ns, key);
+        if let Err(e) = self.lookup(ns, key, None) {
+            tracing::debug!("a published entry was not cached: {e}");
+        }
     }
 
     fn put_execution_unsynced(&self, w: &ExecutionWrite) -> Result<Written> {
@@ -662,9 +682,12 @@ impl Store {
             key,
             max_staleness_ms,
             now: self.now_ms(),
-            generation: self.hot.generation(),
+            generation: self.hot.generation(ns, key),
             prefix: keys::cache_prefix(ns, key),
         };
+        if let Some(hit) = self.hot.get_stored(ns, key, judge.now, max_staleness_ms) {
+            return Ok(Lookup::Hit(Hit::Encoded(hit.fields.clone())));
+        }
         // Most lookups are answered by the newest entry alone, read without
         // adding its leaf to sled's cache (vendored sled, change 12).
         let newest = match self.tree.first_at_or_after(&judge.prefix)? {
@@ -923,7 +946,16 @@ impl Store {
     /// "Memory and startup"). A store that was not closed (a crash) is caught
     /// up by the next open as before.
     pub fn close(self) -> Result<()> {
+        // The hits file's index is valid for the store as it is now: both
+        // record one epoch, and the next open uses the index only if they
+        // match (`hitlog`).
+        let epoch = close_epoch(&self.path);
+        self.tree
+            .insert(keys::META_HIT_LOG_EPOCH, &epoch.to_be_bytes())?;
         self.flush()?;
+        if let Err(e) = self.hot.persist(epoch) {
+            tracing::warn!("the hits file's index was not saved (the next start reads sled until hits are cached again): {e}");
+        }
         let path = self.path.clone();
         // Every handle must be gone first: the checkpoint takes the store's
         // file lock, as open does.
@@ -954,6 +986,48 @@ impl Store {
 }
 
 pub use entry::{INVALIDATED, VALID};
+
+/// The hits file of the store at `path`, with its saved index when the
+/// store has not changed since it was written; None when off or unusable.
+/// The store's epoch is removed first, so that no index written before can
+/// match after this open writes.
+fn open_hit_log(
+    path: &Path,
+    tree: &sled::Tree,
+    config: &StoreConfig,
+) -> Result<Option<(hitlog::HitLog, Arc<hitlog::Segment>, hitlog::Index)>> {
+    let epoch = match tree.remove(keys::META_HIT_LOG_EPOCH)? {
+        Some(v) => {
+            tree.flush()?;
+            <[u8; 8]>::try_from(v.as_ref()).ok().map(u64::from_be_bytes)
+        }
+        None => None,
+    };
+    if config.hit_log_bytes == 0 {
+        return Ok(None);
+    }
+    match hitlog::HitLog::open(path, config.hit_log_bytes, epoch) {
+        Ok(log) => Ok(Some(log)),
+        Err(e) => {
+            tracing::warn!("no hits file (hits are read from sled): {e}");
+            Ok(None)
+        }
+    }
+}
+
+/// A value no earlier close of this store used.
+fn close_epoch(path: &Path) -> u64 {
+    let mut h = blake3::Hasher::new();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    h.update(&now.as_nanos().to_le_bytes());
+    h.update(&std::process::id().to_le_bytes());
+    h.update(path.as_os_str().as_encoded_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.finalize().as_bytes()[..8]);
+    u64::from_le_bytes(b)
+}
 
 /// sled could not take the store's file lock: another handle has it open.
 fn lock_busy(e: &sled::Error) -> bool {
@@ -1931,15 +2005,16 @@ mod tests {
         let created = write("hot", &[], "");
         let c = store.put_execution(&created).unwrap();
         let key = created.key.unwrap();
-        assert!(
-            store.lookup_hot("default", &key, None).is_none(),
-            "not read yet"
-        );
+        let hot = store.lookup_hot("default", &key, None);
+        let hot = hot.expect("a published hit goes into the hot cache at once");
+        store.hot.clear();
         let read = store.lookup("default", &key, None).unwrap();
         assert!(matches!(read, Lookup::Hit(Hit::Encoded(_))), "{read:?}");
-        let hot = store.lookup_hot("default", &key, None);
-        let hot = hot.expect("the hit read from the store is in the hot cache");
         assert_eq!(served(hot).unwrap(), served(read).unwrap());
+        assert!(
+            store.lookup_hot("default", &key, None).is_some(),
+            "read, cached"
+        );
         assert!(store.lookup_hot("other", &key, None).is_none());
 
         // An artifact update forgets it; the next read caches the new copy.
@@ -1965,6 +2040,106 @@ mod tests {
             Lookup::Hit(Hit::Decoded { .. })
         ));
         assert!(store.lookup_hot("default", &cold, None).is_none());
+    }
+
+    /// The hit of `key` in the hits file, decoded.
+    fn stored_hit(store: &Store, key: &CacheKey) -> Option<(Execution, entry::Outputs)> {
+        let hit = store.hot.get_stored("default", key, store.now_ms(), None)?;
+        served(Lookup::Hit(Hit::Encoded(hit.fields.clone())))
+    }
+
+    #[test]
+    fn the_hits_file_serves_what_the_store_would_across_clean_restarts_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            hot_hits: 0,
+            ..StoreConfig::default()
+        };
+        let open = || Store::open(dir.path(), &config, Arc::new(SystemClock)).unwrap();
+        let store = open();
+        let (a, b) = (write("a", &[], ""), write("b", &[], ""));
+        let first_a = store.put_execution(&a).unwrap().execution_id;
+        store.put_execution(&b).unwrap();
+        let (ka, kb) = (a.key.unwrap(), b.key.unwrap());
+        let from_file = stored_hit(&store, &ka).expect("published into the hits file");
+        store.hot.clear();
+        assert!(stored_hit(&store, &ka).is_none());
+        let from_sled = served(store.lookup("default", &ka, None).unwrap()).unwrap();
+        assert_eq!(from_file, from_sled);
+        assert_eq!(from_file.0.id, first_a);
+        assert_eq!(stored_hit(&store, &ka), Some(from_sled), "read, cached");
+
+        // A newer completion of the key replaces it.
+        let second_a = store.put_execution(&a).unwrap().execution_id;
+        assert_eq!(stored_hit(&store, &ka).unwrap().0.id, second_a);
+        // Invalidation forgets it, and only it.
+        let n = store
+            .invalidate("default", &maintenance::Selector::Key(kb))
+            .unwrap();
+        assert_eq!(n, 1);
+        assert!(stored_hit(&store, &kb).is_none());
+        assert!(matches!(
+            store.lookup("default", &kb, None).unwrap(),
+            Lookup::Miss { .. }
+        ));
+        assert!(stored_hit(&store, &ka).is_some());
+        let new_b = store.put_execution(&b).unwrap().execution_id;
+        store.close().unwrap();
+
+        // A clean close keeps the index; the store has not changed since.
+        let store = open();
+        assert_eq!(stored_hit(&store, &ka).unwrap().0.id, second_a);
+        assert_eq!(stored_hit(&store, &kb).unwrap().0.id, new_b);
+        // A crash (no close) after a change: the next open starts empty.
+        let third_a = store.put_execution(&a).unwrap().execution_id;
+        drop(store);
+        let store = open();
+        assert!(stored_hit(&store, &ka).is_none());
+        let hit = served(store.lookup("default", &ka, None).unwrap()).unwrap();
+        assert_eq!(hit.0.id, third_a);
+        store.close().unwrap();
+
+        // An index saved by an earlier close, put back beside a store that
+        // changed after it, is not used.
+        let saved = |name: &str| dir.path().join(name);
+        std::fs::copy(saved(hitlog::INDEX_FILE), saved("idx.old")).unwrap();
+        std::fs::copy(saved(hitlog::LOG_FILE), saved("log.old")).unwrap();
+        let store = open();
+        let fourth_a = store.put_execution(&a).unwrap().execution_id;
+        store.close().unwrap();
+        std::fs::copy(saved("idx.old"), saved(hitlog::INDEX_FILE)).unwrap();
+        std::fs::copy(saved("log.old"), saved(hitlog::LOG_FILE)).unwrap();
+        let store = open();
+        assert!(
+            stored_hit(&store, &ka).is_none(),
+            "an index of another epoch"
+        );
+        let hit = served(store.lookup("default", &ka, None).unwrap()).unwrap();
+        assert_eq!(hit.0.id, fourth_a);
+    }
+
+    #[test]
+    fn without_a_hits_file_lookups_read_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            hot_hits: 0,
+            hit_log_bytes: 0,
+            ..StoreConfig::default()
+        };
+        let store = Store::open(dir.path(), &config, Arc::new(SystemClock)).unwrap();
+        let a = write("a", &[], "");
+        let id = store.put_execution(&a).unwrap().execution_id;
+        let ka = a.key.unwrap();
+        assert!(stored_hit(&store, &ka).is_none());
+        assert_eq!(
+            served(store.lookup("default", &ka, None).unwrap())
+                .unwrap()
+                .0
+                .id,
+            id
+        );
+        store.close().unwrap();
+        assert!(!dir.path().join(hitlog::LOG_FILE).exists());
     }
 
     /// An update that only completes execution `id`.
