@@ -112,6 +112,11 @@ pub trait Backend: Send + Sync {
     /// Flushes and stops background work; called at shutdown, with the last
     /// handle to the store.
     fn close(self: Arc<Self>) -> Result<()>;
+    /// Fills the hits file now if it is empty (sled; see
+    /// `Store::warm_hits`), for a benchmark that measures a settled server.
+    fn fill_hits_file(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 impl Backend for Store {
@@ -249,8 +254,19 @@ impl Backend for Store {
     fn check(&self) -> Result<Integrity> {
         Store::check(self)
     }
+    fn fill_hits_file(&self) -> Result<()> {
+        Store::fill_hits_file(self)
+    }
     fn close(self: Arc<Self>) -> Result<()> {
-        match Arc::try_unwrap(self) {
+        // Background work (`Store::warm_in_background`) lets go of its handle
+        // within one chunk of its work once asked to stop.
+        self.stop_background();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let store = self;
+        while Arc::strong_count(&store) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        match Arc::try_unwrap(store) {
             Ok(store) => store.close(),
             // Someone still holds it (not after a graceful shutdown): the
             // writes are made durable and the next open catches up instead.

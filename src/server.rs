@@ -219,7 +219,9 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
                 store
             })
             .await??;
-            Arc::new(store)
+            let store = Arc::new(store);
+            Store::warm_in_background(&store);
+            store
         }
     })
 }

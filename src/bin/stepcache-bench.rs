@@ -362,6 +362,9 @@ fn preload_direct(dir: &Path, url: Option<&str>, n: u64, batch: usize) -> anyhow
             "# {}: reusing a preload of {have} executions",
             dir.display()
         );
+        // A clean close keeps the hits file for the server.
+        store.fill_hits_file()?;
+        store.close()?;
         return Ok(Gen {
             inputs: marker.inputs,
         });

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -36,8 +37,26 @@ const HEADER: usize = 4 + 4 + 8 + 8 + 2 + 32;
 const LEN_BITS: u32 = 24;
 const NO_TTL: i64 = i64::MIN;
 
-/// Where a key's record is: offset and length packed in one u64.
-pub type Index = HashMap<u64, u64>;
+/// Where a key's record is: offset and length packed in one u64, by tag.
+pub type Index = HashMap<u64, u64, BuildHasherDefault<TagHasher>>;
+
+/// Tags are already uniform hashes (BLAKE3): the index uses them as they are.
+#[derive(Default)]
+pub struct TagHasher(u64);
+
+impl Hasher for TagHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 /// One file of records, appended at `end`. A rotation starts a new file under
 /// the same name; readers holding the old one keep reading it.
@@ -136,11 +155,17 @@ impl Segment {
         self.file.write_all_at(record, at)
     }
 
-    /// The record an index value points at, if it is (ns, key)'s.
-    pub fn read(&self, packed: u64, ns: &str, key: &CacheKey) -> Option<Stored> {
+    /// The record an index value points at, if it is (ns, key)'s. With
+    /// `nowait`, only if it can be read without waiting for the disk (the
+    /// page cache holds it): such a read may run on the async threads.
+    pub fn read(&self, packed: u64, ns: &str, key: &CacheKey, nowait: bool) -> Option<Stored> {
         let (at, len) = unpack(packed);
         let mut buf = vec![0; len];
-        self.file.read_exact_at(&mut buf, at).ok()?;
+        if nowait {
+            read_nowait(&self.file, &mut buf, at)?;
+        } else {
+            self.file.read_exact_at(&mut buf, at).ok()?;
+        }
         decode(Bytes::from(buf), ns, key)
     }
 }
@@ -156,11 +181,7 @@ impl HitLog {
     /// Opens the file, with the index `persist` left if `epoch` (the one the
     /// store recorded at its clean close) matches it; else empty. Either way
     /// the index file is gone when this returns.
-    pub fn open(
-        dir: &Path,
-        cap: u64,
-        epoch: Option<u64>,
-    ) -> io::Result<(HitLog, Arc<Segment>, Index)> {
+    pub fn open(dir: &Path, cap: u64, epoch: Option<u64>) -> io::Result<Opened> {
         let log = HitLog {
             dir: dir.to_path_buf(),
             cap,
@@ -170,7 +191,7 @@ impl HitLog {
             Ok(bytes) => {
                 fs::remove_file(&idx_path)?;
                 sync_dir(dir)?;
-                parse_index(&bytes).filter(|(e, _, _)| Some(*e) == epoch)
+                parse_index(&bytes).filter(|saved| Some(saved.epoch) == epoch)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(e),
@@ -182,16 +203,18 @@ impl HitLog {
             .truncate(false)
             .open(dir.join(LOG_FILE))?;
         let on_disk = file.metadata()?.len();
-        let (end, index) = match saved {
-            Some((_, end, index)) if end <= on_disk => (end, index),
-            _ => (0, Index::new()),
-        };
-        file.set_len(end)?;
+        let saved = saved.filter(|s| s.end <= on_disk).unwrap_or_default();
+        file.set_len(saved.end)?;
         let segment = Arc::new(Segment {
             file,
-            end: AtomicU64::new(end),
+            end: AtomicU64::new(saved.end),
         });
-        Ok((log, segment, index))
+        Ok(Opened {
+            log,
+            segment,
+            index: saved.index,
+            filled: saved.filled,
+        })
     }
 
     /// A new, empty file in place of the current one.
@@ -211,14 +234,22 @@ impl HitLog {
     }
 
     /// Makes the file durable and writes its index, for an `open` with the
-    /// same `epoch`.
-    pub fn persist(&self, segment: &Segment, index: &Index, epoch: u64) -> io::Result<()> {
+    /// same `epoch`. `filled`: every key of the store was given to it
+    /// since it last started over (`Store::warm_hits`).
+    pub fn persist(
+        &self,
+        segment: &Segment,
+        index: &Index,
+        filled: bool,
+        epoch: u64,
+    ) -> io::Result<()> {
         segment.file.sync_data()?;
         let end = segment.end.load(Ordering::Relaxed);
-        let mut out = Vec::with_capacity(36 + index.len() * 16);
+        let mut out = Vec::with_capacity(44 + index.len() * 16);
         out.extend_from_slice(INDEX_MAGIC);
         out.extend_from_slice(&epoch.to_le_bytes());
         out.extend_from_slice(&end.to_le_bytes());
+        out.extend_from_slice(&u64::from(filled).to_le_bytes());
         out.extend_from_slice(&(index.len() as u64).to_le_bytes());
         for (tag, packed) in index {
             out.extend_from_slice(&tag.to_le_bytes());
@@ -235,27 +266,63 @@ impl HitLog {
     }
 }
 
-/// (epoch, end of the file, index) from an index file, if it is whole.
-fn parse_index(b: &[u8]) -> Option<(u64, u64, Index)> {
+/// What `HitLog::open` found.
+pub struct Opened {
+    pub log: HitLog,
+    pub segment: Arc<Segment>,
+    pub index: Index,
+    pub filled: bool,
+}
+
+#[derive(Default)]
+struct Saved {
+    epoch: u64,
+    end: u64,
+    filled: bool,
+    index: Index,
+}
+
+/// An index file's contents, if it is whole.
+fn parse_index(b: &[u8]) -> Option<Saved> {
     let (body, crc) = b.split_at_checked(b.len().checked_sub(4)?)?;
     if crc32fast::hash(body).to_le_bytes() != crc || !body.starts_with(INDEX_MAGIC) {
         return None;
     }
     let u64_at = |at: usize| Some(u64::from_le_bytes(body.get(at..at + 8)?.try_into().ok()?));
-    let (epoch, end, count) = (u64_at(8)?, u64_at(16)?, u64_at(24)?);
-    let entries = body.get(32..)?;
+    let (epoch, end, filled, count) = (u64_at(8)?, u64_at(16)?, u64_at(24)?, u64_at(32)?);
+    let entries = body.get(40..)?;
     if entries.len() as u64 != count.checked_mul(16)? {
         return None;
     }
-    let index = entries
-        .chunks_exact(16)
-        .map(|c| Some((u64_at_slice(&c[..8])?, u64_at_slice(&c[8..])?)))
-        .collect::<Option<Index>>()?;
-    Some((epoch, end, index))
+    let mut index = Index::with_capacity_and_hasher(count as usize, Default::default());
+    for c in entries.chunks_exact(16) {
+        index.insert(u64_at_slice(&c[..8])?, u64_at_slice(&c[8..])?);
+    }
+    Some(Saved {
+        epoch,
+        end,
+        filled: filled == 1,
+        index,
+    })
 }
 
 fn u64_at_slice(b: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(b.try_into().ok()?))
+}
+
+/// Fills `buf` from `at` if the page cache holds all of it (`preadv2` with
+/// `RWF_NOWAIT`); None when it would wait for the disk, or on any error.
+fn read_nowait(file: &File, buf: &mut [u8], at: u64) -> Option<()> {
+    use std::os::fd::AsRawFd;
+    let iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    let offset = libc::off64_t::try_from(at).ok()?;
+    // SAFETY: `iov` points at `buf`, which outlives the call and is not
+    // otherwise borrowed meanwhile; the fd is open for as long as `file` is.
+    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+    (usize::try_from(n).ok()? == buf.len()).then_some(())
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -290,41 +357,62 @@ mod tests {
     fn the_index_comes_back_only_with_its_epoch_and_only_once() {
         let dir = tempfile::tempdir().unwrap();
         let k = CacheKey([1; 32]);
-        let (log, seg, mut index) = HitLog::open(dir.path(), 1 << 20, None).unwrap();
-        assert!(index.is_empty());
+        let Opened {
+            log,
+            segment: seg,
+            mut index,
+            filled,
+        } = HitLog::open(dir.path(), 1 << 20, None).unwrap();
+        assert!(index.is_empty() && !filled);
         let r = encode("ns", &k, 5, None, b"abc").unwrap();
         let at = seg.reserve(r.len(), log.cap).unwrap();
         seg.write(at, &r).unwrap();
         index.insert(tag("ns", &k), pack(at, r.len()).unwrap());
-        log.persist(&seg, &index, 42).unwrap();
+        log.persist(&seg, &index, true, 42).unwrap();
         drop(seg);
 
-        let (_, seg, loaded) = HitLog::open(dir.path(), 1 << 20, Some(42)).unwrap();
+        let opened = HitLog::open(dir.path(), 1 << 20, Some(42)).unwrap();
+        let (seg, loaded) = (opened.segment, opened.index);
         assert_eq!(loaded, index);
+        assert!(opened.filled);
         let packed = loaded[&tag("ns", &k)];
-        assert_eq!(&seg.read(packed, "ns", &k).unwrap().fields[..], b"abc");
+        assert_eq!(
+            &seg.read(packed, "ns", &k, false).unwrap().fields[..],
+            b"abc"
+        );
+        // Just written and read: in the page cache.
+        assert_eq!(
+            &seg.read(packed, "ns", &k, true).unwrap().fields[..],
+            b"abc"
+        );
         drop(seg);
         // Opened once: the index file is gone, as after a crash.
-        let (_, seg, again) = HitLog::open(dir.path(), 1 << 20, Some(42)).unwrap();
-        assert!(again.is_empty());
+        let opened = HitLog::open(dir.path(), 1 << 20, Some(42)).unwrap();
+        let (seg, again) = (opened.segment, opened.index);
+        assert!(again.is_empty() && !opened.filled);
         assert_eq!(seg.end.load(Ordering::Relaxed), 0, "the file starts over");
 
-        log.persist(&seg, &index, 7).unwrap();
-        let (_, _, other) = HitLog::open(dir.path(), 1 << 20, Some(8)).unwrap();
+        log.persist(&seg, &index, false, 7).unwrap();
+        let other = HitLog::open(dir.path(), 1 << 20, Some(8)).unwrap().index;
         assert!(other.is_empty(), "another epoch");
     }
 
     #[test]
     fn a_damaged_index_file_is_not_used() {
         let dir = tempfile::tempdir().unwrap();
-        let (log, seg, mut index) = HitLog::open(dir.path(), 1 << 20, None).unwrap();
+        let Opened {
+            log,
+            segment: seg,
+            mut index,
+            ..
+        } = HitLog::open(dir.path(), 1 << 20, None).unwrap();
         index.insert(1, pack(0, 10).unwrap());
-        log.persist(&seg, &index, 3).unwrap();
+        log.persist(&seg, &index, false, 3).unwrap();
         let path = dir.path().join(INDEX_FILE);
         let mut bytes = fs::read(&path).unwrap();
         bytes[40] ^= 0xff;
         fs::write(&path, bytes).unwrap();
-        let (_, _, loaded) = HitLog::open(dir.path(), 1 << 20, Some(3)).unwrap();
+        let loaded = HitLog::open(dir.path(), 1 << 20, Some(3)).unwrap().index;
         assert!(loaded.is_empty());
         assert!(!path.exists());
     }
@@ -332,7 +420,7 @@ mod tests {
     #[test]
     fn reservations_stop_at_the_cap() {
         let dir = tempfile::tempdir().unwrap();
-        let (_, seg, _) = HitLog::open(dir.path(), 100, None).unwrap();
+        let seg = HitLog::open(dir.path(), 100, None).unwrap().segment;
         assert_eq!(seg.reserve(60, 100), Some(0));
         assert_eq!(seg.reserve(60, 100), None);
         assert!(pack(1 << 41, 5).is_none());

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
-use super::hitlog::{self, HitLog, Index, Segment};
+use super::hitlog::{self, HitLog, Index, Opened, Segment};
 use crate::key::CacheKey;
 use crate::policy::{self, Candidate};
 
@@ -49,6 +49,8 @@ struct Inner {
 struct Tier {
     segment: Arc<Segment>,
     index: Index,
+    /// Every key of the store was given to it since it last started over.
+    filled: bool,
 }
 
 impl Inner {
@@ -65,9 +67,16 @@ pub struct HotHits {
 
 impl HotHits {
     /// `capacity` hits in memory (0: none), and every hit in `log` if given.
-    pub fn new(capacity: usize, log: Option<(HitLog, Arc<Segment>, Index)>) -> Self {
+    pub fn new(capacity: usize, log: Option<Opened>) -> Self {
         let (log, tier) = match log {
-            Some((log, segment, index)) => (Some(log), Some(Tier { segment, index })),
+            Some(o) => (
+                Some(o.log),
+                Some(Tier {
+                    segment: o.segment,
+                    index: o.index,
+                    filled: o.filled,
+                }),
+            ),
             None => (None, None),
         };
         HotHits {
@@ -106,14 +115,16 @@ impl HotHits {
         servable(hit, now_ms, max_staleness_ms)
     }
 
-    /// As `get`, from the hits file (a read: call it off the async threads).
-    /// A hit found there is kept in memory too.
+    /// As `get`, from the hits file: a read, which with `nowait` happens
+    /// only if it need not wait for the disk (so that the async threads may
+    /// call it). A hit found there is kept in memory too.
     pub fn get_stored(
         &self,
         ns: &str,
         key: &CacheKey,
         now_ms: i64,
         max_staleness_ms: Option<i64>,
+        nowait: bool,
     ) -> Option<Arc<HotHit>> {
         let tag = hitlog::tag(ns, key);
         let (generation, segment, packed) = {
@@ -122,7 +133,7 @@ impl HotHits {
             let packed = *tier.index.get(&tag)?;
             (inner.generation(tag), tier.segment.clone(), packed)
         };
-        let stored = segment.read(packed, ns, key)?;
+        let stored = segment.read(packed, ns, key, nowait)?;
         let hit = Arc::new(HotHit {
             completed_ms: stored.completed_ms,
             ttl_ms: stored.ttl_ms,
@@ -139,8 +150,9 @@ impl HotHits {
     }
 
     /// Caches a hit read from the store, unless its key was evicted since
-    /// `generation` was read.
-    pub fn insert(&self, generation: u64, ns: &str, key: &CacheKey, hit: HotHit) {
+    /// `generation` was read: in memory (unless `memory` is false) and in
+    /// the hits file.
+    pub fn insert(&self, generation: u64, ns: &str, key: &CacheKey, hit: HotHit, memory: bool) {
         let tag = hitlog::tag(ns, key);
         let record = match self.log {
             Some(_) => hitlog::encode(ns, key, hit.completed_ms, hit.ttl_ms, &hit.fields),
@@ -153,7 +165,7 @@ impl HotHits {
             if inner.generation(tag) != generation {
                 return;
             }
-            if let Some(lru) = inner.lru.as_mut() {
+            if let Some(lru) = inner.lru.as_mut().filter(|_| memory) {
                 lru.put((ns.to_string(), *key), Arc::new(hit));
             }
             match (record, self.log.as_ref()) {
@@ -183,6 +195,22 @@ impl HotHits {
         }
     }
 
+    /// Records in the hits file's index.
+    pub fn stored_len(&self) -> usize {
+        self.inner
+            .lock()
+            .map(|i| i.tier.as_ref().map_or(0, |t| t.index.len()))
+            .unwrap_or(0)
+    }
+
+    /// Whether the hits file has a record under (ns, key)'s tag.
+    pub fn has_stored(&self, ns: &str, key: &CacheKey) -> bool {
+        let tag = hitlog::tag(ns, key);
+        self.inner
+            .lock()
+            .is_ok_and(|i| i.tier.as_ref().is_some_and(|t| t.index.contains_key(&tag)))
+    }
+
     /// Room for `record` in the hits file; a full file starts over (and the
     /// tier with it).
     fn reserve(
@@ -199,6 +227,7 @@ impl HotHits {
             Ok(segment) => {
                 tier.segment = segment;
                 tier.index.clear();
+                tier.filled = false;
             }
             Err(e) => {
                 tracing::warn!("the hits file could not start over, so it is off: {e}");
@@ -232,8 +261,34 @@ impl HotHits {
             }
             if let Some(tier) = inner.tier.as_mut() {
                 tier.index.clear();
+                tier.filled = false;
             }
         }
+    }
+
+    /// How many times the whole cache was cleared: read before filling the
+    /// hits file, pass to `filled`.
+    pub fn clears(&self) -> u64 {
+        self.inner.lock().map(|i| i.cleared).unwrap_or(u64::MAX)
+    }
+
+    /// Every key of the store was given to the hits file, and nothing was
+    /// cleared since `clears` read `since`.
+    pub fn filled(&self, since: u64) {
+        if let Ok(mut inner) = self.inner.lock() {
+            let current = inner.cleared == since;
+            if let Some(tier) = inner.tier.as_mut().filter(|_| current) {
+                tier.filled = true;
+            }
+        }
+    }
+
+    /// Whether the hits file needs filling (`filled` was not called since
+    /// it last started over).
+    pub fn needs_filling(&self) -> bool {
+        self.inner
+            .lock()
+            .is_ok_and(|i| i.tier.as_ref().is_some_and(|t| !t.filled))
     }
 
     /// Writes the hits file's index for the next open with `epoch` (at a
@@ -244,7 +299,7 @@ impl HotHits {
             .lock()
             .map_err(|_| std::io::Error::other("the hot cache's lock is poisoned"))?;
         match (&self.log, &inner.tier) {
-            (Some(log), Some(tier)) => log.persist(&tier.segment, &tier.index, epoch),
+            (Some(log), Some(tier)) => log.persist(&tier.segment, &tier.index, tier.filled, epoch),
             _ => Ok(()),
         }
     }
@@ -279,7 +334,13 @@ mod tests {
     fn serves_until_stale_or_expired() {
         let h = HotHits::new(10, None);
         let k = CacheKey([1; 32]);
-        h.insert(h.generation("ns", &k), "ns", &k, hit(1_000, Some(500)));
+        h.insert(
+            h.generation("ns", &k),
+            "ns",
+            &k,
+            hit(1_000, Some(500)),
+            true,
+        );
         assert!(h.get("ns", &k, 1_500, None).is_some());
         assert!(h.get("ns", &k, 1_501, None).is_none(), "ttl");
         assert!(h.get("ns", &k, 1_100, Some(99)).is_none(), "staleness");
@@ -295,9 +356,9 @@ mod tests {
         let k = CacheKey([2; 32]);
         let before = h.generation("ns", &k);
         h.evict("ns", &k); // a write committed while the lookup was reading
-        h.insert(before, "ns", &k, hit(1, None));
+        h.insert(before, "ns", &k, hit(1, None), true);
         assert!(h.get("ns", &k, 2, None).is_none());
-        h.insert(h.generation("ns", &k), "ns", &k, hit(1, None));
+        h.insert(h.generation("ns", &k), "ns", &k, hit(1, None), true);
         assert!(h.get("ns", &k, 2, None).is_some());
         h.clear();
         assert!(h.get("ns", &k, 2, None).is_none());
@@ -312,31 +373,39 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let h = with_file(dir.path(), 1 << 20);
         let (k, other) = (CacheKey([4; 32]), CacheKey([5; 32]));
-        h.insert(h.generation("ns", &k), "ns", &k, hit(1_000, Some(500)));
+        h.insert(
+            h.generation("ns", &k),
+            "ns",
+            &k,
+            hit(1_000, Some(500)),
+            true,
+        );
         assert!(h.get("ns", &k, 1_100, None).is_none(), "no memory tier");
-        let stored = h.get_stored("ns", &k, 1_100, None).unwrap();
+        let stored = h.get_stored("ns", &k, 1_100, None, false).unwrap();
         assert_eq!(&stored.fields[..], &[0u8]);
-        assert!(h.get_stored("ns", &k, 1_501, None).is_none(), "ttl");
-        assert!(h.get_stored("nt", &k, 1_100, None).is_none());
-        assert!(h.get_stored("ns", &other, 1_100, None).is_none());
+        assert!(h.get_stored("ns", &k, 1_501, None, false).is_none(), "ttl");
+        assert!(h.get_stored("nt", &k, 1_100, None, false).is_none());
+        assert!(h.get_stored("ns", &other, 1_100, None, false).is_none());
 
         // An eviction of another key in another stripe turns no insert away.
         let before = h.generation("ns", &k);
         h.evict("ns", &other);
-        h.insert(before, "ns", &k, hit(2_000, None));
+        h.insert(before, "ns", &k, hit(2_000, None), true);
         assert_eq!(
-            h.get_stored("ns", &k, 2_100, None).unwrap().completed_ms,
+            h.get_stored("ns", &k, 2_100, None, false)
+                .unwrap()
+                .completed_ms,
             2_000
         );
         // Its own eviction does, and forgets the stored one.
         let before = h.generation("ns", &k);
         h.evict("ns", &k);
-        assert!(h.get_stored("ns", &k, 2_100, None).is_none());
-        h.insert(before, "ns", &k, hit(3_000, None));
-        assert!(h.get_stored("ns", &k, 3_100, None).is_none());
-        h.insert(h.generation("ns", &other), "ns", &other, hit(1, None));
+        assert!(h.get_stored("ns", &k, 2_100, None, false).is_none());
+        h.insert(before, "ns", &k, hit(3_000, None), true);
+        assert!(h.get_stored("ns", &k, 3_100, None, false).is_none());
+        h.insert(h.generation("ns", &other), "ns", &other, hit(1, None), true);
         h.clear();
-        assert!(h.get_stored("ns", &other, 2, None).is_none());
+        assert!(h.get_stored("ns", &other, 2, None, false).is_none());
     }
 
     #[test]
@@ -346,18 +415,30 @@ mod tests {
         let h = with_file(dir.path(), 130);
         let keys: Vec<CacheKey> = (10..13).map(|i| CacheKey([i; 32])).collect();
         for k in &keys[..2] {
-            h.insert(h.generation("ns", k), "ns", k, hit(1, None));
+            h.insert(h.generation("ns", k), "ns", k, hit(1, None), true);
         }
         assert!(keys[..2]
             .iter()
-            .all(|k| h.get_stored("ns", k, 2, None).is_some()));
+            .all(|k| h.get_stored("ns", k, 2, None, false).is_some()));
         // The third does not fit: the file starts over, empty.
-        h.insert(h.generation("ns", &keys[2]), "ns", &keys[2], hit(1, None));
+        h.insert(
+            h.generation("ns", &keys[2]),
+            "ns",
+            &keys[2],
+            hit(1, None),
+            true,
+        );
         assert!(keys
             .iter()
-            .all(|k| h.get_stored("ns", k, 2, None).is_none()));
-        h.insert(h.generation("ns", &keys[2]), "ns", &keys[2], hit(1, None));
-        assert!(h.get_stored("ns", &keys[2], 2, None).is_some());
+            .all(|k| h.get_stored("ns", k, 2, None, false).is_none()));
+        h.insert(
+            h.generation("ns", &keys[2]),
+            "ns",
+            &keys[2],
+            hit(1, None),
+            true,
+        );
+        assert!(h.get_stored("ns", &keys[2], 2, None, false).is_some());
         let len = std::fs::metadata(dir.path().join(hitlog::LOG_FILE))
             .unwrap()
             .len();
@@ -368,7 +449,7 @@ mod tests {
     fn capacity_zero_is_off() {
         let h = HotHits::new(0, None);
         let k = CacheKey([3; 32]);
-        h.insert(h.generation("ns", &k), "ns", &k, hit(1, None));
+        h.insert(h.generation("ns", &k), "ns", &k, hit(1, None), true);
         assert!(h.get("ns", &k, 2, None).is_none());
     }
 }

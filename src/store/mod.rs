@@ -254,6 +254,8 @@ struct Judge<'a> {
     now: i64,
     generation: u64,
     prefix: Vec<u8>,
+    /// A hit goes into the memory tier of the hot cache too (not when warming).
+    memory: bool,
 }
 
 pub struct Store {
@@ -275,6 +277,8 @@ pub struct Store {
     /// IDs and creation times are allocated together under this lock, so
     /// that ID order is creation order.
     ids: Mutex<IdGen>,
+    /// Set before a close: background work stops (`warm_hits`).
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -311,6 +315,7 @@ impl Store {
             hot,
             writes: Combiner::new(WRITE_BATCH),
             ids: Mutex::new(IdGen::default()),
+            stopping: Default::default(),
         })
     }
 
@@ -684,8 +689,12 @@ impl Store {
             now: self.now_ms(),
             generation: self.hot.generation(ns, key),
             prefix: keys::cache_prefix(ns, key),
+            memory: true,
         };
-        if let Some(hit) = self.hot.get_stored(ns, key, judge.now, max_staleness_ms) {
+        if let Some(hit) = self
+            .hot
+            .get_stored(ns, key, judge.now, max_staleness_ms, false)
+        {
             return Ok(Lookup::Hit(Hit::Encoded(hit.fields.clone())));
         }
         // Most lookups are answered by the newest entry alone, read without
@@ -771,20 +780,146 @@ impl Store {
                 ttl_ms: candidate.ttl_ms,
                 fields: fields.clone(),
             };
-            self.hot.insert(j.generation, j.ns, j.key, hot);
+            self.hot.insert(j.generation, j.ns, j.key, hot, j.memory);
         }
         Ok(Ok(hit))
     }
 
-    /// A hit from memory, without touching sled (so callable on the async
-    /// executor); None means "ask the store".
+    /// Puts the newest hit of up to `max_keys` keys into the hits file,
+    /// from the cache index entry after `after` on; returns where to go on,
+    /// None when done. For a hits file that starts empty (after a crash): it
+    /// fills at the cost of reading the cache index once, instead of one
+    /// lookup of each key at a time.
+    fn warm_hits(&self, after: Option<&[u8]>, max_keys: usize) -> Result<Option<Vec<u8>>> {
+        let start = match after {
+            Some(k) => std::ops::Bound::Excluded(k.to_vec()),
+            None => std::ops::Bound::Included(vec![keys::CACHE]),
+        };
+        let end = std::ops::Bound::Excluded(vec![keys::CACHE + 1]);
+        let mut done = 0;
+        let mut last: Option<Vec<u8>> = None;
+        for item in self.tree.range::<Vec<u8>, _>((start, end)) {
+            let (k, _) = item?;
+            let prefix_len = k.len().saturating_sub(16);
+            let (key, _, _) = keys::parse_cache_entry(&k)?;
+            let ns = keys::namespace_of(&k)?;
+            // Entries of one key come together, the newest first.
+            let same_key = last.as_deref() == k.get(..prefix_len);
+            if !same_key && !self.hot.has_stored(ns, &key) {
+                self.warm_one(ns, &key)?;
+            }
+            if !same_key {
+                done += 1;
+                last = k.get(..prefix_len).map(<[u8]>::to_vec);
+            }
+            if done >= max_keys {
+                return Ok(Some(k.to_vec()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The newest entry of (ns, key) into the hits file, if servable.
+    fn warm_one(&self, ns: &str, key: &CacheKey) -> Result<()> {
+        let judge = Judge {
+            ns,
+            key,
+            max_staleness_ms: None,
+            now: self.now_ms(),
+            generation: self.hot.generation(ns, key),
+            prefix: keys::cache_prefix(ns, key),
+            memory: false,
+        };
+        if let Some((k, v)) = self.tree.first_at_or_after(&judge.prefix)? {
+            if k.starts_with(&judge.prefix) {
+                // Ineligible (invalidated, expired): nothing to keep.
+                let _hit_or_why = self.judge(&judge, &k, v, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Fills a hits file that opened empty (after a crash, or on a store
+    /// written before there was one) on a thread of its own at the lowest
+    /// CPU priority, `chunk` keys at a time; it holds the store only while a
+    /// chunk runs, and `stop_background` ends it.
+    pub fn warm_in_background(store: &Arc<Store>) {
+        if !store.hot.needs_filling() {
+            return;
+        }
+        let since = store.hot.clears();
+        let weak = Arc::downgrade(store);
+        let spawned = std::thread::Builder::new()
+            .name("stepcache-warm".into())
+            .spawn(move || {
+                // SAFETY: setpriority takes no pointers; 0 is this thread.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+                let started = std::time::Instant::now();
+                let mut at: Option<Vec<u8>> = None;
+                loop {
+                    let Some(store) = weak.upgrade() else {
+                        return;
+                    };
+                    if store.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    match store.warm_hits(at.as_deref(), 256) {
+                        Ok(Some(next)) => at = Some(next),
+                        Ok(None) => {
+                            store.hot.filled(since);
+                            tracing::info!(
+                                hits = store.hot.stored_len(),
+                                seconds = started.elapsed().as_secs_f64(),
+                                "hits file filled from the cache index"
+                            );
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!("filling the hits file stopped: {e}");
+                            return;
+                        }
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("the hits file is filled by lookups only: {e}");
+        }
+    }
+
+    /// As `warm_in_background`, on this thread, to the end.
+    pub fn fill_hits_file(&self) -> Result<()> {
+        if !self.hot.needs_filling() {
+            return Ok(());
+        }
+        let since = self.hot.clears();
+        let mut at = None;
+        while let Some(next) = self.warm_hits(at.as_deref(), 4096)? {
+            at = Some(next);
+        }
+        self.hot.filled(since);
+        Ok(())
+    }
+
+    /// Asks background work (`warm_in_background`) to stop, before a close.
+    pub fn stop_background(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A hit from memory, or from the hits file when the page cache holds
+    /// its record, without touching sled or waiting for the disk (so
+    /// callable on the async executor); None means "ask the store".
     pub fn lookup_hot(
         &self,
         ns: &str,
         key: &CacheKey,
         max_staleness_ms: Option<i64>,
     ) -> Option<Lookup> {
-        let hit = self.hot.get(ns, key, self.now_ms(), max_staleness_ms)?;
+        let now = self.now_ms();
+        let hit = self
+            .hot
+            .get(ns, key, now, max_staleness_ms)
+            .or_else(|| self.hot.get_stored(ns, key, now, max_staleness_ms, true))?;
         Some(Lookup::Hit(Hit::Encoded(hit.fields.clone())))
     }
 
@@ -995,7 +1130,7 @@ fn open_hit_log(
     path: &Path,
     tree: &sled::Tree,
     config: &StoreConfig,
-) -> Result<Option<(hitlog::HitLog, Arc<hitlog::Segment>, hitlog::Index)>> {
+) -> Result<Option<hitlog::Opened>> {
     let epoch = match tree.remove(keys::META_HIT_LOG_EPOCH)? {
         Some(v) => {
             tree.flush()?;
@@ -2044,7 +2179,9 @@ mod tests {
 
     /// The hit of `key` in the hits file, decoded.
     fn stored_hit(store: &Store, key: &CacheKey) -> Option<(Execution, entry::Outputs)> {
-        let hit = store.hot.get_stored("default", key, store.now_ms(), None)?;
+        let hit = store
+            .hot
+            .get_stored("default", key, store.now_ms(), None, false)?;
         served(Lookup::Hit(Hit::Encoded(hit.fields.clone())))
     }
 
@@ -2090,13 +2227,31 @@ mod tests {
         let store = open();
         assert_eq!(stored_hit(&store, &ka).unwrap().0.id, second_a);
         assert_eq!(stored_hit(&store, &kb).unwrap().0.id, new_b);
-        // A crash (no close) after a change: the next open starts empty.
+        // A crash (no close) after a change: the next open starts empty...
         let third_a = store.put_execution(&a).unwrap().execution_id;
+        let c = write("c", &[], "");
+        store.put_execution(&c).unwrap();
+        let kc = c.key.unwrap();
+        store
+            .invalidate("default", &maintenance::Selector::Key(kc))
+            .unwrap();
         drop(store);
         let store = open();
         assert!(stored_hit(&store, &ka).is_none());
-        let hit = served(store.lookup("default", &ka, None).unwrap()).unwrap();
-        assert_eq!(hit.0.id, third_a);
+        assert!(store.lookup_hot("default", &ka, None).is_none());
+        // ... and fills from the cache index: each key's servable hit.
+        assert!(store.hot.needs_filling());
+        store.fill_hits_file().unwrap();
+        assert!(!store.hot.needs_filling());
+        assert_eq!(stored_hit(&store, &ka).unwrap().0.id, third_a);
+        assert_eq!(stored_hit(&store, &kb).unwrap().0.id, new_b);
+        assert!(stored_hit(&store, &kc).is_none(), "invalidated");
+        // Off the async threads' way: the record is in the page cache.
+        let hot = store.lookup_hot("default", &ka, None).unwrap();
+        assert_eq!(served(hot).unwrap().0.id, third_a);
+        store.close().unwrap();
+        let store = open();
+        assert!(!store.hot.needs_filling(), "filled, and closed cleanly");
         store.close().unwrap();
 
         // An index saved by an earlier close, put back beside a store that
@@ -2116,6 +2271,42 @@ mod tests {
         );
         let hit = served(store.lookup("default", &ka, None).unwrap()).unwrap();
         assert_eq!(hit.0.id, fourth_a);
+    }
+
+    #[test]
+    fn a_hits_file_fills_in_the_background_and_lets_go_at_close() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let writes: Vec<_> = (0..300).map(|i| write(&format!("w{i}"), &[], "")).collect();
+        let ids: Vec<i64> = store
+            .put_executions(&writes)
+            .unwrap()
+            .iter()
+            .map(|w| w.execution_id)
+            .collect();
+        drop(store); // a crash: the next open starts with an empty hits file
+        let store = Arc::new(open(dir.path()));
+        assert!(store.hot.needs_filling());
+        Store::warm_in_background(&store);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while store.hot.needs_filling() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!store.hot.needs_filling());
+        for (w, id) in writes.iter().zip(&ids) {
+            assert_eq!(stored_hit(&store, &w.key.unwrap()).unwrap().0.id, *id);
+        }
+        // A close while it runs stops it, and it lets go of the store.
+        drop(store);
+        let store = open(dir.path()); // not closed: starts empty again
+        let store = Arc::new(store);
+        Store::warm_in_background(&store);
+        crate::backend::Backend::close(store).unwrap();
+        let store = open(dir.path());
+        for (w, id) in writes.iter().zip(&ids) {
+            let hit = served(store.lookup("default", &w.key.unwrap(), None).unwrap());
+            assert_eq!(hit.unwrap().0.id, *id);
+        }
     }
 
     #[test]
