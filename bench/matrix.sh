@@ -19,12 +19,14 @@ sizes=${SIZES:-10000 100000 1000000}
 bench=target/release/stepcache-bench
 mkdir -p "$out" "$root"
 
-pin() { # pin FILE LOG: returns once FILE is resident, leaves the pinner running
-  python3 bench/pin-pages.py "$1" >"$2" 2>&1 &
+pin() { # pin LOG FILE...: returns once the FILEs are resident, leaves the pinner running
+  local log=$1
+  shift
+  python3 bench/pin-pages.py "$@" >"$log" 2>&1 &
   pinner=$!
   for _ in $(seq 600); do
-    grep -q pinned "$2" && return 0
-    kill -0 "$pinner" 2>/dev/null || { cat "$2"; return 1; }
+    grep -q pinned "$log" && return 0
+    kill -0 "$pinner" 2>/dev/null || { cat "$log"; return 1; }
     sleep 0.5
   done
   return 1
@@ -35,7 +37,7 @@ for n in $sizes; do
   echo "== $n stored: preload (reused when present)"
   "$bench" --preload "$n" --data-dir "$d" --rounds 1 --duration 0.2 --warmup 0 floor \
     | tee "$out/preload-$n.txt"
-  pin "$d/db" "$out/pin-$n.txt"
+  pin "$out/pin-$n.txt" "$d/db" "$d/hits.log"
   if [ ! -e "$d/.checked" ]; then
     # One pass over every record and index (offline) right after the preload:
     # the bulk load leaves some leaves over-full, and sled splits them on their

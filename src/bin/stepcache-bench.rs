@@ -408,6 +408,9 @@ fn preload_direct(dir: &Path, url: Option<&str>, n: u64, batch: usize) -> anyhow
         .join()
         .map_err(|_| anyhow!("preload generator panicked"))??;
     // Closing checkpoints: the first server start replays no preload log.
+    // The hits file is filled as a server that has run a while would have it
+    // (each key read once; `Store::warm_hits`).
+    store.fill_hits_file()?;
     store.close()?;
     marker.executions = done;
     std::fs::write(dir.join(MARKER), serde_json::to_vec(&marker)?)?;

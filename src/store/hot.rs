@@ -4,7 +4,7 @@
 //! Behind the memory tier, the hits file (`hitlog`) keeps every hit the
 //! cache is given, at ~1 KB per key on disk and 16 bytes of index in memory:
 //! a hit that is not in memory is one small read instead of a sled leaf. A
-//! publish puts its hit in both at once (`Store::republished`). It
+//! publish puts its hit in both at once (`Store::cache_newest`). It
 //! holds the hit as the reply's encoded fields (`entry::encoded_hit`), which a
 //! reply carries as they are: nothing is decoded or encoded again, and 20,000
 //! entries take ~20 MiB, not the ~120 MiB their decoded executions and

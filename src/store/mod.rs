@@ -490,7 +490,8 @@ impl Store {
         match self.put_execution_unsynced(w)? {
             Written::New(written) => {
                 if let (true, Ok(k)) = (written.published, written.cache_key.parse::<CacheKey>()) {
-                    self.republished(&w.execution.namespace, &k);
+                    // A newer entry now wins for this key.
+                    self.hot.evict(&w.execution.namespace, &k);
                 }
                 self.durable()?;
                 Ok(written)
@@ -510,7 +511,7 @@ impl Store {
                     if let (true, Ok(k)) =
                         (written.published, written.cache_key.parse::<CacheKey>())
                     {
-                        self.republished(&w.execution.namespace, &k);
+                        self.hot.evict(&w.execution.namespace, &k);
                     }
                     out.push(Some(written))
                 }
@@ -527,16 +528,6 @@ impl Store {
             }
         }
         Ok(out.into_iter().flatten().collect())
-    }
-
-    /// After a write published a new entry of (ns, key): it now wins, in
-    /// the hot cache too, where it goes at once (in the hits file it is
-    /// what a hit reads instead of sled's leaf).
-    fn republished(&self, ns: &str, key: &CacheKey) {
-        self.hot.evict(ns, key);
-        if let Err(e) = self.lookup(ns, key, None) {
-            tracing::debug!("a published entry was not cached: {e}");
-        }
     }
 
     fn put_execution_unsynced(&self, w: &ExecutionWrite) -> Result<Written> {
@@ -2140,16 +2131,15 @@ mod tests {
         let created = write("hot", &[], "");
         let c = store.put_execution(&created).unwrap();
         let key = created.key.unwrap();
-        let hot = store.lookup_hot("default", &key, None);
-        let hot = hot.expect("a published hit goes into the hot cache at once");
-        store.hot.clear();
+        assert!(
+            store.lookup_hot("default", &key, None).is_none(),
+            "not read yet"
+        );
         let read = store.lookup("default", &key, None).unwrap();
         assert!(matches!(read, Lookup::Hit(Hit::Encoded(_))), "{read:?}");
+        let hot = store.lookup_hot("default", &key, None);
+        let hot = hot.expect("the hit read from the store is in the hot cache");
         assert_eq!(served(hot).unwrap(), served(read).unwrap());
-        assert!(
-            store.lookup_hot("default", &key, None).is_some(),
-            "read, cached"
-        );
         assert!(store.lookup_hot("other", &key, None).is_none());
 
         // An artifact update forgets it; the next read caches the new copy.
@@ -2198,16 +2188,16 @@ mod tests {
         let first_a = store.put_execution(&a).unwrap().execution_id;
         store.put_execution(&b).unwrap();
         let (ka, kb) = (a.key.unwrap(), b.key.unwrap());
-        let from_file = stored_hit(&store, &ka).expect("published into the hits file");
-        store.hot.clear();
-        assert!(stored_hit(&store, &ka).is_none());
+        assert!(stored_hit(&store, &ka).is_none(), "not read yet");
         let from_sled = served(store.lookup("default", &ka, None).unwrap()).unwrap();
-        assert_eq!(from_file, from_sled);
-        assert_eq!(from_file.0.id, first_a);
+        assert_eq!(from_sled.0.id, first_a);
         assert_eq!(stored_hit(&store, &ka), Some(from_sled), "read, cached");
+        store.lookup("default", &kb, None).unwrap();
 
         // A newer completion of the key replaces it.
         let second_a = store.put_execution(&a).unwrap().execution_id;
+        assert!(stored_hit(&store, &ka).is_none());
+        store.lookup("default", &ka, None).unwrap();
         assert_eq!(stored_hit(&store, &ka).unwrap().0.id, second_a);
         // Invalidation forgets it, and only it.
         let n = store
@@ -2221,6 +2211,7 @@ mod tests {
         ));
         assert!(stored_hit(&store, &ka).is_some());
         let new_b = store.put_execution(&b).unwrap().execution_id;
+        store.lookup("default", &kb, None).unwrap();
         store.close().unwrap();
 
         // A clean close keeps the index; the store has not changed since.
