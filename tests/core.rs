@@ -8,6 +8,7 @@ use common::*;
 use stepcache::proto::cache_service_client::CacheServiceClient;
 use stepcache::proto::metadata_store_service_client::MetadataStoreServiceClient;
 use stepcache::proto::*;
+use tonic::transport::Channel;
 use tonic::Code;
 
 fn manual() -> Option<CachePolicy> {
@@ -298,6 +299,109 @@ async fn namespaces_never_see_each_other() {
         .unwrap()
         .into_inner();
     assert!(listed.executions.is_empty());
+    server.stop().await;
+}
+
+/// With the in-memory hot cache off, every repeated hit comes from the hits
+/// file (`hits.log`), which a graceful stop keeps for the next start; what
+/// it serves must follow every write, before and after the restart.
+#[tokio::test]
+async fn hits_from_the_hits_file_follow_every_write_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = || {
+        let mut config = stepcache::server::Config::new(dir.path());
+        config.store.hot_hits = 0;
+        TestServer::start_with(config)
+    };
+    let lookup = |cache: &mut CacheServiceClient<Channel>, ti: &TaskInterface| {
+        let mut cache = cache.clone();
+        let req = lookup_req("ns1", ti);
+        async move {
+            let r = cache.get_cached_execution(req).await.unwrap().into_inner();
+            (r.outcome == Outcome::Hit as i32).then(|| r.execution.unwrap().id)
+        }
+    };
+    let server = start().await;
+    let (mut cache, mut meta) = (server.cache().await, server.meta().await);
+    let tis: Vec<_> = (0..6)
+        .map(|i| iface("filed", &[("i", num(i as f64))], &[]))
+        .collect();
+    let mut puts = Vec::new();
+    for ti in &tis {
+        let put = put_req("ns1", ti, ExecutionState::Complete, "mem://filed");
+        puts.push(meta.put_execution(put).await.unwrap().into_inner());
+        // Read twice: from sled, then from the hits file.
+        for _ in 0..2 {
+            assert_eq!(
+                lookup(&mut cache, ti).await,
+                Some(puts.last().unwrap().execution_id)
+            );
+        }
+    }
+    drop((cache, meta));
+    server.stop().await;
+    if !on_postgres("the hits file is the embedded store's") {
+        assert!(
+            dir.path().join("hits.idx").exists(),
+            "kept at a graceful stop"
+        );
+    }
+
+    let server = start().await;
+    let (mut cache, mut meta) = (server.cache().await, server.meta().await);
+    for (ti, put) in tis.iter().zip(&puts) {
+        assert_eq!(lookup(&mut cache, ti).await, Some(put.execution_id));
+    }
+    if !on_postgres("the hits file is the embedded store's") {
+        assert!(!dir.path().join("hits.idx").exists(), "taken at the start");
+    }
+    // Invalidation, a deleted output and a newer completion, each seen at once.
+    cache
+        .invalidate_cache(InvalidateCacheRequest {
+            namespace: "ns1".into(),
+            selector: Some(invalidate_cache_request::Selector::ExecutionId(
+                puts[0].execution_id,
+            )),
+        })
+        .await
+        .unwrap();
+    assert_eq!(lookup(&mut cache, &tis[0]).await, None);
+    let mut gone = meta
+        .get_artifacts(GetArtifactsRequest {
+            ids: vec![puts[1].output_artifact_ids[0]],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .artifacts
+        .remove(0);
+    gone.state = ArtifactState::Deleted as i32;
+    meta.put_artifacts(PutArtifactsRequest {
+        artifacts: vec![gone],
+    })
+    .await
+    .unwrap();
+    assert_eq!(lookup(&mut cache, &tis[1]).await, None);
+    let newer = meta
+        .put_execution(put_req("ns1", &tis[2], ExecutionState::Complete, "mem://2"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(lookup(&mut cache, &tis[2]).await, Some(newer.execution_id));
+    for (ti, put) in tis.iter().zip(&puts).skip(3) {
+        assert_eq!(lookup(&mut cache, ti).await, Some(put.execution_id));
+    }
+    drop((cache, meta));
+    server.stop().await;
+
+    // The same answers after another restart.
+    let server = start().await;
+    let mut cache = server.cache().await;
+    assert_eq!(lookup(&mut cache, &tis[0]).await, None);
+    assert_eq!(lookup(&mut cache, &tis[1]).await, None);
+    assert_eq!(lookup(&mut cache, &tis[2]).await, Some(newer.execution_id));
+    drop(cache);
     server.stop().await;
 }
 
