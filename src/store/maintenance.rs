@@ -349,7 +349,10 @@ impl Store {
             })?;
         }
         if !dead.is_empty() {
-            self.hot.clear();
+            for k in &dead {
+                let (key, _, _) = keys::parse_cache_entry(k)?;
+                self.hot.evict(keys::namespace_of(k)?, &key);
+            }
             self.durable()?;
         }
         Ok(dead.len() as i64)
@@ -484,7 +487,9 @@ impl Store {
             }
         }
         if !dry_run && total.executions > 0 {
-            self.hot.clear();
+            for e in &victims {
+                self.evict_execution(e);
+            }
             self.durable()?;
         }
         Ok(total)

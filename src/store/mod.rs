@@ -476,11 +476,29 @@ impl Store {
             Ok(ids)
         })?;
         if artifacts.iter().any(|a| a.id != 0) {
-            // A state change (e.g. DELETED) may make cached hits unservable.
-            self.hot.clear();
+            // A state change (e.g. DELETED) or a new copy changes the hits
+            // of the executions that output the artifact, and only theirs.
+            self.evict_executions(producers.iter().flatten().copied());
         }
         self.durable()?;
         Ok(ids)
+    }
+
+    /// After a write that changed the hits of executions `ids`: their keys
+    /// leave the hot cache (all of it when one cannot be read).
+    fn evict_executions(&self, ids: impl IntoIterator<Item = i64>) {
+        for id in ids {
+            match self.execution(id, None) {
+                Ok(e) => self.evict_execution(&e),
+                Err(_) => return self.hot.clear(),
+            }
+        }
+    }
+
+    fn evict_execution(&self, e: &Execution) {
+        if let Ok(key) = e.cache_key.parse::<CacheKey>() {
+            self.hot.evict(&e.namespace, &key);
+        }
     }
 
     /// One atomic write: new output artifacts, the execution, its events and the
@@ -2298,6 +2316,47 @@ mod tests {
             let hit = served(store.lookup("default", &w.key.unwrap(), None).unwrap());
             assert_eq!(hit.unwrap().0.id, *id);
         }
+    }
+
+    #[test]
+    fn maintenance_forgets_only_the_hits_it_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let ws: Vec<_> = ["a", "b", "c"].iter().map(|c| write(c, &[], "")).collect();
+        let done: Vec<_> = ws.iter().map(|w| store.put_execution(w).unwrap()).collect();
+        let keys: Vec<CacheKey> = ws.iter().map(|w| w.key.unwrap()).collect();
+        let cache_all = || {
+            for k in &keys {
+                store.lookup("default", k, None).unwrap();
+            }
+        };
+        cache_all();
+        assert!(keys.iter().all(|k| stored_hit(&store, k).is_some()));
+
+        // An update of a's output: a's hit goes, with the new copy on the next read.
+        let mut moved = store
+            .artifact(done[0].output_artifact_ids[0], None)
+            .unwrap();
+        moved.uri = "mem://moved".into();
+        store.put_artifacts(vec![moved]).unwrap();
+        assert!(stored_hit(&store, &keys[0]).is_none());
+        assert!(stored_hit(&store, &keys[1]).is_some() && stored_hit(&store, &keys[2]).is_some());
+        let hit = served(store.lookup("default", &keys[0], None).unwrap()).unwrap();
+        assert_eq!(hit.1["out"][0].uri, "mem://moved");
+
+        // gc of b's invalidated entry, prune of everything: only what went.
+        store
+            .invalidate("default", &maintenance::Selector::Key(keys[1]))
+            .unwrap();
+        assert_eq!(store.collect_garbage(None).unwrap(), 1);
+        assert!(stored_hit(&store, &keys[0]).is_some() && stored_hit(&store, &keys[2]).is_some());
+        let pruned = store.prune("default", -1_000, false).unwrap();
+        assert_eq!(pruned.executions, 3);
+        assert!(keys.iter().all(|k| stored_hit(&store, k).is_none()));
+        assert!(keys.iter().all(|k| matches!(
+            store.lookup("default", k, None).unwrap(),
+            Lookup::Miss { .. }
+        )));
     }
 
     #[test]
