@@ -3,9 +3,10 @@
 //! read on a pool thread (a page-in, on a store larger than sled's cache).
 //! Behind the memory tier, the hits file (`hitlog`) keeps every hit the
 //! cache is given, at ~1 KB per key on disk and 16 bytes of index in memory:
-//! a hit that is not in memory is one small read instead of a sled leaf. A
-//! publish puts its hit in both at once (`Store::cache_newest`). It
-//! holds the hit as the reply's encoded fields (`entry::encoded_hit`), which a
+//! a hit that is not in memory is one small read instead of a sled leaf.
+//! Hits enter both at their first read from sled, and the file also from
+//! the cache index after a start that found it unfilled
+//! (`Store::warm_in_background`). It holds the hit as the reply's encoded fields (`entry::encoded_hit`), which a
 //! reply carries as they are: nothing is decoded or encoded again, and 20,000
 //! entries take ~20 MiB, not the ~120 MiB their decoded executions and
 //! artifacts did (BENCHMARKS.md). It only ever holds what the store would
@@ -13,7 +14,8 @@
 //! artifact update, invalidation, gc, prune) evicts after it commits, and a
 //! lookup inserts only if no eviction of its key happened since it began
 //! reading (a generation counter per stripe of keys), so a result read before
-//! a write is never cached after it. Staleness and TTL are judged again at every hit with the current clock.
+//! a write is never cached after it. Staleness and TTL are judged again at
+//! every hit with the current clock.
 
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};

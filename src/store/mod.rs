@@ -1098,7 +1098,10 @@ impl Store {
             .insert(keys::META_HIT_LOG_EPOCH, &epoch.to_be_bytes())?;
         self.flush()?;
         if let Err(e) = self.hot.persist(epoch) {
-            tracing::warn!("the hits file's index was not saved (the next start reads sled until hits are cached again): {e}");
+            tracing::warn!(
+                "the hits file's index was not saved (the next start fills it \
+                 again): {e}"
+            );
         }
         let path = self.path.clone();
         // Every handle must be gone first: the checkpoint takes the store's
