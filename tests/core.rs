@@ -366,22 +366,12 @@ async fn hits_from_the_hits_file_follow_every_write_across_a_restart() {
         .await
         .unwrap();
     assert_eq!(lookup(&mut cache, &tis[0]).await, None);
-    let mut gone = meta
-        .get_artifacts(GetArtifactsRequest {
-            ids: vec![puts[1].output_artifact_ids[0]],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .artifacts
-        .remove(0);
-    gone.state = ArtifactState::Deleted as i32;
-    meta.put_artifacts(PutArtifactsRequest {
-        artifacts: vec![gone],
-    })
-    .await
-    .unwrap();
+    set_artifact_state(
+        &mut meta,
+        puts[1].output_artifact_ids[0],
+        ArtifactState::Deleted,
+    )
+    .await;
     assert_eq!(lookup(&mut cache, &tis[1]).await, None);
     let newer = meta
         .put_execution(put_req("ns1", &tis[2], ExecutionState::Complete, "mem://2"))

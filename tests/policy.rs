@@ -79,22 +79,7 @@ impl Env {
     }
 
     async fn set_state(&mut self, artifact_id: i64, state: ArtifactState) {
-        let mut a = self
-            .meta
-            .get_artifacts(GetArtifactsRequest {
-                ids: vec![artifact_id],
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .artifacts
-            .remove(0);
-        a.state = state as i32;
-        self.meta
-            .put_artifacts(PutArtifactsRequest { artifacts: vec![a] })
-            .await
-            .unwrap();
+        set_artifact_state(&mut self.meta, artifact_id, state).await;
     }
 
     async fn invalidate(&mut self, ns: &str, selector: invalidate_cache_request::Selector) -> i64 {

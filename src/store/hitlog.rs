@@ -113,14 +113,14 @@ pub fn encode(
 
 /// The record in `buf` if it is whole and is (ns, key)'s.
 pub fn decode(buf: Bytes, ns: &str, key: &CacheKey) -> Option<Stored> {
-    let u32_at = |at: usize| Some(u32::from_le_bytes(buf.get(at..at + 4)?.try_into().ok()?));
-    let i64_at = |at: usize| Some(i64::from_le_bytes(buf.get(at..at + 8)?.try_into().ok()?));
-    if u32_at(0)? as usize != buf.len() || u32_at(4)? != crc32fast::hash(buf.get(8..)?) {
+    if le::<4>(&buf, 0)? as usize != buf.len()
+        || le::<4>(&buf, 4)? != u64::from(crc32fast::hash(buf.get(8..)?))
+    {
         return None;
     }
-    let completed_ms = i64_at(8)?;
-    let ttl_ms = Some(i64_at(16)?).filter(|t| *t != NO_TTL);
-    let ns_len = u16::from_le_bytes(buf.get(24..26)?.try_into().ok()?) as usize;
+    let completed_ms = le::<8>(&buf, 8)? as i64;
+    let ttl_ms = Some(le::<8>(&buf, 16)? as i64).filter(|t| *t != NO_TTL);
+    let ns_len = le::<2>(&buf, 24)? as usize;
     let ns_at = HEADER;
     if buf.get(26..HEADER)? != key.0 || buf.get(ns_at..ns_at + ns_len)? != ns.as_bytes() {
         return None;
@@ -288,15 +288,19 @@ fn parse_index(b: &[u8]) -> Option<Saved> {
     if crc32fast::hash(body).to_le_bytes() != crc || !body.starts_with(INDEX_MAGIC) {
         return None;
     }
-    let u64_at = |at: usize| Some(u64::from_le_bytes(body.get(at..at + 8)?.try_into().ok()?));
-    let (epoch, end, filled, count) = (u64_at(8)?, u64_at(16)?, u64_at(24)?, u64_at(32)?);
+    let (epoch, end, filled, count) = (
+        le::<8>(body, 8)?,
+        le::<8>(body, 16)?,
+        le::<8>(body, 24)?,
+        le::<8>(body, 32)?,
+    );
     let entries = body.get(40..)?;
     if entries.len() as u64 != count.checked_mul(16)? {
         return None;
     }
     let mut index = Index::with_capacity_and_hasher(count as usize, Default::default());
     for c in entries.chunks_exact(16) {
-        index.insert(u64_at_slice(&c[..8])?, u64_at_slice(&c[8..])?);
+        index.insert(le::<8>(c, 0)?, le::<8>(c, 8)?);
     }
     Some(Saved {
         epoch,
@@ -306,8 +310,12 @@ fn parse_index(b: &[u8]) -> Option<Saved> {
     })
 }
 
-fn u64_at_slice(b: &[u8]) -> Option<u64> {
-    Some(u64::from_le_bytes(b.try_into().ok()?))
+/// The little-endian unsigned integer of `N` bytes (at most 8) at `at`.
+fn le<const N: usize>(b: &[u8], at: usize) -> Option<u64> {
+    let bytes: [u8; N] = b.get(at..at.checked_add(N)?)?.try_into().ok()?;
+    let mut wide = [0u8; 8];
+    wide.get_mut(..N)?.copy_from_slice(&bytes);
+    Some(u64::from_le_bytes(wide))
 }
 
 /// Fills `buf` from `at` if the page cache holds all of it (`preadv2` with

@@ -324,6 +324,11 @@ fn servable(hit: Arc<HotHit>, now_ms: i64, max_staleness_ms: Option<i64>) -> Opt
 mod tests {
     use super::*;
 
+    /// Inserts into both tiers with the key's current generation.
+    fn insert_now(h: &HotHits, k: &CacheKey, hit: HotHit) {
+        h.insert(h.generation("ns", k), "ns", k, hit, true);
+    }
+
     fn hit(completed_ms: i64, ttl_ms: Option<i64>) -> HotHit {
         HotHit {
             completed_ms,
@@ -336,13 +341,7 @@ mod tests {
     fn serves_until_stale_or_expired() {
         let h = HotHits::new(10, None);
         let k = CacheKey([1; 32]);
-        h.insert(
-            h.generation("ns", &k),
-            "ns",
-            &k,
-            hit(1_000, Some(500)),
-            true,
-        );
+        insert_now(&h, &k, hit(1_000, Some(500)));
         assert!(h.get("ns", &k, 1_500, None).is_some());
         assert!(h.get("ns", &k, 1_501, None).is_none(), "ttl");
         assert!(h.get("ns", &k, 1_100, Some(99)).is_none(), "staleness");
@@ -360,7 +359,7 @@ mod tests {
         h.evict("ns", &k); // a write committed while the lookup was reading
         h.insert(before, "ns", &k, hit(1, None), true);
         assert!(h.get("ns", &k, 2, None).is_none());
-        h.insert(h.generation("ns", &k), "ns", &k, hit(1, None), true);
+        insert_now(&h, &k, hit(1, None));
         assert!(h.get("ns", &k, 2, None).is_some());
         h.clear();
         assert!(h.get("ns", &k, 2, None).is_none());
@@ -375,13 +374,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let h = with_file(dir.path(), 1 << 20);
         let (k, other) = (CacheKey([4; 32]), CacheKey([5; 32]));
-        h.insert(
-            h.generation("ns", &k),
-            "ns",
-            &k,
-            hit(1_000, Some(500)),
-            true,
-        );
+        insert_now(&h, &k, hit(1_000, Some(500)));
         assert!(h.get("ns", &k, 1_100, None).is_none(), "no memory tier");
         let stored = h.get_stored("ns", &k, 1_100, None, false).unwrap();
         assert_eq!(&stored.fields[..], &[0u8]);
@@ -405,7 +398,7 @@ mod tests {
         assert!(h.get_stored("ns", &k, 2_100, None, false).is_none());
         h.insert(before, "ns", &k, hit(3_000, None), true);
         assert!(h.get_stored("ns", &k, 3_100, None, false).is_none());
-        h.insert(h.generation("ns", &other), "ns", &other, hit(1, None), true);
+        insert_now(&h, &other, hit(1, None));
         h.clear();
         assert!(h.get_stored("ns", &other, 2, None, false).is_none());
     }
@@ -417,29 +410,17 @@ mod tests {
         let h = with_file(dir.path(), 130);
         let keys: Vec<CacheKey> = (10..13).map(|i| CacheKey([i; 32])).collect();
         for k in &keys[..2] {
-            h.insert(h.generation("ns", k), "ns", k, hit(1, None), true);
+            insert_now(&h, k, hit(1, None));
         }
         assert!(keys[..2]
             .iter()
             .all(|k| h.get_stored("ns", k, 2, None, false).is_some()));
         // The third does not fit: the file starts over, empty.
-        h.insert(
-            h.generation("ns", &keys[2]),
-            "ns",
-            &keys[2],
-            hit(1, None),
-            true,
-        );
+        insert_now(&h, &keys[2], hit(1, None));
         assert!(keys
             .iter()
             .all(|k| h.get_stored("ns", k, 2, None, false).is_none()));
-        h.insert(
-            h.generation("ns", &keys[2]),
-            "ns",
-            &keys[2],
-            hit(1, None),
-            true,
-        );
+        insert_now(&h, &keys[2], hit(1, None));
         assert!(h.get_stored("ns", &keys[2], 2, None, false).is_some());
         let len = std::fs::metadata(dir.path().join(hitlog::LOG_FILE))
             .unwrap()
@@ -451,7 +432,7 @@ mod tests {
     fn capacity_zero_is_off() {
         let h = HotHits::new(0, None);
         let k = CacheKey([3; 32]);
-        h.insert(h.generation("ns", &k), "ns", &k, hit(1, None), true);
+        insert_now(&h, &k, hit(1, None));
         assert!(h.get("ns", &k, 2, None).is_none());
     }
 }

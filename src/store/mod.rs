@@ -495,6 +495,14 @@ impl Store {
         }
     }
 
+    /// After a write that published a new entry of its key: that entry now
+    /// wins, and the key leaves the hot cache.
+    fn evict_published(&self, ns: &str, written: &ExecutionWritten) {
+        if let (true, Ok(k)) = (written.published, written.cache_key.parse::<CacheKey>()) {
+            self.hot.evict(ns, &k);
+        }
+    }
+
     fn evict_execution(&self, e: &Execution) {
         if let Ok(key) = e.cache_key.parse::<CacheKey>() {
             self.hot.evict(&e.namespace, &key);
@@ -507,10 +515,7 @@ impl Store {
     pub fn put_execution(&self, w: &ExecutionWrite) -> Result<ExecutionWritten> {
         match self.put_execution_unsynced(w)? {
             Written::New(written) => {
-                if let (true, Ok(k)) = (written.published, written.cache_key.parse::<CacheKey>()) {
-                    // A newer entry now wins for this key.
-                    self.hot.evict(&w.execution.namespace, &k);
-                }
+                self.evict_published(&w.execution.namespace, &written);
                 self.durable()?;
                 Ok(written)
             }
@@ -526,11 +531,7 @@ impl Store {
         for (i, w) in writes.iter().enumerate() {
             match self.put_execution_unsynced(w)? {
                 Written::New(written) => {
-                    if let (true, Ok(k)) =
-                        (written.published, written.cache_key.parse::<CacheKey>())
-                    {
-                        self.hot.evict(&w.execution.namespace, &k);
-                    }
+                    self.evict_published(&w.execution.namespace, &written);
                     out.push(Some(written))
                 }
                 Written::Replayed(id) => {
@@ -691,21 +692,19 @@ impl Store {
         key: &CacheKey,
         max_staleness_ms: Option<i64>,
     ) -> Result<Lookup> {
+        let now = self.now_ms();
+        if let Some(hit) = self.hot.get_stored(ns, key, now, max_staleness_ms, false) {
+            return Ok(Lookup::Hit(Hit::Encoded(hit.fields.clone())));
+        }
         let judge = Judge {
             ns,
             key,
             max_staleness_ms,
-            now: self.now_ms(),
+            now,
             generation: self.hot.generation(ns, key),
             prefix: keys::cache_prefix(ns, key),
             memory: true,
         };
-        if let Some(hit) = self
-            .hot
-            .get_stored(ns, key, judge.now, max_staleness_ms, false)
-        {
-            return Ok(Lookup::Hit(Hit::Encoded(hit.fields.clone())));
-        }
         // Most lookups are answered by the newest entry alone, read without
         // adding its leaf to sled's cache (vendored sled, change 12).
         let newest = match self.tree.first_at_or_after(&judge.prefix)? {
@@ -806,20 +805,18 @@ impl Store {
         };
         let end = std::ops::Bound::Excluded(vec![keys::CACHE + 1]);
         let mut done = 0;
-        let mut last: Option<Vec<u8>> = None;
+        let mut last: Option<(String, CacheKey)> = None;
         for item in self.tree.range::<Vec<u8>, _>((start, end)) {
             let (k, _) = item?;
-            let prefix_len = k.len().saturating_sub(16);
             let (key, _, _) = keys::parse_cache_entry(&k)?;
             let ns = keys::namespace_of(&k)?;
             // Entries of one key come together, the newest first.
-            let same_key = last.as_deref() == k.get(..prefix_len);
-            if !same_key && !self.hot.has_stored(ns, &key) {
-                self.warm_one(ns, &key)?;
-            }
-            if !same_key {
+            if last.as_ref().is_none_or(|(n, l)| n != ns || *l != key) {
+                if !self.hot.has_stored(ns, &key) {
+                    self.warm_one(ns, &key)?;
+                }
                 done += 1;
-                last = k.get(..prefix_len).map(<[u8]>::to_vec);
+                last = Some((ns.to_string(), key));
             }
             if done >= max_keys {
                 return Ok(Some(k.to_vec()));

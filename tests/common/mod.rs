@@ -213,6 +213,28 @@ pub fn put_req(
     }
 }
 
+/// Sets an artifact's state (an update of the stored artifact).
+pub async fn set_artifact_state(
+    meta: &mut MetadataStoreServiceClient<Channel>,
+    artifact_id: i64,
+    state: ArtifactState,
+) {
+    let mut a = meta
+        .get_artifacts(GetArtifactsRequest {
+            ids: vec![artifact_id],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .artifacts
+        .remove(0);
+    a.state = state as i32;
+    meta.put_artifacts(PutArtifactsRequest { artifacts: vec![a] })
+        .await
+        .unwrap();
+}
+
 /// A driver's view of one task run: look up, and on a miss "run" it and record it.
 /// Returns (outcome, output artifact id).
 pub async fn run_task(
