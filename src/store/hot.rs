@@ -6,10 +6,11 @@
 //! a hit that is not in memory is one small read instead of a sled leaf.
 //! Hits enter both at their first read from sled, and the file also from
 //! the cache index after a start that found it unfilled
-//! (`Store::warm_in_background`). It holds the hit as the reply's encoded fields (`entry::encoded_hit`), which a
-//! reply carries as they are: nothing is decoded or encoded again, and 20,000
-//! entries take ~20 MiB, not the ~120 MiB their decoded executions and
-//! artifacts did (BENCHMARKS.md). It only ever holds what the store would
+//! (`Store::warm_in_background`). The cache holds each hit as the reply's
+//! encoded fields (`entry::encoded_hit`), which a reply carries as they are:
+//! nothing is decoded or encoded again, and 20,000 entries take ~20 MiB, not
+//! the ~120 MiB their decoded executions and artifacts did (BENCHMARKS.md).
+//! It only ever holds what the store would
 //! serve: every write that could change an answer (a publish of the key, an
 //! artifact update, invalidation, gc, prune) evicts after it commits, and a
 //! lookup inserts only if no eviction of its key happened since it began
