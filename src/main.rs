@@ -74,6 +74,12 @@ enum Command {
         /// tokio blocking thread.
         #[arg(long, default_value_t = stepcache::pool::Pool::DEFAULT_WRITE_THREADS)]
         write_threads: usize,
+        /// Threads that run the gRPC service (tokio workers); default: one per
+        /// core. Fewer leave cores to other processes: on 2 cores shared with
+        /// a load generator, 1 cut the p99 of lookups by a third or more
+        /// (BENCHMARKS.md, "Worker threads").
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+        worker_threads: Option<u16>,
         /// Largest decoded gRPC message in bytes.
         #[arg(long, default_value_t = 32 * 1024 * 1024)]
         max_message_bytes: usize,
@@ -265,6 +271,7 @@ fn main() -> anyhow::Result<()> {
             hit_log_mb,
             read_threads,
             write_threads,
+            worker_threads,
             max_page_size,
             max_interface_entries,
             max_string_bytes,
@@ -316,7 +323,11 @@ fn main() -> anyhow::Result<()> {
                         .with_context(|| format!("reading {}", key.display()))?,
                 });
             }
-            tokio::runtime::Runtime::new()?.block_on(async move {
+            let mut runtime = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = worker_threads {
+                runtime.worker_threads(n.into());
+            }
+            runtime.enable_all().build()?.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .with_context(|| format!("binding {listen}"))?;

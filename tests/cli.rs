@@ -110,3 +110,12 @@ async fn operator_round_trips() {
     assert!(err.contains("cannot reach"), "{err}");
     server.stop().await;
 }
+
+#[test]
+fn serve_refuses_zero_worker_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path().to_str().unwrap();
+    let (ok, _, err) = stepcache(&["serve", "--data-dir", dir, "--worker-threads", "0"]);
+    assert!(!ok, "a server with no worker threads started");
+    assert!(err.contains("--worker-threads"), "{err}");
+}

@@ -28,7 +28,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
+fn spawn_server(dir: &std::path::Path, port: u16, extra: &[&str]) -> Child {
     Command::new(BIN)
         .args([
             "serve",
@@ -37,6 +37,7 @@ fn spawn_server(dir: &std::path::Path, port: u16) -> Child {
             "--data-dir",
         ])
         .arg(dir)
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -75,7 +76,13 @@ async fn sigkill_loses_no_acknowledged_write_and_leaves_nothing_partial() {
     let mut attempts = 0usize;
     for round in 0..4 {
         let port = free_port();
-        let mut child = spawn_server(dir.path(), port);
+        // Every other round on one worker thread (--worker-threads 1).
+        let workers: &[&str] = if round % 2 == 1 {
+            &["--worker-threads", "1"]
+        } else {
+            &[]
+        };
+        let mut child = spawn_server(dir.path(), port, workers);
         let channel = connect(port).await;
         let mut meta = MetadataStoreServiceClient::new(channel.clone());
         if round == 0 {
@@ -151,7 +158,7 @@ async fn sigkill_loses_no_acknowledged_write_and_leaves_nothing_partial() {
 
     // Every acknowledged execution is there, with its events and a hit.
     let port = free_port();
-    let mut child = spawn_server(dir.path(), port);
+    let mut child = spawn_server(dir.path(), port, &[]);
     let channel = connect(port).await;
     let (mut cache, mut meta) = (
         CacheServiceClient::new(channel.clone()),

@@ -134,6 +134,16 @@ struct Args {
     /// `--server-arg=--read-threads=0`.
     #[arg(long, allow_hyphen_values = true)]
     server_arg: Vec<String>,
+    /// The spawned server's --worker-threads (0: its default, one per core).
+    /// Default: half the cores, at least 1, so that the server and the load
+    /// generator each run on cores of their own instead of time-slicing each
+    /// other's threads (BENCHMARKS.md, "Worker threads").
+    #[arg(long)]
+    server_workers: Option<usize>,
+    /// Worker threads of the load generator. Default: the cores the spawned
+    /// server's workers leave, at least 1; with --addr, one per core.
+    #[arg(long)]
+    client_workers: Option<usize>,
     /// Executions stored before measuring (lookup-hit draws from them).
     #[arg(long, default_value_t = 10_000)]
     preload: u64,
@@ -166,6 +176,36 @@ struct Args {
     /// Also print one JSON line per result (for tables).
     #[arg(long)]
     json: bool,
+}
+
+/// How many tokio worker threads the spawned server and the load generator
+/// get: on a shared machine, cores of their own.
+struct Split {
+    /// None: the server's default.
+    server: Option<usize>,
+    client: usize,
+}
+
+impl Split {
+    fn of(args: &Args, spawns_server: bool) -> Split {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        if !spawns_server {
+            return Split {
+                server: None,
+                client: args.client_workers.unwrap_or(cores).max(1),
+            };
+        }
+        let server = match args.server_workers {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => Some((cores / 2).max(1)),
+        };
+        let client = args
+            .client_workers
+            .unwrap_or(cores.saturating_sub(server.unwrap_or(0)))
+            .max(1);
+        Split { server, client }
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1190,35 +1230,45 @@ fn main() -> anyhow::Result<()> {
         None => None,
     };
 
+    let split = Split::of(&args, data_dir.is_some());
+    let mut server_args = args.server_arg.clone();
+    if let Some(n) = split.server {
+        server_args.push(format!("--worker-threads={n}"));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(split.client)
         .enable_all()
         .build()?;
     let result = rt.block_on(async {
-        let server = match &data_dir {
-            Some(d) => {
-                let bin = ServerProc::server_bin(args.server_bin.as_deref())?;
-                let s = ServerProc::spawn(
-                    &bin,
-                    d,
-                    args.store.as_deref(),
-                    args.cache_capacity_mb,
-                    args.hot_hits,
-                    &args.server_arg,
-                )
-                .await?;
-                eprintln!(
-                    "# server {} pid {} on {} started in {:.3} s (data dir {}, {:.0} MiB on disk)",
+        let server =
+            match &data_dir {
+                Some(d) => {
+                    let bin = ServerProc::server_bin(args.server_bin.as_deref())?;
+                    let s = ServerProc::spawn(
+                        &bin,
+                        d,
+                        args.store.as_deref(),
+                        args.cache_capacity_mb,
+                        args.hot_hits,
+                        &server_args,
+                    )
+                    .await?;
+                    eprintln!(
+                    "# server {} pid {} on {} started in {:.3} s (data dir {}, {:.0} MiB on disk; \
+                     worker threads: server {}, load generator {})",
                     bin.display(),
                     s.child.id(),
                     s.addr,
                     s.startup.as_secs_f64(),
                     d.display(),
                     dir_size(d) as f64 / (1 << 20) as f64,
+                    split.server.map_or("one per core".to_string(), |n| n.to_string()),
+                    split.client,
                 );
-                Some(s)
-            }
-            None => None,
-        };
+                    Some(s)
+                }
+                None => None,
+            };
         let addr = server
             .as_ref()
             .map(|s| s.addr.clone())
