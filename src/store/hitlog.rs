@@ -160,12 +160,13 @@ impl Segment {
     /// page cache holds it): such a read may run on the async threads.
     pub fn read(&self, packed: u64, ns: &str, key: &CacheKey, nowait: bool) -> Option<Stored> {
         let (at, len) = unpack(packed);
-        let mut buf = vec![0; len];
-        if nowait {
-            read_nowait(&self.file, &mut buf, at)?;
+        let buf = if nowait {
+            read_nowait(&self.file, len, at)?
         } else {
+            let mut buf = vec![0; len];
             self.file.read_exact_at(&mut buf, at).ok()?;
-        }
+            buf
+        };
         decode(Bytes::from(buf), ns, key)
     }
 }
@@ -320,17 +321,26 @@ fn le<const N: usize>(b: &[u8], at: usize) -> Option<u64> {
 
 /// Fills `buf` from `at` if the page cache holds all of it (`preadv2` with
 /// `RWF_NOWAIT`); None when it would wait for the disk, or on any error.
-fn read_nowait(file: &File, buf: &mut [u8], at: u64) -> Option<()> {
+/// `len` bytes at `at`, read into a buffer that is not zeroed first (the
+/// read fills it, or it is dropped).
+fn read_nowait(file: &File, len: usize, at: u64) -> Option<Vec<u8>> {
     use std::os::fd::AsRawFd;
+    let mut buf = Vec::<u8>::with_capacity(len);
     let iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
+        iov_len: len,
     };
     let offset = libc::off64_t::try_from(at).ok()?;
-    // SAFETY: `iov` points at `buf`, which outlives the call and is not
-    // otherwise borrowed meanwhile; the fd is open for as long as `file` is.
+    // SAFETY: `iov` points at `buf`'s `len` bytes of capacity, which outlive
+    // the call and are not otherwise borrowed meanwhile; the fd is open for
+    // as long as `file` is.
     let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
-    (usize::try_from(n).ok()? == buf.len()).then_some(())
+    if usize::try_from(n).ok()? != len {
+        return None;
+    }
+    // SAFETY: the read wrote all `len` bytes.
+    unsafe { buf.set_len(len) };
+    Some(buf)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -18,12 +18,13 @@
 //! a write is never cached after it. Staleness and TTL are judged again at
 //! every hit with the current clock.
 
+use std::hash::BuildHasherDefault;
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
-use super::hitlog::{self, HitLog, Index, Opened, Segment};
+use super::hitlog::{self, HitLog, Index, Opened, Segment, TagHasher};
 use crate::key::CacheKey;
 use crate::policy::{self, Candidate};
 
@@ -41,8 +42,19 @@ pub struct HotHit {
 /// insert racing it, only those of keys in its stripe.
 const STRIPES: usize = 1024;
 
+/// A hit in memory, under its key's tag: the namespace and key it is for are
+/// checked at every read, so that two keys whose tags collide share a slot
+/// (the later evicts the earlier) but never each other's hits.
+struct Slot {
+    ns: Box<str>,
+    key: CacheKey,
+    hit: Arc<HotHit>,
+}
+
+type Lru = LruCache<u64, Slot, BuildHasherDefault<TagHasher>>;
+
 struct Inner {
-    lru: Option<LruCache<(String, CacheKey), Arc<HotHit>>>,
+    lru: Option<Lru>,
     cleared: u64,
     stripes: Vec<u64>,
     tier: Option<Tier>,
@@ -60,6 +72,31 @@ impl Inner {
     fn generation(&self, tag: u64) -> u64 {
         let stripe = self.stripes[tag as usize % STRIPES];
         self.cleared.wrapping_add(stripe)
+    }
+
+    /// (ns, key)'s hit in memory, as the most recently used.
+    fn memory(&mut self, tag: u64, ns: &str, key: &CacheKey) -> Option<Arc<HotHit>> {
+        let slot = self.lru.as_mut()?.get(&tag)?;
+        (slot.key == *key && *slot.ns == *ns).then(|| slot.hit.clone())
+    }
+
+    fn remember(&mut self, tag: u64, ns: &str, key: &CacheKey, hit: Arc<HotHit>) {
+        if let Some(lru) = self.lru.as_mut() {
+            let slot = Slot {
+                ns: ns.into(),
+                key: *key,
+                hit,
+            };
+            lru.put(tag, slot);
+        }
+    }
+
+    /// Where (ns, key)'s record is in the hits file, with what `insert`
+    /// needs to keep it in memory afterwards.
+    fn stored(&self, tag: u64) -> Option<(u64, Arc<Segment>, u64)> {
+        let tier = self.tier.as_ref()?;
+        let packed = *tier.index.get(&tag)?;
+        Some((self.generation(tag), tier.segment.clone(), packed))
     }
 }
 
@@ -84,7 +121,8 @@ impl HotHits {
         };
         HotHits {
             inner: Mutex::new(Inner {
-                lru: NonZeroUsize::new(capacity).map(LruCache::new),
+                lru: NonZeroUsize::new(capacity)
+                    .map(|n| LruCache::with_hasher(n, BuildHasherDefault::default())),
                 cleared: 0,
                 stripes: vec![0; STRIPES],
                 tier,
@@ -102,8 +140,9 @@ impl HotHits {
             .unwrap_or(u64::MAX)
     }
 
-    /// The cached hit in memory if it may still be served now under
-    /// `max_staleness_ms`.
+    /// The cached hit if it may still be served now under
+    /// `max_staleness_ms`: from memory, else from the hits file if that
+    /// need not wait for the disk (so that the async threads may call it).
     pub fn get(
         &self,
         ns: &str,
@@ -111,31 +150,42 @@ impl HotHits {
         now_ms: i64,
         max_staleness_ms: Option<i64>,
     ) -> Option<Arc<HotHit>> {
-        let hit = {
+        let tag = hitlog::tag(ns, key);
+        let stored = {
             let mut inner = self.inner.lock().ok()?;
-            inner.lru.as_mut()?.get(&(ns.to_string(), *key))?.clone()
+            if let Some(hit) = inner.memory(tag, ns, key) {
+                return servable(hit, now_ms, max_staleness_ms);
+            }
+            inner.stored(tag)?
         };
-        servable(hit, now_ms, max_staleness_ms)
+        self.read_stored(tag, stored, ns, key, true)
+            .and_then(|hit| servable(hit, now_ms, max_staleness_ms))
     }
 
-    /// As `get`, from the hits file: a read, which with `nowait` happens
-    /// only if it need not wait for the disk (so that the async threads may
-    /// call it). A hit found there is kept in memory too.
+    /// As `get`, from the hits file only, waiting for the disk if need be.
     pub fn get_stored(
         &self,
         ns: &str,
         key: &CacheKey,
         now_ms: i64,
         max_staleness_ms: Option<i64>,
-        nowait: bool,
     ) -> Option<Arc<HotHit>> {
         let tag = hitlog::tag(ns, key);
-        let (generation, segment, packed) = {
-            let inner = self.inner.lock().ok()?;
-            let tier = inner.tier.as_ref()?;
-            let packed = *tier.index.get(&tag)?;
-            (inner.generation(tag), tier.segment.clone(), packed)
-        };
+        let stored = self.inner.lock().ok()?.stored(tag)?;
+        self.read_stored(tag, stored, ns, key, false)
+            .and_then(|hit| servable(hit, now_ms, max_staleness_ms))
+    }
+
+    /// Reads a record `Inner::stored` found, and keeps its hit in memory
+    /// unless the key was evicted meanwhile.
+    fn read_stored(
+        &self,
+        tag: u64,
+        (generation, segment, packed): (u64, Arc<Segment>, u64),
+        ns: &str,
+        key: &CacheKey,
+        nowait: bool,
+    ) -> Option<Arc<HotHit>> {
         let stored = segment.read(packed, ns, key, nowait)?;
         let hit = Arc::new(HotHit {
             completed_ms: stored.completed_ms,
@@ -144,12 +194,10 @@ impl HotHits {
         });
         if let Ok(mut inner) = self.inner.lock() {
             if inner.generation(tag) == generation {
-                if let Some(lru) = inner.lru.as_mut() {
-                    lru.put((ns.to_string(), *key), hit.clone());
-                }
+                inner.remember(tag, ns, key, hit.clone());
             }
         }
-        servable(hit, now_ms, max_staleness_ms)
+        Some(hit)
     }
 
     /// Caches a hit read from the store, unless its key was evicted since
@@ -168,8 +216,8 @@ impl HotHits {
             if inner.generation(tag) != generation {
                 return;
             }
-            if let Some(lru) = inner.lru.as_mut().filter(|_| memory) {
-                lru.put((ns.to_string(), *key), Arc::new(hit));
+            if memory {
+                inner.remember(tag, ns, key, Arc::new(hit));
             }
             match (record, self.log.as_ref()) {
                 (Some(record), Some(log)) => self.reserve(&mut inner, log, record),
@@ -247,7 +295,7 @@ impl HotHits {
         if let Ok(mut inner) = self.inner.lock() {
             inner.stripes[tag as usize % STRIPES] += 1;
             if let Some(lru) = inner.lru.as_mut() {
-                lru.pop(&(ns.to_string(), *key));
+                lru.pop(&tag);
             }
             if let Some(tier) = inner.tier.as_mut() {
                 tier.index.remove(&tag);
@@ -376,32 +424,29 @@ mod tests {
         let h = with_file(dir.path(), 1 << 20);
         let (k, other) = (CacheKey([4; 32]), CacheKey([5; 32]));
         insert_now(&h, &k, hit(1_000, Some(500)));
-        assert!(h.get("ns", &k, 1_100, None).is_none(), "no memory tier");
-        let stored = h.get_stored("ns", &k, 1_100, None, false).unwrap();
+        let stored = h.get_stored("ns", &k, 1_100, None).unwrap();
         assert_eq!(&stored.fields[..], &[0u8]);
-        assert!(h.get_stored("ns", &k, 1_501, None, false).is_none(), "ttl");
-        assert!(h.get_stored("nt", &k, 1_100, None, false).is_none());
-        assert!(h.get_stored("ns", &other, 1_100, None, false).is_none());
+        assert!(h.get_stored("ns", &k, 1_501, None).is_none(), "ttl");
+        assert!(h.get_stored("nt", &k, 1_100, None).is_none());
+        assert!(h.get_stored("ns", &other, 1_100, None).is_none());
 
         // An eviction of another key in another stripe turns no insert away.
         let before = h.generation("ns", &k);
         h.evict("ns", &other);
         h.insert(before, "ns", &k, hit(2_000, None), true);
         assert_eq!(
-            h.get_stored("ns", &k, 2_100, None, false)
-                .unwrap()
-                .completed_ms,
+            h.get_stored("ns", &k, 2_100, None).unwrap().completed_ms,
             2_000
         );
         // Its own eviction does, and forgets the stored one.
         let before = h.generation("ns", &k);
         h.evict("ns", &k);
-        assert!(h.get_stored("ns", &k, 2_100, None, false).is_none());
+        assert!(h.get_stored("ns", &k, 2_100, None).is_none());
         h.insert(before, "ns", &k, hit(3_000, None), true);
-        assert!(h.get_stored("ns", &k, 3_100, None, false).is_none());
+        assert!(h.get_stored("ns", &k, 3_100, None).is_none());
         insert_now(&h, &other, hit(1, None));
         h.clear();
-        assert!(h.get_stored("ns", &other, 2, None, false).is_none());
+        assert!(h.get_stored("ns", &other, 2, None).is_none());
     }
 
     #[test]
@@ -415,18 +460,32 @@ mod tests {
         }
         assert!(keys[..2]
             .iter()
-            .all(|k| h.get_stored("ns", k, 2, None, false).is_some()));
+            .all(|k| h.get_stored("ns", k, 2, None).is_some()));
         // The third does not fit: the file starts over, empty.
         insert_now(&h, &keys[2], hit(1, None));
         assert!(keys
             .iter()
-            .all(|k| h.get_stored("ns", k, 2, None, false).is_none()));
+            .all(|k| h.get_stored("ns", k, 2, None).is_none()));
         insert_now(&h, &keys[2], hit(1, None));
-        assert!(h.get_stored("ns", &keys[2], 2, None, false).is_some());
+        assert!(h.get_stored("ns", &keys[2], 2, None).is_some());
         let len = std::fs::metadata(dir.path().join(hitlog::LOG_FILE))
             .unwrap()
             .len();
         assert_eq!(len, 61);
+    }
+
+    #[test]
+    fn keys_whose_tags_collide_never_get_each_others_hits() {
+        let h = HotHits::new(10, None);
+        let (k, other) = (CacheKey([6; 32]), CacheKey([7; 32]));
+        let mut inner = h.inner.lock().unwrap();
+        inner.remember(42, "ns", &k, Arc::new(hit(1, None)));
+        assert!(inner.memory(42, "ns", &k).is_some());
+        assert!(inner.memory(42, "ns", &other).is_none(), "another key");
+        assert!(inner.memory(42, "nt", &k).is_none(), "another namespace");
+        inner.remember(42, "ns", &other, Arc::new(hit(2, None)));
+        assert!(inner.memory(42, "ns", &k).is_none(), "the later evicts");
+        assert_eq!(inner.memory(42, "ns", &other).unwrap().completed_ms, 2);
     }
 
     #[test]

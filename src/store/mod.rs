@@ -693,7 +693,7 @@ impl Store {
         max_staleness_ms: Option<i64>,
     ) -> Result<Lookup> {
         let now = self.now_ms();
-        if let Some(hit) = self.hot.get_stored(ns, key, now, max_staleness_ms, false) {
+        if let Some(hit) = self.hot.get_stored(ns, key, now, max_staleness_ms) {
             return Ok(Lookup::Hit(Hit::Encoded(hit.fields.clone())));
         }
         let judge = Judge {
@@ -922,10 +922,7 @@ impl Store {
         max_staleness_ms: Option<i64>,
     ) -> Option<Lookup> {
         let now = self.now_ms();
-        let hit = self
-            .hot
-            .get(ns, key, now, max_staleness_ms)
-            .or_else(|| self.hot.get_stored(ns, key, now, max_staleness_ms, true))?;
+        let hit = self.hot.get(ns, key, now, max_staleness_ms)?;
         Some(Lookup::Hit(Hit::Encoded(hit.fields.clone())))
     }
 
@@ -2187,9 +2184,7 @@ mod tests {
 
     /// The hit of `key` in the hits file, decoded.
     fn stored_hit(store: &Store, key: &CacheKey) -> Option<(Execution, entry::Outputs)> {
-        let hit = store
-            .hot
-            .get_stored("default", key, store.now_ms(), None, false)?;
+        let hit = store.hot.get_stored("default", key, store.now_ms(), None)?;
         served(Lookup::Hit(Hit::Encoded(hit.fields.clone())))
     }
 
