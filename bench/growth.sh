@@ -12,8 +12,10 @@
 # DURATION seconds (default 3) each. Both data files are held in the page
 # cache the whole time (bench/pin-pages.py). It prints, per pair and as the
 # median over pairs, the large dir's lookup throughput over the small one's,
-# raw and as shares of the floor measured by the same server. Run nothing
-# else meanwhile: the load generator and the server share 2 cores.
+# raw and as shares of the floor measured by the same server. BENCH_ARGS
+# adds arguments to every stepcache-bench run (e.g. "--hot-hits 0": both
+# sizes served from the hits file). Run nothing else meanwhile: the load
+# generator and the server share 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 small=${1:?SMALL_DIR}
@@ -21,6 +23,7 @@ large=${2:?LARGE_DIR}
 pairs=${3:-6}
 out=${4:-/tmp/bm/growth}
 duration=${DURATION:-3}
+read -r -a extra <<<"${BENCH_ARGS:-}"
 bench=target/release/stepcache-bench
 mkdir -p "$out"
 
@@ -49,7 +52,7 @@ echo "# $(cat "$out/pin.txt")"
 
 one() { # one DIR N PAIR: a server on DIR, floor then lookup-hit
   "$bench" --preload "$2" --data-dir "$1" --rounds 1 --duration "$duration" --warmup 0.5 \
-    --concurrency 64 --json floor lookup-hit | tee "$out/pair$3-$2.txt"
+    --concurrency 64 "${extra[@]}" --json floor lookup-hit | tee "$out/pair$3-$2.txt"
 }
 : >"$out/results.jsonl"
 for p in $(seq "$pairs"); do
