@@ -189,19 +189,32 @@ struct Split {
 impl Split {
     fn of(args: &Args, spawns_server: bool) -> Split {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Split::of_cores(
+            cores,
+            args.server_workers,
+            args.client_workers,
+            spawns_server,
+        )
+    }
+
+    fn of_cores(
+        cores: usize,
+        server_workers: Option<usize>,
+        client_workers: Option<usize>,
+        spawns_server: bool,
+    ) -> Split {
         if !spawns_server {
             return Split {
                 server: None,
-                client: args.client_workers.unwrap_or(cores).max(1),
+                client: client_workers.unwrap_or(cores).max(1),
             };
         }
-        let server = match args.server_workers {
+        let server = match server_workers {
             Some(0) => None,
             Some(n) => Some(n),
             None => Some((cores / 2).max(1)),
         };
-        let client = args
-            .client_workers
+        let client = client_workers
             .unwrap_or(cores.saturating_sub(server.unwrap_or(0)))
             .max(1);
         Split { server, client }
@@ -1460,6 +1473,25 @@ fn print_ratios(results: &[Result1]) {
 mod tests {
     use super::*;
     use std::io::Write;
+
+    #[test]
+    fn the_spawned_server_and_the_load_generator_split_the_cores() {
+        let split = |cores, server, client, spawns| {
+            let s = Split::of_cores(cores, server, client, spawns);
+            (s.server, s.client)
+        };
+        assert_eq!(split(2, None, None, true), (Some(1), 1));
+        assert_eq!(split(8, None, None, true), (Some(4), 4));
+        assert_eq!(split(1, None, None, true), (Some(1), 1), "never 0 threads");
+        assert_eq!(split(3, None, None, true), (Some(1), 2));
+        // 0: the server's own default (a worker per core), the client every core.
+        assert_eq!(split(2, Some(0), None, true), (None, 2));
+        assert_eq!(split(2, Some(0), Some(2), true), (None, 2));
+        assert_eq!(split(4, Some(3), None, true), (Some(3), 1));
+        assert_eq!(split(4, None, Some(0), true), (Some(2), 1));
+        // A server at --addr is not ours to size.
+        assert_eq!(split(4, Some(1), None, false), (None, 4));
+    }
 
     #[test]
     fn storage_writes_count_what_a_process_writes_to_files() {
