@@ -76,7 +76,7 @@ enum Command {
         write_threads: usize,
         /// Threads that run the gRPC service (tokio workers); default: one per
         /// core. Fewer leave cores to other processes: on 2 cores shared with
-        /// a load generator, 1 cut the p99 of lookups by a third or more
+        /// a load generator, 1 about halved the p99 of lookups
         /// (BENCHMARKS.md, "Worker threads").
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         worker_threads: Option<u16>,
