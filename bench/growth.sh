@@ -39,15 +39,9 @@ for d in "$small" "$large"; do
   files+=("$d/db")
   [ -e "$d/hits.log" ] && files+=("$d/hits.log")
 done
-python3 bench/pin-pages.py "${files[@]}" >"$out/pin.txt" 2>&1 &
-pinner=$!
-trap 'kill $pinner 2>/dev/null || true' EXIT
-for _ in $(seq 1200); do
-  grep -q pinned "$out/pin.txt" && break
-  kill -0 "$pinner" 2>/dev/null || { cat "$out/pin.txt"; exit 1; }
-  sleep 0.5
-done
-grep -q pinned "$out/pin.txt" || { echo "the data files did not pin" >&2; exit 1; }
+source bench/pin.sh
+trap 'kill ${pinner:-} 2>/dev/null || true' EXIT
+PIN_TRIES=1200 pin "$out/pin.txt" "${files[@]}" || { echo "the data files did not pin" >&2; exit 1; }
 echo "# $(cat "$out/pin.txt")"
 
 one() { # one DIR N PAIR: a server on DIR, floor then lookup-hit

@@ -19,18 +19,7 @@ sizes=${SIZES:-10000 100000 1000000}
 bench=target/release/stepcache-bench
 mkdir -p "$out" "$root"
 
-pin() { # pin LOG FILE...: returns once the FILEs are resident, leaves the pinner running
-  local log=$1
-  shift
-  python3 bench/pin-pages.py "$@" >"$log" 2>&1 &
-  pinner=$!
-  for _ in $(seq 600); do
-    grep -q pinned "$log" && return 0
-    kill -0 "$pinner" 2>/dev/null || { cat "$log"; return 1; }
-    sleep 0.5
-  done
-  return 1
-}
+source bench/pin.sh
 
 for n in $sizes; do
   d=$root/sc$n

@@ -1253,35 +1253,38 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     let result = rt.block_on(async {
-        let server =
-            match &data_dir {
-                Some(d) => {
-                    let bin = ServerProc::server_bin(args.server_bin.as_deref())?;
-                    let s = ServerProc::spawn(
-                        &bin,
-                        d,
-                        args.store.as_deref(),
-                        args.cache_capacity_mb,
-                        args.hot_hits,
-                        &server_args,
-                    )
-                    .await?;
-                    eprintln!(
-                    "# server {} pid {} on {} started in {:.3} s (data dir {}, {:.0} MiB on disk; \
-                     worker threads: server {}, load generator {})",
+        let server = match &data_dir {
+            Some(d) => {
+                let bin = ServerProc::server_bin(args.server_bin.as_deref())?;
+                let s = ServerProc::spawn(
+                    &bin,
+                    d,
+                    args.store.as_deref(),
+                    args.cache_capacity_mb,
+                    args.hot_hits,
+                    &server_args,
+                )
+                .await?;
+                eprintln!(
+                    "# server {} pid {} on {} started in {:.3} s (data dir {}, {:.0} MiB on disk)",
                     bin.display(),
                     s.child.id(),
                     s.addr,
                     s.startup.as_secs_f64(),
                     d.display(),
                     dir_size(d) as f64 / (1 << 20) as f64,
-                    split.server.map_or("one per core".to_string(), |n| n.to_string()),
+                );
+                eprintln!(
+                    "# worker threads: server {}, load generator {}",
+                    split
+                        .server
+                        .map_or("one per core".to_string(), |n| n.to_string()),
                     split.client,
                 );
-                    Some(s)
-                }
-                None => None,
-            };
+                Some(s)
+            }
+            None => None,
+        };
         let addr = server
             .as_ref()
             .map(|s| s.addr.clone())
