@@ -14,11 +14,11 @@ cd "$(dirname "$0")/.."
 settled=$1 n=$2
 shift 2
 work=${WORK_DIR:-$settled.ab}
+source bench/pin.sh
+trap 'kill ${pinner:-} 2>/dev/null || true' EXIT
 for server in "$@"; do
   rm -rf "$work" && cp -a "$settled" "$work"
-  python3 bench/pin-pages.py "$work/db" >"$work.pin" 2>&1 &
-  pinner=$!
-  for _ in $(seq 200); do grep -q pinned "$work.pin" && break; sleep 0.3; done
+  pin "$work.pin" "$work/db" || { echo "the data file did not pin" >&2; exit 1; }
   echo "== $server"
   target/release/stepcache-bench --server-bin "$server" --data-dir "$work" --preload "$n" \
     --rounds 1 --duration 5 --warmup 0.5 --concurrency 64 ${BENCH_ARGS:-} put | grep " put "

@@ -6,7 +6,8 @@
 //! a hit that is not in memory is one small read instead of a sled leaf.
 //! Hits enter both at their first read from sled, and the file also from
 //! the cache index after a start that found it unfilled
-//! (`Store::warm_in_background`). The cache holds each hit as the reply's
+//! (`Store::warm_in_background`); a hit read from the file goes into memory
+//! at its second read within a while (`Doorkeeper`). The cache holds each hit as the reply's
 //! encoded fields (`entry::encoded_hit`), which a reply carries as they are:
 //! nothing is decoded or encoded again, and 20,000 entries take ~20 MiB, not
 //! the ~120 MiB their decoded executions and artifacts did (BENCHMARKS.md).
@@ -55,6 +56,8 @@ type Lru = LruCache<u64, Slot, BuildHasherDefault<TagHasher>>;
 
 struct Inner {
     lru: Option<Lru>,
+    /// Which reads from the hits file go into memory (with `lru`).
+    doorkeeper: Option<Doorkeeper>,
     cleared: u64,
     stripes: Vec<u64>,
     tier: Option<Tier>,
@@ -66,6 +69,64 @@ struct Tier {
     index: Index,
     /// Every key of the store was given to it since it last started over.
     filled: bool,
+}
+
+/// Admission to memory of hits read from the hits file, as TinyLFU's
+/// doorkeeper: a key goes into memory at its second read within a window of
+/// about `window` first reads, not at its first. Under draws spread over far
+/// more keys than memory holds, almost every read would otherwise put a hit
+/// in memory only to evict another before either is asked for again: an
+/// allocation kept, an eviction and the CPU cache lines they take, ~0.9 us
+/// of a ~3 us read at 1M keys (`hits-bench`; BENCHMARKS.md, "Admission to
+/// memory"). A key asked for again soon, as a pipeline's repeated runs do,
+/// still gets there at its second read. Two bitsets of about 8 bits per key
+/// of the window, the current one and the one before, so that a key seen
+/// just before a turnover still counts; two bits per key.
+struct Doorkeeper {
+    current: Vec<u64>,
+    previous: Vec<u64>,
+    added: usize,
+    window: usize,
+}
+
+impl Doorkeeper {
+    fn new(window: usize) -> Self {
+        let words = (window.max(1) * 8).next_power_of_two().div_ceil(64);
+        Doorkeeper {
+            current: vec![0; words],
+            previous: vec![0; words],
+            added: 0,
+            window: window.max(1),
+        }
+    }
+
+    /// Two bit positions from the tag, a uniform hash already.
+    fn bits(&self, tag: u64) -> [(usize, u64); 2] {
+        let mask = self.current.len() * 64 - 1;
+        [tag as usize & mask, (tag >> 32) as usize & mask].map(|b| (b / 64, 1u64 << (b % 64)))
+    }
+
+    fn contains(set: &[u64], bits: &[(usize, u64); 2]) -> bool {
+        bits.iter().all(|(w, m)| set[*w] & m != 0)
+    }
+
+    /// Whether `tag` was seen within the window; it is seen from now on.
+    fn seen(&mut self, tag: u64) -> bool {
+        let bits = self.bits(tag);
+        if Self::contains(&self.current, &bits) || Self::contains(&self.previous, &bits) {
+            return true;
+        }
+        for (w, m) in bits {
+            self.current[w] |= m;
+        }
+        self.added += 1;
+        if self.added >= self.window {
+            std::mem::swap(&mut self.current, &mut self.previous);
+            self.current.fill(0);
+            self.added = 0;
+        }
+        false
+    }
 }
 
 impl Inner {
@@ -91,13 +152,38 @@ impl Inner {
         }
     }
 
-    /// Where (ns, key)'s record is in the hits file, with what `insert`
-    /// needs to keep it in memory afterwards.
-    fn stored(&self, tag: u64) -> Option<(u64, Arc<Segment>, u64)> {
+    /// Where (ns, key)'s record is in the hits file, with what
+    /// `read_stored` needs to keep it in memory afterwards, if the
+    /// doorkeeper lets it in.
+    fn stored(&mut self, tag: u64) -> Option<InFile> {
         let tier = self.tier.as_ref()?;
         let packed = *tier.index.get(&tag)?;
-        Some((self.generation(tag), tier.segment.clone(), packed))
+        let segment = tier.segment.clone();
+        let keep = self.doorkeeper.as_mut().is_some_and(|d| d.seen(tag));
+        Some(InFile {
+            generation: self.generation(tag),
+            segment,
+            packed,
+            keep,
+        })
     }
+}
+
+/// A record `Inner::stored` found.
+struct InFile {
+    generation: u64,
+    segment: Arc<Segment>,
+    packed: u64,
+    /// Into memory once read.
+    keep: bool,
+}
+
+/// What a key's evictions were when a read of the store began, with the
+/// key's tag, so that `insert` need not hash the key again.
+#[derive(Clone, Copy, Debug)]
+pub struct Generation {
+    tag: u64,
+    n: u64,
 }
 
 pub struct HotHits {
@@ -123,6 +209,7 @@ impl HotHits {
             inner: Mutex::new(Inner {
                 lru: NonZeroUsize::new(capacity)
                     .map(|n| LruCache::with_hasher(n, BuildHasherDefault::default())),
+                doorkeeper: (capacity > 0).then(|| Doorkeeper::new(capacity)),
                 cleared: 0,
                 stripes: vec![0; STRIPES],
                 tier,
@@ -132,12 +219,14 @@ impl HotHits {
     }
 
     /// Read before reading the store; pass to `insert`.
-    pub fn generation(&self, ns: &str, key: &CacheKey) -> u64 {
+    pub fn generation(&self, ns: &str, key: &CacheKey) -> Generation {
         let tag = hitlog::tag(ns, key);
-        self.inner
+        let n = self
+            .inner
             .lock()
             .map(|i| i.generation(tag))
-            .unwrap_or(u64::MAX)
+            .unwrap_or(u64::MAX);
+        Generation { tag, n }
     }
 
     /// The cached hit if it may still be served now under
@@ -177,24 +266,26 @@ impl HotHits {
     }
 
     /// Reads a record `Inner::stored` found, and keeps its hit in memory
-    /// unless the key was evicted meanwhile.
+    /// if the doorkeeper let it in and the key was not evicted meanwhile.
     fn read_stored(
         &self,
         tag: u64,
-        (generation, segment, packed): (u64, Arc<Segment>, u64),
+        at: InFile,
         ns: &str,
         key: &CacheKey,
         nowait: bool,
     ) -> Option<Arc<HotHit>> {
-        let stored = segment.read(packed, ns, key, nowait)?;
+        let stored = at.segment.read(at.packed, ns, key, nowait)?;
         let hit = Arc::new(HotHit {
             completed_ms: stored.completed_ms,
             ttl_ms: stored.ttl_ms,
             fields: stored.fields,
         });
-        if let Ok(mut inner) = self.inner.lock() {
-            if inner.generation(tag) == generation {
-                inner.remember(tag, ns, key, hit.clone());
+        if at.keep {
+            if let Ok(mut inner) = self.inner.lock() {
+                if inner.generation(tag) == at.generation {
+                    inner.remember(tag, ns, key, hit.clone());
+                }
             }
         }
         Some(hit)
@@ -203,8 +294,9 @@ impl HotHits {
     /// Caches a hit read from the store, unless its key was evicted since
     /// `generation` was read: in memory (unless `memory` is false) and in
     /// the hits file.
-    pub fn insert(&self, generation: u64, ns: &str, key: &CacheKey, hit: HotHit, memory: bool) {
-        let tag = hitlog::tag(ns, key);
+    pub fn insert(&self, g: Generation, ns: &str, key: &CacheKey, hit: HotHit, memory: bool) {
+        let Generation { tag, n: generation } = g;
+        debug_assert_eq!(tag, hitlog::tag(ns, key), "a generation of another key");
         let record = match self.log {
             Some(_) => hitlog::encode(ns, key, hit.completed_ms, hit.ttl_ms, &hit.fields),
             None => None,
@@ -486,6 +578,76 @@ mod tests {
         inner.remember(42, "ns", &other, Arc::new(hit(2, None)));
         assert!(inner.memory(42, "ns", &k).is_none(), "the later evicts");
         assert_eq!(inner.memory(42, "ns", &other).unwrap().completed_ms, 2);
+    }
+
+    /// Whether this file system reads a cached page without waiting
+    /// (RWF_NOWAIT), as `get` needs to read the hits file.
+    fn reads_without_waiting(dir: &std::path::Path) -> bool {
+        use std::os::fd::AsRawFd;
+        let path = dir.join("probe");
+        std::fs::write(&path, [1u8; 16]).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let mut buf = [0u8; 16];
+        let iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        // SAFETY: `iov` points at `buf`, which outlives the call.
+        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) };
+        n == 16
+    }
+
+    #[test]
+    fn a_hit_memory_lost_is_read_from_the_file_and_kept_in_memory_again() {
+        let dir = tempfile::tempdir().unwrap();
+        if !reads_without_waiting(dir.path()) {
+            eprintln!("skipped: the temp dir's file system has no RWF_NOWAIT reads");
+            return;
+        }
+        let log = HitLog::open(dir.path(), 1 << 20, None).unwrap();
+        let h = HotHits::new(1, Some(log));
+        let (a, b) = (CacheKey([8; 32]), CacheKey([9; 32]));
+        insert_now(&h, &a, hit(1_000, Some(500)));
+        insert_now(&h, &b, hit(2_000, None)); // memory holds one: `a` goes
+        let in_memory = |k: &CacheKey| {
+            let mut inner = h.inner.lock().unwrap();
+            inner.memory(hitlog::tag("ns", k), "ns", k).is_some()
+        };
+        assert!(!in_memory(&a) && in_memory(&b));
+        let got = h.get("ns", &a, 1_100, None).expect("a from the hits file");
+        assert_eq!((got.completed_ms, got.ttl_ms), (1_000, Some(500)));
+        assert!(!in_memory(&a), "one read does not pass the doorkeeper");
+        assert!(h.get("ns", &a, 1_100, None).is_some());
+        assert!(
+            in_memory(&a) && !in_memory(&b),
+            "the second goes into memory"
+        );
+        // Judged like any hit, from either tier.
+        assert!(h.get("ns", &b, 2_100, None).is_some(), "b from the file");
+        assert!(h.get("ns", &a, 1_501, None).is_none(), "ttl");
+        assert!(h.get("ns", &CacheKey([10; 32]), 1_100, None).is_none());
+    }
+
+    #[test]
+    fn the_doorkeeper_lets_in_what_it_saw_within_its_window() {
+        // A tag's two bits are its bits 0-9 and 32-41 (1,024 bits for a
+        // window of 100): `t | t << 32` sets bit t only, apart from 7's.
+        let tag = |t: u64| t | t << 32;
+        let mut d = Doorkeeper::new(100);
+        assert!(!d.seen(tag(7)), "a first read");
+        assert!(d.seen(tag(7)), "a second read");
+        // 99 more keys turn the window over once: 7 is in the previous set.
+        for t in 16..115 {
+            assert!(!d.seen(tag(t)));
+        }
+        assert!(d.seen(tag(7)), "seen in the previous window");
+        assert!(d.seen(tag(16)));
+        // Another 100: the window turns over again, and 7 is forgotten.
+        for t in 200..300 {
+            assert!(!d.seen(tag(t)));
+        }
+        assert!(!d.seen(tag(7)));
+        assert!(!d.seen(tag(16)));
     }
 
     #[test]

@@ -252,7 +252,7 @@ struct Judge<'a> {
     key: &'a CacheKey,
     max_staleness_ms: Option<i64>,
     now: i64,
-    generation: u64,
+    generation: hot::Generation,
     prefix: Vec<u8>,
     /// A hit goes into the memory tier of the hot cache too (not when warming).
     memory: bool,
