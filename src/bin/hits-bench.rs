@@ -44,6 +44,10 @@ struct Args {
     gets: u64,
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Draw from this many keys of each size only (0: all of them), as
+    /// drivers asking again about recent tasks do.
+    #[arg(long, default_value_t = 0)]
+    working_set: u64,
     /// Bytes of each hit's reply fields (a benchmark preload's are ~610).
     #[arg(long, default_value_t = 610)]
     record_bytes: usize,
@@ -111,7 +115,19 @@ struct Run {
 
 /// Lookups of uniform keys with a memory tier of `memory`; the index is
 /// persisted again for the next run.
-fn run(dir: &Path, n: u64, memory: usize, gets: u64, epoch: u64, seed: u64) -> anyhow::Result<Run> {
+fn run(
+    dir: &Path,
+    n: u64,
+    memory: usize,
+    args: &Args,
+    epoch: u64,
+    seed: u64,
+) -> anyhow::Result<Run> {
+    let gets = args.gets;
+    let draws = match args.working_set {
+        0 => n,
+        ws => ws.min(n),
+    };
     let hot = HotHits::new(memory, Some(HitLog::open(dir, FILE_CAP, Some(epoch))?));
     anyhow::ensure!(
         hot.stored_len() as u64 == n,
@@ -122,7 +138,7 @@ fn run(dir: &Path, n: u64, memory: usize, gets: u64, epoch: u64, seed: u64) -> a
     let mut hist = Histogram::<u64>::new_with_bounds(1, 1_000_000_000, 3)?;
     let mut waited = 0;
     let mut one = |record: bool| -> anyhow::Result<()> {
-        let k = key(rng.below(n));
+        let k = key(rng.below(draws));
         let t = Instant::now();
         let hit = hot.get(NS, &k, 2, None).or_else(|| {
             waited += u64::from(record);
@@ -191,7 +207,7 @@ fn bench(args: &Args, root: &Path) -> anyhow::Result<()> {
             let (d, m) = cases[c];
             let (n, dir) = &dirs[d];
             let seed = 0x5eed ^ (round as u64) << 32 ^ c as u64;
-            results[c].push(run(dir, *n, args.memory[m], args.gets, epoch, seed)?);
+            results[c].push(run(dir, *n, args.memory[m], args, epoch, seed)?);
         }
     }
     println!(
