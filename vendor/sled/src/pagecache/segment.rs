@@ -641,14 +641,23 @@ impl SegmentAccountant {
             }
         }
 
+        // stepcache patch (vendor/README.md, change 15): only the first page
+        // of each free segment is overwritten, not the whole segment. The
+        // recovery scan reads segment headers alone, and a segment is read
+        // past its header only once it is in the log's ordering again, that
+        // is after a new header was written to it; every message read after
+        // that must carry the new use's segment number
+        // (`logger::read_message`), which a stale message of an earlier use
+        // cannot. Upstream rewrote every free segment in full at every start:
+        // ~1 GB of writes per start of a 1M-execution store.
+        let shred = vec![
+            MessageKind::Corrupted.into();
+            self.config.segment_size.min(4096)
+        ];
         for segment_base in to_free {
             self.free_segment(segment_base)?;
             io_fail!(self.config, "zero garbage segment SA");
-            pwrite_all(
-                &self.config.file,
-                &*vec![MessageKind::Corrupted.into(); self.config.segment_size],
-                segment_base,
-            )?;
+            pwrite_all(&self.config.file, &shred, segment_base)?;
         }
 
         // we want to complete all truncations because
