@@ -112,7 +112,9 @@ struct Args {
     #[arg(long)]
     server_bin: Option<PathBuf>,
     /// Data dir of the spawned server (default: a temporary dir, removed at exit).
-    /// A dir holding an earlier preload is reused.
+    /// A dir holding an earlier preload is reused. With --addr: the dir the
+    /// running server serves, holding a preload of at least --preload
+    /// executions; only its record of the preload is read (nothing is written).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Serve from this PostgreSQL database (postgres://user@host/db, empty or
@@ -370,6 +372,32 @@ impl Gen {
 fn read_marker(dir: &Path) -> Option<Marker> {
     let m: Marker = serde_json::from_slice(&std::fs::read(dir.join(MARKER)).ok()?).ok()?;
     (m.generator == GENERATOR_VERSION).then_some(m)
+}
+
+/// The generator of the preload of at least `n` executions in `dir`, which a
+/// running server serves: nothing is written.
+fn served_preload(dir: &Path, n: u64) -> anyhow::Result<Gen> {
+    let marker = read_marker(dir).with_context(|| {
+        format!(
+            "{} has no {MARKER} of generator {GENERATOR_VERSION}",
+            dir.display()
+        )
+    })?;
+    if marker.executions < n {
+        bail!(
+            "{} holds a preload of {} executions, not {n}",
+            dir.display(),
+            marker.executions
+        );
+    }
+    eprintln!(
+        "# {}: served preload of {} executions",
+        dir.display(),
+        marker.executions
+    );
+    Ok(Gen {
+        inputs: marker.inputs,
+    })
 }
 
 /// Writes executions `[have, n)` straight into the store at `dir` (no server
@@ -1233,14 +1261,15 @@ fn main() -> anyhow::Result<()> {
         (None, Some(d)) => (false, Some(d.clone())),
         (None, None) => (true, Some(temp_dir())),
     };
-    let direct_gen = match &data_dir {
-        Some(d) => Some(preload_direct(
+    let direct_gen = match (&data_dir, &args.addr, &args.data_dir) {
+        (Some(d), _, _) => Some(preload_direct(
             d,
             args.store.as_deref(),
             args.preload,
             args.preload_batch.max(1),
         )?),
-        None => None,
+        (None, Some(_), Some(served)) => Some(served_preload(served, args.preload)?),
+        _ => None,
     };
 
     let split = Split::of(&args, data_dir.is_some());
