@@ -32,16 +32,7 @@ bench=target/release/stepcache-bench
 server=target/release/stepcache
 mkdir -p "$out"
 
-stored() { # the executions a dir's preload holds
-  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["executions"])' \
-    "$1/stepcache-bench.json"
-}
 
-files=()
-for d in "$small" "$large"; do
-  files+=("$d/db")
-  [ -e "$d/hits.log" ] && files+=("$d/hits.log")
-done
 source bench/pin.sh
 pids=()
 stop() { # SIGTERM: the servers close their stores cleanly (and keep the hits files' index)
@@ -49,7 +40,7 @@ stop() { # SIGTERM: the servers close their stores cleanly (and keep the hits fi
   wait 2>/dev/null || true
 }
 trap stop EXIT
-PIN_TRIES=1200 pin "$out/pin.txt" "${files[@]}" || { echo "the data files did not pin" >&2; exit 1; }
+PIN_TRIES=1200 pin_dirs "$out/pin.txt" "$small" "$large" || { echo "the data files did not pin" >&2; exit 1; }
 echo "# $(cat "$out/pin.txt")"
 
 declare -A port pid n

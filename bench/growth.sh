@@ -27,21 +27,12 @@ read -r -a extra <<<"${BENCH_ARGS:-}"
 bench=target/release/stepcache-bench
 mkdir -p "$out"
 
-stored() { # the executions a dir's preload holds
-  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["executions"])' \
-    "$1/stepcache-bench.json"
-}
+source bench/pin.sh
 n_small=$(stored "$small")
 n_large=$(stored "$large")
 
-files=()
-for d in "$small" "$large"; do
-  files+=("$d/db")
-  [ -e "$d/hits.log" ] && files+=("$d/hits.log")
-done
-source bench/pin.sh
 trap 'kill ${pinner:-} 2>/dev/null || true' EXIT
-PIN_TRIES=1200 pin "$out/pin.txt" "${files[@]}" || { echo "the data files did not pin" >&2; exit 1; }
+PIN_TRIES=1200 pin_dirs "$out/pin.txt" "$small" "$large" || { echo "the data files did not pin" >&2; exit 1; }
 echo "# $(cat "$out/pin.txt")"
 
 one() { # one DIR N PAIR: a server on DIR, floor then lookup-hit

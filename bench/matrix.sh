@@ -26,7 +26,7 @@ for n in $sizes; do
   echo "== $n stored: preload (reused when present)"
   "$bench" --preload "$n" --data-dir "$d" --rounds 1 --duration 0.2 --warmup 0 floor \
     | tee "$out/preload-$n.txt"
-  pin "$out/pin-$n.txt" "$d/db" "$d/hits.log"
+  pin_dirs "$out/pin-$n.txt" "$d"
   if [ ! -e "$d/.checked" ]; then
     # One pass over every record and index (offline) right after the preload:
     # the bulk load leaves some leaves over-full, and sled splits them on their

@@ -1,4 +1,5 @@
-# Sourced by the bench scripts (bash).
+# Sourced by the bench scripts (bash): holding data dirs in the page cache,
+# and reading what a data dir's preload holds.
 #
 # pin LOG FILE...: holds the FILEs in the page cache (bench/pin-pages.py) and
 # returns once they are resident, leaving the pinner running as $pinner; fails
@@ -14,4 +15,22 @@ pin() {
     sleep 0.5
   done
   return 1
+}
+
+# pin_dirs LOG DIR...: pin as above the data file of each DIR and its hits
+# file when it has one.
+pin_dirs() {
+  local log=$1 d files=()
+  shift
+  for d in "$@"; do
+    files+=("$d/db")
+    [ -e "$d/hits.log" ] && files+=("$d/hits.log")
+  done
+  pin "$log" "${files[@]}"
+}
+
+# stored DIR: the executions its stepcache-bench preload holds.
+stored() {
+  python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["executions"])' \
+    "$1/stepcache-bench.json"
 }
