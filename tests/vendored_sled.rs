@@ -15,7 +15,10 @@ type Model = BTreeMap<Vec<u8>, Vec<u8>>;
 /// A reopen right after a drop waits for the lock: sled's flusher thread
 /// lets go of the file a moment after the last handle (seen once under load).
 fn open(dir: &std::path::Path) -> sled::Db {
-    let config = sled::Config::new().path(dir).cache_capacity(1024);
+    open_with(&sled::Config::new().path(dir).cache_capacity(1024))
+}
+
+fn open_with(config: &sled::Config) -> sled::Db {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         match config.open() {
@@ -234,15 +237,7 @@ fn stores_reopened_over_reused_segments_read_back_only_what_was_written() {
         .segment_size(64 * 1024);
     let mut file_lens = Vec::new();
     for round in 0..12 {
-        let db = loop {
-            match config.open() {
-                Ok(db) => break db,
-                Err(e) if e.to_string().contains("could not acquire lock") => {
-                    std::thread::sleep(std::time::Duration::from_millis(20))
-                }
-                Err(e) => panic!("round {round}: {e}"),
-            }
-        };
+        let db = open_with(&config);
         check(&db, &model, &mut rng, &mut answered);
         if round == 0 {
             write(&db, &mut model, &mut rng, 1_500);
