@@ -91,12 +91,13 @@ struct Doorkeeper {
 
 impl Doorkeeper {
     fn new(window: usize) -> Self {
-        let words = (window.max(1) * 8).next_power_of_two().div_ceil(64);
+        let window = window.max(1);
+        let words = (window * 8).next_power_of_two().div_ceil(64);
         Doorkeeper {
             current: vec![0; words],
             previous: vec![0; words],
             added: 0,
-            window: window.max(1),
+            window,
         }
     }
 
