@@ -77,7 +77,8 @@ enum Command {
         /// Threads that run the gRPC service (tokio workers); default: one per
         /// core. Fewer leave cores to other processes: on 2 cores shared with
         /// a load generator, 1 about halved the p99 of lookups
-        /// (BENCHMARKS.md, "Worker threads").
+        /// (BENCHMARKS.md, "Worker threads"). With 1, tokio's current-thread
+        /// scheduler runs the service.
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         worker_threads: Option<u16>,
         /// Largest decoded gRPC message in bytes.
@@ -258,6 +259,24 @@ fn client(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::R
         .block_on(f)
 }
 
+/// The runtime of the gRPC service. One worker runs tokio's current-thread
+/// scheduler: with a single worker, the multi-thread one only adds its
+/// cross-thread queues and wakeups (about a fifth of the server's CPU per
+/// lookup: BENCHMARKS.md, "One worker on the current-thread scheduler").
+/// Blocking work (sled) goes to the blocking pool with either.
+fn service_runtime(workers: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.into());
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder.enable_all().build()
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
@@ -323,11 +342,7 @@ fn main() -> anyhow::Result<()> {
                         .with_context(|| format!("reading {}", key.display()))?,
                 });
             }
-            let mut runtime = tokio::runtime::Builder::new_multi_thread();
-            if let Some(n) = worker_threads {
-                runtime.worker_threads(n.into());
-            }
-            runtime.enable_all().build()?.block_on(async move {
+            service_runtime(worker_threads)?.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(listen)
                     .await
                     .with_context(|| format!("binding {listen}"))?;

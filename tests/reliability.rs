@@ -761,3 +761,125 @@ async fn a_graceful_stop_leaves_nothing_to_replay_at_the_next_start() {
     }
     server.stop().await;
 }
+
+/// With `--worker-threads 1` the service runs on tokio's current-thread
+/// scheduler: waiters parked on that one thread still let the holder's write
+/// through and receive its result, concurrent writes all complete, and SIGTERM
+/// stops it cleanly while clients are still connected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_worker_thread_serves_waiters_writes_and_a_graceful_stop() {
+    if on_postgres("the spawned binary serves a sled data directory") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = spawn_server(dir.path(), port, &["--worker-threads", "1"]);
+    let channel = connect(port).await;
+    let mut cache = CacheServiceClient::new(channel.clone());
+    let mut meta = MetadataStoreServiceClient::new(channel.clone());
+    let lease = Some(prost_types::Duration {
+        seconds: 60,
+        nanos: 0,
+    });
+
+    let ti = iface("one-worker", &[("lr", num(0.1))], &[]);
+    let mut req = lookup_req("w1", &ti);
+    req.reservation = Some(ReservationRequest {
+        owner: "holder".into(),
+        lease,
+    });
+    let reserved = cache.get_cached_execution(req).await.unwrap().into_inner();
+    assert_eq!(reserved.outcome, Outcome::Reserved as i32);
+
+    // Waiters, each on a connection of its own.
+    let mut waiters = Vec::new();
+    for _ in 0..8 {
+        let mut c = CacheServiceClient::new(connect(port).await);
+        let req = WaitForCachedExecutionRequest {
+            namespace: "w1".into(),
+            cache_key: reserved.cache_key.clone(),
+            timeout: Some(prost_types::Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
+            reservation: None,
+        };
+        waiters.push(tokio::spawn(async move {
+            c.wait_for_cached_execution(req).await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        waiters.iter().all(|w| !w.is_finished()),
+        "a waiter answered before the write"
+    );
+
+    // Writes of other tasks go through while the waiters wait.
+    let writes: Vec<_> = (0..32)
+        .map(|i| {
+            let mut meta = meta.clone();
+            tokio::spawn(async move {
+                let ti = iface("one-worker", &[("lr", num(f64::from(i)))], &[]);
+                meta.put_execution(put_req("w1", &ti, ExecutionState::Complete, "mem://w"))
+                    .await
+            })
+        })
+        .collect();
+    for w in writes {
+        assert!(w.await.unwrap().unwrap().into_inner().published);
+    }
+    assert!(
+        waiters.iter().all(|w| !w.is_finished()),
+        "a waiter answered before the write"
+    );
+
+    let mut put = put_req("w1", &ti, ExecutionState::Complete, "mem://held");
+    put.reservation_owner = "holder".into();
+    let put = meta.put_execution(put).await.unwrap().into_inner();
+    assert!(put.reservation_released);
+    for w in waiters {
+        let r = tokio::time::timeout(Duration::from_secs(10), w)
+            .await
+            .expect("a waiter was not answered")
+            .unwrap()
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.outcome, Outcome::Hit as i32);
+        assert_eq!(r.execution.unwrap().id, put.execution_id);
+    }
+
+    // SIGTERM with this client still connected: a clean exit.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let mut status = None;
+    for _ in 0..300 {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Some(status) = status else {
+        child.kill().unwrap();
+        panic!("the one-worker server did not stop within 15 s of SIGTERM");
+    };
+    assert!(status.success(), "{status:?}");
+    drop(channel);
+
+    // What it acknowledged is served by the next start.
+    let mut child = spawn_server(dir.path(), port, &[]);
+    let mut cache = CacheServiceClient::new(connect(port).await);
+    let hit = cache
+        .get_cached_execution(lookup_req("w1", &ti))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(hit.outcome, Outcome::Hit as i32);
+    assert_eq!(hit.execution.unwrap().id, put.execution_id);
+    child.kill().unwrap();
+    let _ = child.wait();
+}

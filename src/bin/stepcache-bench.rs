@@ -1277,10 +1277,18 @@ fn main() -> anyhow::Result<()> {
     if let Some(n) = split.server {
         server_args.push(format!("--worker-threads={n}"));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(split.client)
-        .enable_all()
-        .build()?;
+    // One worker: the current-thread scheduler, as in the server (its
+    // `service_runtime`).
+    let rt = if split.client == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(split.client)
+            .enable_all()
+            .build()?
+    };
     let result = rt.block_on(async {
         let server = match &data_dir {
             Some(d) => {
@@ -1372,8 +1380,11 @@ fn main() -> anyhow::Result<()> {
             }
         }
         print_ratios(&results);
+        // The connections close, and the server's graceful stop waits for
+        // them, while this runtime (one thread, with one client worker) runs.
+        drop(ctx);
         if let Some(s) = server {
-            let stopped = s.stop()?;
+            let stopped = tokio::task::spawn_blocking(move || s.stop()).await??;
             println!(
                 "server stopped in {:.2} s (SIGTERM to exit)",
                 stopped.as_secs_f64()
