@@ -46,8 +46,9 @@ use stepcache::proto::cache_service_client::CacheServiceClient;
 use stepcache::proto::get_cached_execution_request::Target;
 use stepcache::proto::metadata_store_service_client::MetadataStoreServiceClient;
 use stepcache::proto::{
-    Artifact, ArtifactIds, ContainerSpec, Execution, ExecutionState, GetCachedExecutionRequest,
-    Outcome, OutputArtifact, PutArtifactsRequest, PutExecutionRequest, TaskInterface,
+    Artifact, ArtifactIds, ArtifactList, ContainerSpec, Execution, ExecutionState,
+    GetCachedExecutionRequest, Outcome, OutputArtifact, PutArtifactsRequest, PutExecutionRequest,
+    TaskInterface,
 };
 use stepcache::store::{ExecutionFilter, Store, StoreConfig};
 use stepcache::validate::{self, Limits};
@@ -178,6 +179,13 @@ struct Args {
     /// Also print one JSON line per result (for tables).
     #[arg(long)]
     json: bool,
+    /// lookup-hit and lookup-miss decode the whole reply, the original
+    /// execution's interface included. By default they decode what a driver
+    /// uses from a hit (`HitView`: outcome, key, execution ID, the output
+    /// artifacts) and skip the interface the caller sent: the load generator
+    /// shares the cores with the server.
+    #[arg(long)]
+    full_replies: bool,
 }
 
 /// How many tokio worker threads the spawned server and the load generator
@@ -746,6 +754,9 @@ struct Worker {
     rng: Rng,
     health: HealthClient<Channel>,
     cache: CacheServiceClient<Channel>,
+    /// The same channel, for lookups decoded as `HitView`.
+    lookups: tonic::client::Grpc<Channel>,
+    full_replies: bool,
     meta: MetadataStoreServiceClient<Channel>,
     next_put: Arc<AtomicU64>,
     pipeline: Arc<PipelineState>,
@@ -754,6 +765,35 @@ struct Worker {
     /// Pipeline only: latency of each whole run, ns.
     run_hist: Histogram<u64>,
     counts: Counts,
+}
+
+/// GetCachedExecutionResponse as a driver reads a hit: the original
+/// execution's ID (field 1 of `Execution`; its echoed interface is skipped on
+/// the wire), the outputs whole.
+#[derive(Clone, PartialEq, prost::Message)]
+struct HitReply {
+    #[prost(int32, tag = "1")]
+    outcome: i32,
+    #[prost(message, optional, tag = "3")]
+    execution: Option<ExecutionId>,
+    #[prost(btree_map = "string, message", tag = "4")]
+    output_artifacts: BTreeMap<String, ArtifactList>,
+    #[prost(string, tag = "7")]
+    reason: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ExecutionId {
+    #[prost(int64, tag = "1")]
+    id: i64,
+}
+
+/// What lookup-hit and lookup-miss check in a reply.
+struct HitView {
+    outcome: i32,
+    reason: String,
+    execution_id: i64,
+    output_artifacts: BTreeMap<String, ArtifactList>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -784,14 +824,13 @@ impl Worker {
                     let i = self.rng.below(1 << 40);
                     self.gen.interface(i, self.salt ^ 0x5eed)
                 };
-                let resp = self.cache.get_cached_execution(Gen::lookup(ti)).await?;
-                let r = resp.into_inner();
+                let r = self.lookup(Gen::lookup(ti)).await?;
                 let hit = r.outcome == Outcome::Hit as i32;
                 if hit != (self.workload == Workload::LookupHit) {
                     bail!("unexpected outcome {} ({})", r.outcome, r.reason);
                 }
-                if hit && r.output_artifacts.len() != 2 {
-                    bail!("a hit without its 2 outputs");
+                if hit && (r.output_artifacts.len() != 2 || r.execution_id == 0) {
+                    bail!("a hit without its execution ID and its 2 outputs");
                 }
                 self.counts.tasks += 1;
                 if hit {
@@ -825,6 +864,36 @@ impl Worker {
         }
         self.counts.ops += 1;
         Ok(())
+    }
+
+    /// GetCachedExecution, its reply decoded as a `HitView` (or whole, with
+    /// --full-replies).
+    async fn lookup(&mut self, req: GetCachedExecutionRequest) -> anyhow::Result<HitView> {
+        if self.full_replies {
+            let r = self.cache.get_cached_execution(req).await?.into_inner();
+            return Ok(HitView {
+                outcome: r.outcome,
+                reason: r.reason,
+                execution_id: r.execution.map_or(0, |e| e.id),
+                output_artifacts: r.output_artifacts,
+            });
+        }
+        self.lookups.ready().await?;
+        let path = tonic::codegen::http::uri::PathAndQuery::from_static(
+            "/stepcache.v1.CacheService/GetCachedExecution",
+        );
+        let codec = tonic_prost::ProstCodec::<GetCachedExecutionRequest, HitReply>::default();
+        let r = self
+            .lookups
+            .unary(tonic::Request::new(req), path, codec)
+            .await?
+            .into_inner();
+        Ok(HitView {
+            outcome: r.outcome,
+            reason: r.reason,
+            execution_id: r.execution.map_or(0, |e| e.id),
+            output_artifacts: r.output_artifacts,
+        })
     }
 
     /// A 5-task DAG: ingest -> (clean, featurize) -> train -> evaluate. Inputs
@@ -962,6 +1031,7 @@ struct Result1 {
 
 struct Ctx {
     channels: Vec<Channel>,
+    full_replies: bool,
     gen: Arc<Gen>,
     preloaded: u64,
     working_set: u64,
@@ -1008,6 +1078,8 @@ async fn run_workload(
             rng: Rng(ctx.seed ^ (w as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F)),
             health: HealthClient::new(ch.clone()),
             cache: CacheServiceClient::new(ch.clone()),
+            lookups: tonic::client::Grpc::new(ch.clone()),
+            full_replies: ctx.full_replies,
             meta: MetadataStoreServiceClient::new(ch),
             next_put: ctx.next_put.clone(),
             pipeline: pipeline.clone(),
@@ -1336,6 +1408,7 @@ fn main() -> anyhow::Result<()> {
         let salt = Rng(args.seed ^ std::process::id() as u64 ^ now_nanos()).next() | 1;
         let ctx = Ctx {
             channels,
+            full_replies: args.full_replies,
             gen: Arc::new(gen),
             preloaded: args.preload,
             working_set: args.working_set,
