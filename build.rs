@@ -12,7 +12,9 @@ const PROTOS: &[&str] = &[
     "proto/stepcache/v1/metadata_store_service.proto",
 ];
 
-const LOOKUP_REPLIES: &[&str] = &[
+/// Messages written by hand in src/proto/ (lookup_request.rs, lookup_reply.rs).
+const HAND_WRITTEN: &[&str] = &[
+    ".stepcache.v1.GetCachedExecutionRequest",
     ".stepcache.v1.GetCachedExecutionResponse",
     ".stepcache.v1.WaitForCachedExecutionResponse",
 ];
@@ -27,11 +29,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut build = tonic_prost_build::configure()
         .generate_default_stubs(true)
         .btree_map(".");
-    // Written by hand in src/proto/lookup_reply.rs (a hit's stored bytes are
-    // spliced into them): the generated ones are compiled out, and the
-    // services' code finds the hand-written ones under the same names.
-    for reply in LOOKUP_REPLIES {
-        build = build.message_attribute(reply, "#[cfg(any())]");
+    // Written by hand (the lookup request keeps its interface encoded, a hit's
+    // stored bytes are spliced into the replies): the generated ones are
+    // compiled out, and the services' code finds the hand-written ones under
+    // the same names.
+    for message in HAND_WRITTEN {
+        build = build.message_attribute(message, "#[cfg(any())]");
     }
     build.compile_fds(fds)?;
     Ok(())

@@ -11,6 +11,8 @@ use prost_types::Value;
 use crate::error::Error;
 use crate::proto::{ContainerSpec, TaskInterface};
 
+pub mod wire;
+
 /// The domain and version tag that starts every encoding.
 pub const DOMAIN: &str = "stepcache/task-interface/v1";
 

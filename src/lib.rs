@@ -26,9 +26,11 @@ pub mod proto {
     tonic::include_proto!("stepcache.v1");
 
     mod lookup_reply;
+    mod lookup_request;
     pub use lookup_reply::{
         encode_hit_fields, GetCachedExecutionResponse, WaitForCachedExecutionResponse,
     };
+    pub use lookup_request::GetCachedExecutionRequest;
 
     /// The encoded FileDescriptorSet of the proto files (and their imports).
     pub const FILE_DESCRIPTOR_SET: &[u8] =

@@ -224,6 +224,20 @@ fn count(n: usize, field: impl fmt::Display, limits: &Limits) -> Result<()> {
     Ok(())
 }
 
+/// `interface` for an interface still encoded, without decoding it
+/// (`key::wire`): its key, or None when only decoding can tell (then decode
+/// it and call `interface`, which answers the same for any bytes this
+/// accepts, and gives the errors).
+pub fn interface_bytes(encoded: &[u8], limits: &Limits) -> Option<CacheKey> {
+    key::wire::cache_key(
+        encoded,
+        key::wire::Bounds {
+            max_string_bytes: limits.max_string_bytes,
+            max_entries: limits.max_interface_entries,
+        },
+    )
+}
+
 /// Checks an interface's sizes and computes its key (which validates the rest).
 pub fn interface(ti: &TaskInterface, field: &str, limits: &Limits) -> Result<CacheKey> {
     string(&ti.component, format_args!("{field}.component"), limits)?;

@@ -633,6 +633,17 @@ async fn error_codes_leave_the_store_unchanged() {
         Code::InvalidArgument,
         cache.get_cached_execution(bad_hex).await.map(drop),
     ));
+    let broken = GetCachedExecutionRequest {
+        namespace: "e".into(),
+        // Field 1 (component) claims 5 bytes and has 1.
+        interface_bytes: prost::bytes::Bytes::from_static(&[0x0a, 0x05, b'x']),
+        ..Default::default()
+    };
+    cases.push((
+        "an interface that does not decode",
+        Code::InvalidArgument,
+        cache.get_cached_execution(broken).await.map(drop),
+    ));
     cases.push((
         "no target",
         Code::InvalidArgument,
@@ -865,5 +876,77 @@ async fn concurrent_hits_of_every_reply_size_arrive_whole_on_one_connection() {
     assert_eq!(sizes.len(), 8 * pads.len());
     // The replies straddle the threshold, so both of h2's paths ran.
     assert!(sizes.iter().any(|n| *n < 4096) && sizes.iter().any(|n| *n > 4096));
+    server.stop().await;
+}
+
+/// A lookup's key comes from its interface's bytes when they are the usual
+/// encoding, and from decoding them otherwise; either way an encoding of the
+/// same interface finds the same entry.
+#[tokio::test]
+async fn any_encoding_of_an_interface_finds_its_entry() {
+    use prost::Message;
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let (mut cache, mut meta) = (server.cache().await, server.meta().await);
+    let ti = iface("encodings", &[("lr", num(0.2)), ("seed", num(1.0))], &[]);
+    let put = meta
+        .put_execution(put_req("", &ti, ExecutionState::Complete, "mem://enc"))
+        .await
+        .unwrap()
+        .into_inner();
+    let lookup = |bytes: Vec<u8>| GetCachedExecutionRequest {
+        interface_bytes: bytes.into(),
+        ..Default::default()
+    };
+    let plain = ti.encode_to_vec();
+    // The same interface with an earlier lr that a later entry replaces (the
+    // last one counts), and with its fields in reverse order.
+    let earlier = iface("encodings", &[("lr", num(0.9))], &[]);
+    let mut repeated = TaskInterface {
+        parameters: earlier.parameters.clone(),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    repeated.extend_from_slice(&plain);
+    let mut reversed = Vec::new();
+    for part in [
+        TaskInterface {
+            output_artifacts: ti.output_artifacts.clone(),
+            ..Default::default()
+        },
+        TaskInterface {
+            input_artifacts: ti.input_artifacts.clone(),
+            parameters: ti.parameters.clone(),
+            ..Default::default()
+        },
+        TaskInterface {
+            component: ti.component.clone(),
+            container: ti.container.clone(),
+            ..Default::default()
+        },
+    ] {
+        reversed.extend_from_slice(&part.encode_to_vec());
+    }
+    for (name, bytes) in [
+        ("plain", plain),
+        ("repeated", repeated),
+        ("reordered", reversed),
+    ] {
+        let hit = cache
+            .get_cached_execution(lookup(bytes))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(hit.outcome, Outcome::Hit as i32, "{name}");
+        assert_eq!(hit.cache_key, put.cache_key, "{name}");
+        assert_eq!(hit.execution.unwrap().id, put.execution_id, "{name}");
+    }
+    // A different interface in the same shape misses.
+    let miss = cache
+        .get_cached_execution(lookup(earlier.encode_to_vec()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(miss.outcome, Outcome::Miss as i32);
     server.stop().await;
 }

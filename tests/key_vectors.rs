@@ -44,6 +44,31 @@ fn library_reproduces_every_vector() {
     }
 }
 
+/// The key from an interface's bytes (GetCachedExecution's fast path) gives
+/// each valid vector's key and never keys an invalid one.
+#[test]
+fn keys_from_bytes_reproduce_every_vector() {
+    use prost::Message;
+    let limits = stepcache::validate::Limits::default();
+    let (mut fast, mut valid) = (0, 0);
+    for v in vectors() {
+        let name = v["name"].as_str().unwrap();
+        let Some(ti) = interface(&v) else { continue };
+        let got = stepcache::validate::interface_bytes(&ti.encode_to_vec(), &limits);
+        match v.get("cache_key").and_then(Value::as_str) {
+            Some(want) => {
+                valid += 1;
+                if let Some(k) = got {
+                    fast += 1;
+                    assert_eq!(k.to_string(), want, "vector {name}");
+                }
+            }
+            None => assert!(got.is_none(), "vector {name} must be rejected"),
+        }
+    }
+    assert_eq!(fast, valid, "every valid vector takes the fast path");
+}
+
 #[tokio::test]
 async fn rpc_reproduces_every_vector() {
     let dir = tempfile::tempdir().unwrap();

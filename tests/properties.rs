@@ -225,3 +225,79 @@ proptest! {
         let _ = text.parse::<stepcache::key::CacheKey>();
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// The key from an interface's bytes (`validate::interface_bytes`, the
+    /// lookups' fast path) is given for every generated interface (scalar
+    /// parameters) and equals decoding and validating; for any edit of those
+    /// bytes it is either that same answer or left to the full path.
+    #[test]
+    fn keys_from_bytes_agree_with_decoding(
+        s in spec(),
+        ignore_some in any::<bool>(),
+        edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 0..4),
+    ) {
+        let mut ti: TaskInterface = json::from_value("stepcache.v1.TaskInterface", &to_json(&s)).unwrap();
+        if ignore_some {
+            ti.ignore_inputs = s.params.iter().map(|p| p.0.clone()).take(1)
+                .chain(s.inputs.iter().map(|i| i.0.clone()).take(1))
+                .chain(["not-an-input".to_string()])
+                .collect();
+        }
+        let limits = Limits::default();
+        let slow = |b: &[u8]| {
+            TaskInterface::decode(b).ok().and_then(|ti| validate::interface(&ti, "interface", &limits).ok())
+        };
+        let bytes = ti.encode_to_vec();
+        let fast = validate::interface_bytes(&bytes, &limits);
+        prop_assert!(fast.is_some(), "a generated interface takes the fast path");
+        prop_assert_eq!(fast, slow(&bytes));
+        let mut edited = bytes.clone();
+        for (at, byte, op) in edits {
+            if edited.is_empty() {
+                break;
+            }
+            let i = at.index(edited.len());
+            match op {
+                0 => edited[i] = byte,
+                1 => { edited.remove(i); }
+                _ => edited.insert(i, byte),
+            }
+        }
+        if let Some(k) = validate::interface_bytes(&edited, &limits) {
+            prop_assert_eq!(Some(k), slow(&edited));
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    /// The same with any parameter values (any f64, NaN included, any null
+    /// enum number, lists and structs nested up to 6 deep): the fast path's
+    /// key, whenever it gives one, is that of decoding and validating.
+    #[test]
+    fn keys_from_bytes_agree_with_decoding_on_any_values(
+        params in prop::collection::btree_map(".{0,3}", value(), 0..4),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let ti = TaskInterface {
+            component: "c".into(),
+            parameters: params,
+            ..Default::default()
+        };
+        let limits = Limits::default();
+        let slow = |b: &[u8]| {
+            TaskInterface::decode(b).ok().and_then(|ti| validate::interface(&ti, "interface", &limits).ok())
+        };
+        let bytes = ti.encode_to_vec();
+        let fast = validate::interface_bytes(&bytes, &limits);
+        prop_assert_eq!(fast, slow(&bytes));
+        let cut = &bytes[..cut.index(bytes.len() + 1)];
+        if let Some(k) = validate::interface_bytes(cut, &limits) {
+            prop_assert_eq!(Some(k), slow(cut));
+        }
+    }
+}

@@ -59,14 +59,33 @@ impl CacheService for Cache {
         request: Request<GetCachedExecutionRequest>,
     ) -> Result<Response<GetCachedExecutionResponse>, Status> {
         let caller = Caller::of(&request);
-        let req = request.into_inner();
+        let mut req = request.into_inner();
         let ns = caller.namespace(&req.namespace)?;
-        let key: CacheKey = match &req.target {
-            Some(Target::Interface(ti)) => {
-                validate::interface(ti, "interface", &self.shared.limits)?
+        let record = req.record_cached_execution;
+        // The key from the interface's bytes, when they allow it and nothing
+        // else needs the interface decoded (recording reads its inputs).
+        let fast = if record || req.interface_bytes.is_empty() {
+            None
+        } else {
+            validate::interface_bytes(&req.interface_bytes, &self.shared.limits)
+        };
+        let key: CacheKey = match fast {
+            Some(key) => key,
+            None => {
+                req.decode_interface()
+                    .map_err(|e| Error::invalid(format!("interface: {e}")))?;
+                match &req.target {
+                    Some(Target::Interface(ti)) => {
+                        validate::interface(ti, "interface", &self.shared.limits)?
+                    }
+                    Some(Target::CacheKey(k)) => validate::cache_key_hex(k, "cache_key")?,
+                    None => {
+                        return Err(
+                            Error::invalid("one of interface or cache_key is required").into()
+                        )
+                    }
+                }
             }
-            Some(Target::CacheKey(k)) => validate::cache_key_hex(k, "cache_key")?,
-            None => return Err(Error::invalid("one of interface or cache_key is required").into()),
         };
         let decision = policy::decide(req.policy.as_ref())?;
         let max_staleness = policy::duration_ms(
@@ -89,7 +108,6 @@ impl CacheService for Cache {
             }));
         }
         let stats_ns = ns.clone();
-        let record = req.record_cached_execution;
         let context_ids =
             validate::context_ids(&req.context_ids, "context_ids", &self.shared.limits)?;
         // The CACHED execution consumed what the looking-up task names as its
