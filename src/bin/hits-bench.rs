@@ -29,6 +29,9 @@ use stepcache::key::CacheKey;
 use stepcache::store::hitlog::HitLog;
 use stepcache::store::hot::{HotHit, HotHits};
 
+mod common;
+use common::Rng;
+
 #[derive(Parser)]
 #[command(about = "Times the hot cache's lookups (memory tier, then hits file) by key count")]
 struct Args {
@@ -69,18 +72,6 @@ fn key(i: u64) -> CacheKey {
         chunk.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
     }
     CacheKey(k)
-}
-
-/// xorshift64*: reproducible, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
-    }
 }
 
 /// A hits file of `n` keys in `dir`, its index persisted under `epoch`.
@@ -134,7 +125,7 @@ fn run(
         "the index of {} did not load",
         dir.display()
     );
-    let mut rng = Rng(seed | 1);
+    let mut rng = Rng(seed);
     let mut hist = Histogram::<u64>::new_with_bounds(1, 1_000_000_000, 3)?;
     let mut waited = 0;
     let mut one = |record: bool| -> anyhow::Result<()> {

@@ -31,6 +31,9 @@ use stepcache::store::query::ContextFilter;
 use stepcache::store::{ArtifactFilter, ExecutionFilter, ExecutionWrite, Store, StoreConfig};
 use stepcache::validate::{self, Limits};
 
+mod common;
+use common::Rng;
+
 #[derive(Parser)]
 #[command(about = "Benchmarks list and lineage queries at growing store sizes")]
 struct Args {
@@ -52,21 +55,6 @@ struct Args {
 type Timing = (Duration, Duration, f64);
 /// A query type's name and timing.
 type Row = (String, Timing);
-
-/// xorshift64*: reproducible, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 const NS: &str = "bench";
 const SOURCES: usize = 100;
@@ -209,7 +197,7 @@ fn build(store: &Store, n: usize, batch: usize, rng: &mut Rng) -> anyhow::Result
         let cw: Vec<ExecutionWrite> = (0..m)
             .map(|i| {
                 let r = done + i;
-                let state = if rng.below(100) < 3 {
+                let state = if rng.index(100) < 3 {
                     ExecutionState::Failed
                 } else {
                     ExecutionState::Complete
@@ -296,7 +284,7 @@ fn bench(store: &Store, b: &Built, queries: usize, rng: &mut Rng) -> anyhow::Res
     run(
         "ListExecutions namespace, page at a random token",
         &mut |rng| {
-            let after = 1 + rng.below(b.max_id as usize) as i64;
+            let after = 1 + rng.index(b.max_id as usize) as i64;
             Ok(store
                 .list_executions(&ef(Default::default()), 100, Some(after))?
                 .items
@@ -305,7 +293,7 @@ fn bench(store: &Store, b: &Built, queries: usize, rng: &mut Rng) -> anyhow::Res
     )?;
     run("ListExecutions component", &mut |rng| {
         let f = ef(ExecutionFilter {
-            component: Some(format!("train{}", rng.below(10))),
+            component: Some(format!("train{}", rng.index(10))),
             ..Default::default()
         });
         Ok(store.list_executions(&f, 100, None)?.items.len())
@@ -319,7 +307,7 @@ fn bench(store: &Store, b: &Built, queries: usize, rng: &mut Rng) -> anyhow::Res
     })?;
     run("ListExecutions component + state FAILED", &mut |rng| {
         let f = ef(ExecutionFilter {
-            component: Some(format!("eval{}", rng.below(10))),
+            component: Some(format!("eval{}", rng.index(10))),
             state: Some(ExecutionState::Failed),
             ..Default::default()
         });
@@ -327,14 +315,14 @@ fn bench(store: &Store, b: &Built, queries: usize, rng: &mut Rng) -> anyhow::Res
     })?;
     run("ListExecutions context (one run)", &mut |rng| {
         let f = ef(ExecutionFilter {
-            context_id: Some(b.runs[rng.below(b.runs.len())]),
+            context_id: Some(b.runs[rng.index(b.runs.len())]),
             ..Default::default()
         });
         Ok(store.list_executions(&f, 100, None)?.items.len())
     })?;
     run("ListExecutions cache_key", &mut |rng| {
         let f = ef(ExecutionFilter {
-            cache_key: Some(b.keys[rng.below(b.keys.len())].parse()?),
+            cache_key: Some(b.keys[rng.index(b.keys.len())].parse()?),
             ..Default::default()
         });
         Ok(store.list_executions(&f, 100, None)?.items.len())
@@ -343,7 +331,7 @@ fn bench(store: &Store, b: &Built, queries: usize, rng: &mut Rng) -> anyhow::Res
     run(
         "ListExecutions created in a random 50 ms window",
         &mut |rng| {
-            let t = b.first_ms + rng.below(span) as i64;
+            let t = b.first_ms + rng.index(span) as i64;
             let f = ef(ExecutionFilter {
                 created: TimeRange {
                     after_ms: Some(t),
@@ -355,9 +343,9 @@ fn bench(store: &Store, b: &Built, queries: usize, rng: &mut Rng) -> anyhow::Res
         },
     )?;
     run("ListExecutions component + created window", &mut |rng| {
-        let t = b.first_ms + rng.below(span) as i64;
+        let t = b.first_ms + rng.index(span) as i64;
         let f = ef(ExecutionFilter {
-            component: Some(format!("train{}", rng.below(10))),
+            component: Some(format!("train{}", rng.index(10))),
             created: TimeRange {
                 after_ms: Some(t),
                 before_ms: Some(t + 1000),
@@ -375,7 +363,7 @@ fn bench(store: &Store, b: &Built, queries: usize, rng: &mut Rng) -> anyhow::Res
     })?;
     run("ListArtifacts context (one run)", &mut |rng| {
         let f = af(ArtifactFilter {
-            context_id: Some(b.runs[rng.below(b.runs.len())]),
+            context_id: Some(b.runs[rng.index(b.runs.len())]),
             ..Default::default()
         });
         Ok(store.list_artifacts(&f, 100, None)?.items.len())
@@ -395,7 +383,7 @@ fn bench(store: &Store, b: &Built, queries: usize, rng: &mut Rng) -> anyhow::Res
             namespace: NS.into(),
             context_type: Some("system.PipelineRun".into()),
         };
-        let after = b.runs[rng.below(b.runs.len())];
+        let after = b.runs[rng.index(b.runs.len())];
         Ok(store.list_contexts(&f, 100, Some(after))?.items.len())
     })?;
     let nodes = |l: stepcache::store::query::LineageResult| l.artifacts.len() + l.executions.len();
@@ -403,7 +391,7 @@ fn bench(store: &Store, b: &Built, queries: usize, rng: &mut Rng) -> anyhow::Res
         "GetLineage UPSTREAM from a C output (7 nodes)",
         &mut |rng| {
             let (_, _, c) = loop {
-                let ch = b.chains[rng.below(b.chains.len())];
+                let ch = b.chains[rng.index(b.chains.len())];
                 if ch.2 != 0 {
                     break ch;
                 }
@@ -416,7 +404,7 @@ fn bench(store: &Store, b: &Built, queries: usize, rng: &mut Rng) -> anyhow::Res
         },
     )?;
     run("GetLineage DOWNSTREAM from an A output", &mut |rng| {
-        let (a, _, _) = b.chains[rng.below(b.chains.len())];
+        let (a, _, _) = b.chains[rng.index(b.chains.len())];
         Ok(nodes(store.lineage(
             Node::Artifact(a),
             &[Dir::Down],
@@ -424,7 +412,7 @@ fn bench(store: &Store, b: &Built, queries: usize, rng: &mut Rng) -> anyhow::Res
         )?))
     })?;
     run("GetLineage BOTH from a B execution", &mut |rng| {
-        let (_, e, _) = b.chains[rng.below(b.chains.len())];
+        let (_, e, _) = b.chains[rng.index(b.chains.len())];
         Ok(nodes(store.lineage(
             Node::Execution(e),
             &[Dir::Up, Dir::Down],
@@ -434,7 +422,7 @@ fn bench(store: &Store, b: &Built, queries: usize, rng: &mut Rng) -> anyhow::Res
     run(
         "GetLineage DOWNSTREAM from a shared source (max_nodes 1000)",
         &mut |rng| {
-            let s = b.sources[rng.below(b.sources.len())];
+            let s = b.sources[rng.index(b.sources.len())];
             Ok(nodes(store.lineage(
                 Node::Artifact(s),
                 &[Dir::Down],

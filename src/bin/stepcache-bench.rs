@@ -56,6 +56,9 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+mod common;
+use common::Rng;
+
 const NAMESPACE: &str = "default";
 /// Input artifacts that generated tasks read.
 const INPUT_POOL: usize = 1000;
@@ -233,30 +236,6 @@ impl Split {
 
 // ---------------------------------------------------------------------------
 // Generated tasks
-
-/// A small, fast PRNG (splitmix64): enough to pick keys.
-#[derive(Clone)]
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next() % n
-        }
-    }
-    fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-}
 
 fn num(x: f64) -> Value {
     Value {
