@@ -102,8 +102,10 @@ fn entry(b: &[u8]) -> Option<(&str, Option<Field<'_>>)> {
     Some((key, value))
 }
 
-fn string_entry(b: &[u8]) -> Option<(&str, &str)> {
-    match entry(b)? {
+/// A map entry whose value is a string.
+fn string_entry(f: Field<'_>) -> Option<(&str, &str)> {
+    let Field::Bytes(e) = f else { return None };
+    match entry(e)? {
         (k, Some(v)) => Some((k, text(v)?)),
         (k, None) => Some((k, "")),
     }
@@ -135,10 +137,7 @@ fn container(b: &[u8]) -> Option<Container<'_>> {
             1 => c.image = text(f)?,
             2 => c.command.push(text(f)?),
             3 => c.args.push(text(f)?),
-            4 => match f {
-                Field::Bytes(e) => c.env.push(string_entry(e)?),
-                _ => return None,
-            },
+            4 => c.env.push(string_entry(f)?),
             5 => c.volumes.push(text(f)?),
             _ => return None,
         }
@@ -183,14 +182,8 @@ fn interface(b: &[u8]) -> Option<Interface<'_>> {
             },
             4 => ti.parameters.push(message_entry(f)?),
             5 => ti.inputs.push(message_entry(f)?),
-            6 => match f {
-                Field::Bytes(e) => ti.outputs.push(string_entry(e)?),
-                _ => return None,
-            },
-            7 => match f {
-                Field::Bytes(e) => ti.output_parameters.push(string_entry(e)?),
-                _ => return None,
-            },
+            6 => ti.outputs.push(string_entry(f)?),
+            7 => ti.output_parameters.push(string_entry(f)?),
             8 => ti.ignore.push(text(f)?),
             _ => return None,
         }
@@ -329,11 +322,7 @@ pub fn cache_key(b: &[u8], bounds: Bounds) -> Option<CacheKey> {
     e.str(c.image);
     e.list(&c.command, |e, s| e.str(s));
     e.list(&c.args, |e, s| e.str(s));
-    e.u32(env.len());
-    for (k, v) in &env {
-        e.str(k);
-        e.str(v);
-    }
+    string_map(&mut e, &env);
     e.list(&volumes, |e, s| e.str(s));
     // Ignored parameters are not hashed, but must decode.
     let mut scratch = Encoder(Vec::new());
@@ -345,39 +334,41 @@ pub fn cache_key(b: &[u8], bounds: Bounds) -> Option<CacheKey> {
         e.str(k);
         value(&mut e, v, 0)?;
     }
-    // Every input's IDs are checked (as validation does), ignored or not.
-    for (_, b) in &inputs {
-        let mut n = 0usize;
-        ids(b, |id| {
-            n += 1;
-            (id > 0).then_some(())
-        })?;
-        if !within(n) {
-            return None;
-        }
-    }
-    e.u32(inputs.iter().filter(|(k, _)| !ignored(k)).count());
-    for (k, b) in inputs.iter().filter(|(k, _)| !ignored(k)) {
+    // Every input's IDs are counted and checked (as validation does),
+    // ignored or not.
+    let counts = inputs
+        .iter()
+        .map(|(_, b)| {
+            let mut n = 0usize;
+            ids(b, |id| {
+                n += 1;
+                (id > 0).then_some(())
+            })?;
+            within(n).then_some(n)
+        })
+        .collect::<Option<Vec<usize>>>()?;
+    let hashed = || inputs.iter().zip(&counts).filter(|((k, _), _)| !ignored(k));
+    e.u32(hashed().count());
+    for ((k, b), n) in hashed() {
         e.str(k);
-        let mut n = 0usize;
-        ids(b, |_| {
-            n += 1;
-            Some(())
-        })?;
-        e.u32(n);
+        e.u32(*n);
         ids(b, |id| {
             e.0.extend_from_slice(&id.to_be_bytes());
             Some(())
         })?;
     }
-    for map in [&outputs, &output_parameters] {
-        e.u32(map.len());
-        for (k, v) in map {
-            e.str(k);
-            e.str(v);
-        }
-    }
+    string_map(&mut e, &outputs);
+    string_map(&mut e, &output_parameters);
     Some(CacheKey(*blake3::hash(&e.0).as_bytes()))
+}
+
+/// A map of strings, sorted, as `Encoder::map` writes it.
+fn string_map(e: &mut Encoder, map: &[(&str, &str)]) {
+    e.u32(map.len());
+    for (k, v) in map {
+        e.str(k);
+        e.str(v);
+    }
 }
 
 #[cfg(test)]

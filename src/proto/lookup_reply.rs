@@ -16,17 +16,8 @@ use prost::bytes::{Buf, BufMut, Bytes};
 use prost::encoding::{btree_map, int32, message, skip_field, string, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
+use super::decoding::merge_optional;
 use super::{ArtifactList, Execution, Outcome, Reservation};
-
-/// Merges a message field into its slot, as generated code does.
-fn merge_optional<M: Message + Default>(
-    slot: &mut Option<M>,
-    wire_type: WireType,
-    buf: &mut impl Buf,
-    ctx: DecodeContext,
-) -> Result<(), DecodeError> {
-    message::merge(wire_type, slot.get_or_insert_with(M::default), buf, ctx)
-}
 
 macro_rules! lookup_reply {
     ($(#[$doc:meta])* $name:ident) => {
@@ -96,13 +87,7 @@ macro_rules! lookup_reply {
                 buf: &mut impl Buf,
                 ctx: DecodeContext,
             ) -> Result<(), DecodeError> {
-                // Where a decode error happened, as generated code reports it.
-                let at = |field: &'static str| {
-                    move |mut e: DecodeError| {
-                        e.push(stringify!($name), field);
-                        e
-                    }
-                };
+                let at = |field| super::decoding::at(stringify!($name), field);
                 match tag {
                     1 => int32::merge(wire_type, &mut self.outcome, buf, ctx)
                         .map_err(at("outcome")),

@@ -9,12 +9,10 @@
 //! `target`, as with the generated type.
 
 use prost::bytes::{Buf, BufMut, Bytes};
-use prost::encoding::{
-    encode_key, encode_varint, encoded_len_varint, int64, key_len, message, skip_field, string,
-    DecodeContext, WireType,
-};
+use prost::encoding::{bytes, int64, message, skip_field, string, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
+use super::decoding::merge_optional;
 use super::get_cached_execution_request::Target;
 use super::{CachePolicy, ReservationRequest, TaskInterface};
 
@@ -53,9 +51,7 @@ impl Message for GetCachedExecutionRequest {
             string::encode(1, &self.namespace, buf);
         }
         if !self.interface_bytes.is_empty() {
-            encode_key(2, WireType::LengthDelimited, buf);
-            encode_varint(self.interface_bytes.len() as u64, buf);
-            buf.put_slice(&self.interface_bytes);
+            bytes::encode(2, &self.interface_bytes, buf);
         } else if let Some(t) = &self.target {
             t.encode(buf);
         }
@@ -78,13 +74,7 @@ impl Message for GetCachedExecutionRequest {
         buf: &mut impl Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
-        // Where a decode error happened, as generated code reports it.
-        let at = |field: &'static str| {
-            move |mut e: DecodeError| {
-                e.push("GetCachedExecutionRequest", field);
-                e
-            }
-        };
+        let at = |field| super::decoding::at("GetCachedExecutionRequest", field);
         match tag {
             1 => string::merge(wire_type, &mut self.namespace, buf, ctx).map_err(at("namespace")),
             2 => {
@@ -92,8 +82,7 @@ impl Message for GetCachedExecutionRequest {
                 // interface field merges into the first, as two encodings
                 // concatenated do; one after a cache_key replaces it.
                 let mut more = Bytes::new();
-                prost::encoding::bytes::merge(wire_type, &mut more, buf, ctx)
-                    .map_err(at("target"))?;
+                bytes::merge(wire_type, &mut more, buf, ctx).map_err(at("target"))?;
                 let earlier = match self.target.take() {
                     Some(Target::Interface(ti)) => Bytes::from(ti.encode_to_vec()),
                     _ => std::mem::take(&mut self.interface_bytes),
@@ -116,24 +105,13 @@ impl Message for GetCachedExecutionRequest {
                 }
                 Target::merge(&mut self.target, tag, wire_type, buf, ctx).map_err(at("target"))
             }
-            4 => message::merge(
-                wire_type,
-                self.policy.get_or_insert_with(Default::default),
-                buf,
-                ctx,
-            )
-            .map_err(at("policy")),
+            4 => merge_optional(&mut self.policy, wire_type, buf, ctx).map_err(at("policy")),
             5 => {
                 prost::encoding::bool::merge(wire_type, &mut self.record_cached_execution, buf, ctx)
                     .map_err(at("record_cached_execution"))
             }
-            6 => message::merge(
-                wire_type,
-                self.reservation.get_or_insert_with(Default::default),
-                buf,
-                ctx,
-            )
-            .map_err(at("reservation")),
+            6 => merge_optional(&mut self.reservation, wire_type, buf, ctx)
+                .map_err(at("reservation")),
             7 => int64::merge_repeated(wire_type, &mut self.context_ids, buf, ctx)
                 .map_err(at("context_ids")),
             _ => skip_field(wire_type, tag, buf, ctx),
@@ -142,8 +120,7 @@ impl Message for GetCachedExecutionRequest {
 
     fn encoded_len(&self) -> usize {
         let target = if !self.interface_bytes.is_empty() {
-            let n = self.interface_bytes.len();
-            key_len(2) + encoded_len_varint(n as u64) + n
+            bytes::encoded_len(2, &self.interface_bytes)
         } else {
             self.target.as_ref().map_or(0, Target::encoded_len)
         };

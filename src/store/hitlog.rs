@@ -323,7 +323,7 @@ fn le<const N: usize>(b: &[u8], at: usize) -> Option<u64> {
 /// `RWF_NOWAIT`); None when it would wait for the disk, or on any error.
 /// `len` bytes at `at`, read into a buffer that is not zeroed first (the
 /// read fills it, or it is dropped).
-fn read_nowait(file: &File, len: usize, at: u64) -> Option<Vec<u8>> {
+pub(super) fn read_nowait(file: &File, len: usize, at: u64) -> Option<Vec<u8>> {
     use std::os::fd::AsRawFd;
     let mut buf = Vec::<u8>::with_capacity(len);
     let iov = libc::iovec {

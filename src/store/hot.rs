@@ -584,18 +584,10 @@ mod tests {
     /// Whether this file system reads a cached page without waiting
     /// (RWF_NOWAIT), as `get` needs to read the hits file.
     fn reads_without_waiting(dir: &std::path::Path) -> bool {
-        use std::os::fd::AsRawFd;
         let path = dir.join("probe");
         std::fs::write(&path, [1u8; 16]).unwrap();
         let file = std::fs::File::open(&path).unwrap();
-        let mut buf = [0u8; 16];
-        let iov = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
-        };
-        // SAFETY: `iov` points at `buf`, which outlives the call.
-        let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) };
-        n == 16
+        hitlog::read_nowait(&file, 16, 0).is_some()
     }
 
     #[test]
