@@ -60,16 +60,13 @@ const NS: &str = "default";
 /// The file is never rotated here.
 const FILE_CAP: u64 = 1 << 36;
 
-/// Key `i`: 32 bytes spread by splitmix64, as cache keys (BLAKE3) are.
+/// Key `i`: 32 bytes spread by splitmix64 seeded with `i`, as cache keys
+/// (BLAKE3) are.
 fn key(i: u64) -> CacheKey {
     let mut k = [0u8; 32];
-    let mut x = i;
+    let mut spread = Rng(i);
     for chunk in k.chunks_mut(8) {
-        x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        chunk.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        chunk.copy_from_slice(&spread.next().to_le_bytes());
     }
     CacheKey(k)
 }

@@ -184,7 +184,7 @@ struct Args {
     json: bool,
     /// lookup-hit and lookup-miss decode the whole reply, the original
     /// execution's interface included. By default they decode what a driver
-    /// uses from a hit (`HitView`: outcome, key, execution ID, the output
+    /// uses from a hit (`HitReply`: outcome, execution ID, the output
     /// artifacts) and skip the interface the caller sent: the load generator
     /// shares the cores with the server.
     #[arg(long)]
@@ -733,7 +733,7 @@ struct Worker {
     rng: Rng,
     health: HealthClient<Channel>,
     cache: CacheServiceClient<Channel>,
-    /// The same channel, for lookups decoded as `HitView`.
+    /// The same channel, for lookups decoded as `HitReply`.
     lookups: tonic::client::Grpc<Channel>,
     full_replies: bool,
     meta: MetadataStoreServiceClient<Channel>,
@@ -765,14 +765,6 @@ struct HitReply {
 struct ExecutionId {
     #[prost(int64, tag = "1")]
     id: i64,
-}
-
-/// What lookup-hit and lookup-miss check in a reply.
-struct HitView {
-    outcome: i32,
-    reason: String,
-    execution_id: i64,
-    output_artifacts: BTreeMap<String, ArtifactList>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -808,7 +800,7 @@ impl Worker {
                 if hit != (self.workload == Workload::LookupHit) {
                     bail!("unexpected outcome {} ({})", r.outcome, r.reason);
                 }
-                if hit && (r.output_artifacts.len() != 2 || r.execution_id == 0) {
+                if hit && (r.output_artifacts.len() != 2 || r.execution.is_none_or(|e| e.id == 0)) {
                     bail!("a hit without its execution ID and its 2 outputs");
                 }
                 self.counts.tasks += 1;
@@ -845,16 +837,16 @@ impl Worker {
         Ok(())
     }
 
-    /// GetCachedExecution, its reply decoded as a `HitView` (or whole, with
-    /// --full-replies).
-    async fn lookup(&mut self, req: GetCachedExecutionRequest) -> anyhow::Result<HitView> {
+    /// GetCachedExecution, its reply decoded as a `HitReply` (with
+    /// --full-replies: decoded whole, then cut down to one).
+    async fn lookup(&mut self, req: GetCachedExecutionRequest) -> anyhow::Result<HitReply> {
         if self.full_replies {
             let r = self.cache.get_cached_execution(req).await?.into_inner();
-            return Ok(HitView {
+            return Ok(HitReply {
                 outcome: r.outcome,
-                reason: r.reason,
-                execution_id: r.execution.map_or(0, |e| e.id),
+                execution: r.execution.map(|e| ExecutionId { id: e.id }),
                 output_artifacts: r.output_artifacts,
+                reason: r.reason,
             });
         }
         self.lookups.ready().await?;
@@ -862,17 +854,11 @@ impl Worker {
             "/stepcache.v1.CacheService/GetCachedExecution",
         );
         let codec = tonic_prost::ProstCodec::<GetCachedExecutionRequest, HitReply>::default();
-        let r = self
+        Ok(self
             .lookups
             .unary(tonic::Request::new(req), path, codec)
             .await?
-            .into_inner();
-        Ok(HitView {
-            outcome: r.outcome,
-            reason: r.reason,
-            execution_id: r.execution.map_or(0, |e| e.id),
-            output_artifacts: r.output_artifacts,
-        })
+            .into_inner())
     }
 
     /// A 5-task DAG: ingest -> (clean, featurize) -> train -> evaluate. Inputs
