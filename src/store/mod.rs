@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use prost::Message;
 use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 
-use combine::Combiner;
 use events::NewEvents;
 
 use crate::clock::{timestamp, timestamp_ms, Clock};
@@ -265,15 +264,16 @@ pub struct Store {
     tree: sled::Tree,
     flush: GroupFlush,
     /// Batches and flushes, for the metrics endpoint.
-    activity: activity::WriteActivity,
+    activity: Arc<activity::WriteActivity>,
     clock: Arc<dyn Clock>,
     /// Held (by key stripe) around "look up, then reserve" and around each write
     /// that publishes or releases, so that a reservation is never granted for a
     /// key whose result was published after the lookup saw nothing.
     key_locks: Vec<Mutex<()>>,
     hot: hot::HotHits,
-    /// Applies concurrent PutExecution writes in shared transactions.
-    writes: Combiner<PendingWrite, Written>,
+    /// Applies concurrent PutExecution writes in shared transactions, on a
+    /// thread of its own (`combine`).
+    writes: combine::Applier<PendingWrite, Written>,
     /// IDs and creation times are allocated together under this lock, so
     /// that ID order is creation order.
     ids: Mutex<IdGen>,
@@ -304,16 +304,27 @@ impl Store {
             })?;
         let tree = db.open_tree("stepcache")?;
         let hot = hot::HotHits::new(config.hot_hits, open_hit_log(path, &tree, config)?);
+        let activity = Arc::new(activity::WriteActivity::default());
+        let writes = {
+            let (tree, activity) = (tree.clone(), activity.clone());
+            combine::Applier::spawn("stepcache-apply", WRITE_BATCH, move |batch| {
+                let started = std::time::Instant::now();
+                let written = transactions(&tree, &batch);
+                activity.batch(batch.len(), started.elapsed());
+                written
+            })
+            .map_err(|e| Error::Storage(format!("cannot start the write thread: {e}")))?
+        };
         Ok(Store {
             path: path.to_path_buf(),
             db,
             tree,
             flush: GroupFlush::default(),
-            activity: activity::WriteActivity::default(),
+            activity,
             clock,
             key_locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
             hot,
-            writes: Combiner::new(WRITE_BATCH),
+            writes,
             ids: Mutex::new(IdGen::default()),
             stopping: Default::default(),
         })
@@ -581,37 +592,7 @@ impl Store {
             alloc,
             earlier_outputs,
         };
-        self.writes
-            .submit(pending, |batch| self.apply_writes(&batch))
-    }
-
-    /// Applies a batch of execution writes (`transactions`), timed for the
-    /// metrics endpoint.
-    fn apply_writes(&self, batch: &[PendingWrite]) -> Vec<Result<Written>> {
-        let started = std::time::Instant::now();
-        let written = self.transactions(batch);
-        self.activity.batch(batch.len(), started.elapsed());
-        written
-    }
-
-    /// Applies a batch of execution writes in one transaction; when one of
-    /// them fails nothing of the batch is applied, and each is applied alone,
-    /// so that a bad write fails by itself.
-    fn transactions(&self, batch: &[PendingWrite]) -> Vec<Result<Written>> {
-        let one =
-            |p: &PendingWrite| -> Result<Written> { Ok(self.tree.transaction(|tx| p.apply(tx))?) };
-        if batch.len() > 1 {
-            let all = self.tree.transaction(|tx| {
-                batch
-                    .iter()
-                    .map(|p| p.apply(tx))
-                    .collect::<TxResult<Vec<_>>>()
-            });
-            if let Ok(written) = all {
-                return written.into_iter().map(Ok).collect();
-            }
-        }
-        batch.iter().map(one).collect()
+        self.writes.submit(pending)
     }
 
     /// The answer to a retried PutExecution: the original's IDs, nothing written.
@@ -1480,6 +1461,25 @@ impl PendingWrite {
     }
 }
 
+/// Applies a batch of execution writes in one transaction; when one of
+/// them fails nothing of the batch is applied, and each is applied alone,
+/// so that a bad write fails by itself.
+fn transactions(tree: &sled::Tree, batch: &[PendingWrite]) -> Vec<Result<Written>> {
+    let one = |p: &PendingWrite| -> Result<Written> { Ok(tree.transaction(|tx| p.apply(tx))?) };
+    if batch.len() > 1 {
+        let all = tree.transaction(|tx| {
+            batch
+                .iter()
+                .map(|p| p.apply(tx))
+                .collect::<TxResult<Vec<_>>>()
+        });
+        if let Ok(written) = all {
+            return written.into_iter().map(Ok).collect();
+        }
+    }
+    batch.iter().map(one).collect()
+}
+
 /// What the write transaction did: wrote, or found the original of a retry.
 enum Written {
     New(ExecutionWritten),
@@ -2069,7 +2069,7 @@ mod tests {
         };
         // One transaction for a batch of good writes.
         let good = [write("a", &[], ""), write("b", &[], "")];
-        let done = store.apply_writes(&good.iter().map(pending).collect::<Vec<_>>());
+        let done = transactions(&store.tree, &good.iter().map(pending).collect::<Vec<_>>());
         assert!(done.iter().all(|r| matches!(r, Ok(Written::New(_)))));
         // A bad write (an input that does not exist) among good ones, and a
         // retry of a write of the same batch.
@@ -2079,7 +2079,7 @@ mod tests {
             write("y", &[], ""),
             write("x", &[], "ext-x"),
         ];
-        let done = store.apply_writes(&mixed.iter().map(pending).collect::<Vec<_>>());
+        let done = transactions(&store.tree, &mixed.iter().map(pending).collect::<Vec<_>>());
         assert_eq!(done.len(), 4);
         assert!(
             matches!(done[1], Err(Error::NotFound(_))),

@@ -290,13 +290,15 @@ impl StabilityIntervals {
 pub(crate) struct IoBufs {
     pub config: RunningConfig,
 
-    // A pointer to the current IoBuf. This relies on crossbeam-epoch
-    // for garbage collection when it gets swapped out, to ensure that
-    // no witnessing threads experience use-after-free.
-    // mutated from the maybe_seal_and_write_iobuf method.
-    // finally dropped in the Drop impl, without using crossbeam-epoch,
-    // because if this drops, all witnessing threads should be done.
-    pub iobuf: AtomicPtr<IoBuf>,
+    // The current IoBuf, replaced by the maybe_seal_and_write_iobuf method.
+    // stepcache patch 16: behind a lock instead of an `AtomicPtr` whose
+    // replaced buffer was dropped through crossbeam-epoch: a reader clones
+    // the `Arc` under the lock, so the writer that replaces it can drop its
+    // reference at once. Deferred, each replaced buffer (and with the last
+    // one of a segment, its 512 KiB of log) waited for the global epoch to
+    // advance twice; under sustained writes applied on one thread that
+    // held 100+ MiB of written log buffers (vendor/README.md).
+    pub iobuf: RwLock<Arc<IoBuf>>,
 
     // Pending intervals that have been written to stable storage, but may be
     // higher than the current value of `stable` due to interesting thread
@@ -318,16 +320,6 @@ pub(crate) struct IoBufs {
     pub submission_mutex: Mutex<()>,
     #[cfg(feature = "io_uring")]
     pub io_uring: rio::Rio,
-}
-
-impl Drop for IoBufs {
-    fn drop(&mut self) {
-        let ptr = self.iobuf.swap(std::ptr::null_mut(), SeqCst);
-        assert!(!ptr.is_null());
-        unsafe {
-            Arc::from_raw(ptr);
-        }
-    }
 }
 
 /// `IoBufs` is a set of lock-free buffers for coordinating
@@ -406,7 +398,7 @@ impl IoBufs {
         Ok(IoBufs {
             config,
 
-            iobuf: AtomicPtr::new(Arc::into_raw(Arc::new(iobuf)) as *mut IoBuf),
+            iobuf: RwLock::new(Arc::new(iobuf)),
 
             intervals: Mutex::new(StabilityIntervals::new(stable)),
             interval_updated: Condvar::new(),
@@ -846,10 +838,7 @@ impl IoBufs {
         // If we didn't forget it, it would then go back down again,
         // even though we just created a new reference to it, leading
         // to double-frees.
-        let arc = unsafe { Arc::from_raw(self.iobuf.load(Acquire)) };
-        #[allow(clippy::mem_forget)]
-        std::mem::forget(arc.clone());
-        arc
+        self.iobuf.read().clone()
     }
 }
 
@@ -1178,13 +1167,8 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
     // the change.
     debug_delay();
     let intervals = iobufs.intervals.lock();
-    let old_ptr = iobufs
-        .iobuf
-        .swap(Arc::into_raw(Arc::new(next_iobuf)) as *mut IoBuf, SeqCst);
-
-    let old_arc = unsafe { Arc::from_raw(old_ptr) };
-
-    pin().defer(move || drop(old_arc));
+    let old_arc = std::mem::replace(&mut *iobufs.iobuf.write(), Arc::new(next_iobuf));
+    drop(old_arc);
 
     // having held the mutex makes this linearized
     // with the notify below.
