@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The issue-7 comparison in one go: stepcache against the gRPC floor at 10k,
-# 100k and 1M stored executions, then ML Metadata at 100k and 10k.
+# 100k and 1M stored executions, and ML Metadata at 10k and 100k (each right
+# after stepcache's writes at that size).
 #
 #   cargo build --release --bins && bench/setup-mlmd.sh
 #   bench/matrix.sh [OUT_DIR] [DATA_ROOT]      # defaults: /tmp/bm/out /tmp/bm
@@ -20,6 +21,21 @@ bench=target/release/stepcache-bench
 mkdir -p "$out" "$root"
 
 source bench/pin.sh
+
+# ML Metadata at N stored on a SQLite file, right after stepcache's writes at
+# N: ML Metadata's put waits for an fsync and this VM's disk speed drifts
+# within minutes, so the two puts are measured as close together as they can be.
+mlmd() {
+  local n=$1
+  if [ ! -x bench/.venv/bin/python ]; then
+    echo "no bench/.venv: run bench/setup-mlmd.sh for the ML Metadata side" >&2
+    return
+  fi
+  mkdir -p "$root/mlmd"
+  echo "== ML Metadata, SQLite file, $n stored"
+  bench/.venv/bin/python bench/mlmd_peer.py --backend sqlite --db "$root/mlmd/$n.sqlite" \
+    --preload "$n" --count 2000 --max-seconds 30 --json | tee "$out/mlmd-$n.txt"
+}
 
 for n in $sizes; do
   d=$root/sc$n
@@ -46,20 +62,12 @@ for n in $sizes; do
   echo "== $n stored: writes"
   "$bench" --preload "$n" --data-dir "$d" --rounds 2 --duration 3 --warmup 0.5 \
     --concurrency 64 floor put pipeline | tee "$out/writes-$n.txt"
+  if [ "$n" -le 100000 ]; then
+    mlmd "$n"
+  fi
   echo "== $n stored: restart after the writes"
   "$bench" --preload "$n" --data-dir "$d" --rounds 1 --duration 1 --warmup 0 \
     floor | tee "$out/restart-$n.txt"
   kill "$pinner" 2>/dev/null || true
   wait "$pinner" 2>/dev/null || true
 done
-
-if [ -x bench/.venv/bin/python ]; then
-  mkdir -p "$root/mlmd"
-  for n in 100000 10000; do
-    echo "== ML Metadata, SQLite file, $n stored"
-    bench/.venv/bin/python bench/mlmd_peer.py --backend sqlite --db "$root/mlmd/$n.sqlite" \
-      --preload "$n" --count 2000 --max-seconds 30 --json | tee "$out/mlmd-$n.txt"
-  done
-else
-  echo "no bench/.venv: run bench/setup-mlmd.sh for the ML Metadata side" >&2
-fi
