@@ -134,26 +134,24 @@ impl<J, T> Shared<J, T> {
             let (tickets, jobs): (Vec<u64>, Vec<J>) = s.queue.drain(..n).unzip();
             drop(s);
             let results = match catch_unwind(AssertUnwindSafe(|| run(jobs))) {
-                Ok(results) if results.len() == tickets.len() => results,
-                Ok(results) => {
-                    let lost = format!(
-                        "a write batch of {} returned {} results",
-                        tickets.len(),
-                        results.len()
-                    );
-                    tickets
-                        .iter()
-                        .map(|_| Err(Error::Internal(lost.clone())))
-                        .collect()
-                }
+                Ok(results) if results.len() == tickets.len() => Ok(results),
+                Ok(results) => Err(format!(
+                    "a write batch of {} returned {} results",
+                    tickets.len(),
+                    results.len()
+                )),
                 Err(_) => {
                     tracing::error!("a write batch panicked; its writes failed");
-                    tickets
-                        .iter()
-                        .map(|_| Err(Error::Internal("the write batch panicked".into())))
-                        .collect()
+                    Err("the write batch panicked".to_string())
                 }
             };
+            // A batch that went wrong fails each of its jobs.
+            let results = results.unwrap_or_else(|why| {
+                tickets
+                    .iter()
+                    .map(|_| Err(Error::Internal(why.clone())))
+                    .collect()
+            });
             s = match self.state.lock() {
                 Ok(s) => s,
                 Err(_) => return,

@@ -1,7 +1,6 @@
 use std::{
     alloc::{alloc, dealloc, Layout},
     cell::UnsafeCell,
-    sync::atomic::AtomicPtr,
 };
 
 use crate::{pagecache::*, *};
@@ -834,10 +833,7 @@ impl IoBufs {
     }
 
     pub(in crate::pagecache) fn current_iobuf(&self) -> Arc<IoBuf> {
-        // we bump up the ref count, and forget the arc to retain a +1.
-        // If we didn't forget it, it would then go back down again,
-        // even though we just created a new reference to it, leading
-        // to double-frees.
+        // stepcache patch 16: a clone under the lock (see `iobuf`).
         self.iobuf.read().clone()
     }
 }
