@@ -1,7 +1,9 @@
 //! The vendored sled's read path (vendor/README.md, changes 10 to 12)
 //! against a model: pages paged back in from the log with one read of their
 //! recorded size, and scans whose first entry is answered without a copy of
-//! the leaf, must give exactly what was written.
+//! the leaf, must give exactly what was written. Also its IO buffers
+//! (change 16) and the order in which a transaction's writes are applied
+//! (change 17).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -311,4 +313,64 @@ fn io_buffers_replaced_under_concurrent_writes_and_flushes_lose_nothing() {
     drop(db);
     let db = open_with(&config);
     check_all(&db);
+}
+
+#[test]
+fn a_transaction_applies_its_writes_in_key_order_and_keeps_the_last_of_each_key() {
+    use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let mut rng = StdRng::seed_from_u64(17);
+    let mut model = Model::new();
+    write(&db, &mut model, &mut rng, 300);
+    // Writes in random order, some keys twice (the second write wins), some
+    // removed; a subscriber sees the order in which the commit applies them.
+    let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..400)
+        .map(|_| (key(&mut rng), Some(value(&mut rng))))
+        .collect();
+    let again: Vec<_> = writes[..50]
+        .iter()
+        .map(|(k, _)| (k.clone(), Some(value(&mut rng))))
+        .collect();
+    writes.extend(again);
+    let removed: Vec<_> = model.keys().take(40).map(|k| (k.clone(), None)).collect();
+    writes.extend(removed);
+    let mut events = db.watch_prefix(vec![]);
+    db.transaction(|tx: &TransactionalTree| {
+        for (k, v) in &writes {
+            match v {
+                Some(v) => tx.set(k.as_slice(), v.as_slice())?,
+                None => {
+                    tx.remove(k.as_slice())?;
+                }
+            }
+        }
+        Ok::<_, ConflictableTransactionError<()>>(())
+    })
+    .unwrap();
+    for (k, v) in &writes {
+        match v {
+            Some(v) => model.insert(k.clone(), v.clone()),
+            None => model.remove(k),
+        };
+    }
+    let distinct: std::collections::BTreeSet<&Vec<u8>> = writes.iter().map(|(k, _)| k).collect();
+    let applied: Vec<Vec<u8>> = (0..distinct.len())
+        .map(|_| {
+            match events
+                .next_timeout(std::time::Duration::from_secs(10))
+                .unwrap()
+            {
+                sled::Event::Insert { key, .. } | sled::Event::Remove { key } => key.to_vec(),
+            }
+        })
+        .collect();
+    let sorted: Vec<Vec<u8>> = distinct.into_iter().cloned().collect();
+    let misplaced = applied.iter().zip(&sorted).filter(|(a, s)| a != s).count();
+    assert!(
+        applied.len() == sorted.len() && misplaced == 0,
+        "the commit applies each key once, in key order: {misplaced} of {} out of place",
+        sorted.len()
+    );
+    assert_eq!(pairs(db.iter()), owned(model.iter()));
 }

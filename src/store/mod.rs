@@ -167,7 +167,11 @@ impl From<Lookup> for Claimed {
 }
 
 /// Stripes of the lock that orders lookups-that-reserve against publishes.
-const KEY_LOCKS: usize = 64;
+/// A PutExecution holds its key's stripe until its batch is applied: with 64,
+/// ~40% of 32 concurrent writers found theirs held by another, and waited a
+/// batch longer (smaller batches, fewer puts; BENCHMARKS.md, "Sorted
+/// commits and more key-lock stripes"). 4096 stripes cost 16 KiB.
+const KEY_LOCKS: usize = 4096;
 
 /// A page of records, newest first, and the token of the next page.
 #[derive(Debug, Clone)]
@@ -424,7 +428,7 @@ impl Store {
     }
 
     fn key_lock(&self, key: &CacheKey) -> Result<MutexGuard<'_, ()>> {
-        let i = usize::from(key.as_bytes()[0]) % KEY_LOCKS;
+        let i = usize::from(u16::from_le_bytes([key.as_bytes()[0], key.as_bytes()[1]])) % KEY_LOCKS;
         self.key_locks
             .get(i)
             .ok_or_else(|| Error::Internal("key lock out of range".into()))?

@@ -94,7 +94,11 @@ use crate::{
 #[derive(Clone)]
 pub struct TransactionalTree {
     pub(super) tree: Tree,
-    pub(super) writes: Rc<RefCell<Map<IVec, Option<IVec>>>>,
+    // stepcache patch: the writes are kept in key order, so that `commit`
+    // applies them in that order (upstream: a HashMap, in hash order): keys
+    // next to each other descend the same path and land in the same leaves
+    // one after another, while those nodes are in the CPU's caches.
+    pub(super) writes: Rc<RefCell<std::collections::BTreeMap<IVec, Option<IVec>>>>,
     pub(super) read_cache: Rc<RefCell<Map<IVec, Option<IVec>>>>,
     pub(super) flush_on_commit: Rc<RefCell<bool>>,
 }
