@@ -168,9 +168,10 @@ impl From<Lookup> for Claimed {
 
 /// Stripes of the lock that orders lookups-that-reserve against publishes.
 /// A PutExecution holds its key's stripe until its batch is applied: with 64,
-/// ~40% of 32 concurrent writers found theirs held by another, and waited a
-/// batch longer (smaller batches, fewer puts; BENCHMARKS.md, "Sorted
-/// commits and more key-lock stripes"). 4096 stripes cost 16 KiB.
+/// each of 32 concurrent writers would find its stripe held by another with
+/// a chance of ~39%, and wait a batch longer (smaller batches, fewer puts;
+/// BENCHMARKS.md, "Sorted commits and more key-lock stripes"). 4096 stripes
+/// cost 16 KiB.
 const KEY_LOCKS: usize = 4096;
 
 /// A page of records, newest first, and the token of the next page.
