@@ -7,8 +7,13 @@
 #   bench/matrix.sh [OUT_DIR] [DATA_ROOT]      # defaults: /tmp/bm/out /tmp/bm
 #
 # Data dirs (DATA_ROOT/sc10000, ...) and ML Metadata databases are preloaded
-# on first use and reused. The 1M preload takes 13-16 minutes and its
-# settling pass 4-5; the measured part about 20. Each data file is held in the
+# on first use and reused; nothing measured writes to them. Lookups add no
+# executions and run on the preloaded dir itself; the writes (and the
+# restart after them) run on a fresh copy of it (DATA_ROOT/scN.writes,
+# removed afterwards), and ML Metadata on a fresh copy of its preloaded
+# file, so that every run measures a store of N executions, not N plus what
+# earlier runs wrote. The 1M preload and its settling pass take a few
+# minutes each; the measured part about 20. Each data file is held in the
 # page cache (bench/pin-pages.py) while it is measured: this VM reclaims page
 # cache within a minute. Run
 # nothing else meanwhile: the load generator and the server share 2 cores.
@@ -25,16 +30,23 @@ source bench/pin.sh
 # ML Metadata at N stored on a SQLite file, right after stepcache's writes at
 # N: ML Metadata's put waits for an fsync and this VM's disk speed drifts
 # within minutes, so the two puts are measured as close together as they can be.
+# It runs on a copy of its preloaded file, as stepcache's writes do.
 mlmd() {
-  local n=$1
-  if [ ! -x bench/.venv/bin/python ]; then
+  local n=$1 py=bench/.venv/bin/python
+  if [ ! -x "$py" ]; then
     echo "no bench/.venv: run bench/setup-mlmd.sh for the ML Metadata side" >&2
     return
   fi
   mkdir -p "$root/mlmd"
+  local settled=$root/mlmd/$n.sqlite work=$root/mlmd/$n.work.sqlite
+  if [ ! -e "$settled" ]; then
+    "$py" bench/mlmd_peer.py --backend sqlite --db "$settled" --preload "$n" --workloads ""
+  fi
+  cp "$settled" "$work"
   echo "== ML Metadata, SQLite file, $n stored"
-  bench/.venv/bin/python bench/mlmd_peer.py --backend sqlite --db "$root/mlmd/$n.sqlite" \
+  "$py" bench/mlmd_peer.py --backend sqlite --db "$work" \
     --preload "$n" --count 2000 --max-seconds 30 --json | tee "$out/mlmd-$n.txt"
+  rm -f "$work"
 }
 
 for n in $sizes; do
@@ -59,15 +71,21 @@ for n in $sizes; do
     "$bench" --preload "$n" --data-dir "$d" --rounds 3 --duration 3 --warmup 0.5 \
       --working-set 10000 --concurrency 64 floor lookup-hit | tee "$out/working-set-$n.txt"
   fi
-  echo "== $n stored: writes"
-  "$bench" --preload "$n" --data-dir "$d" --rounds 2 --duration 3 --warmup 0.5 \
+  kill "$pinner" 2>/dev/null || true
+  wait "$pinner" 2>/dev/null || true
+  w=$d.writes
+  rm -rf "$w" && cp -a "$d" "$w"
+  pin_dirs "$out/pin-$n-writes.txt" "$w"
+  echo "== $n stored: writes (on a copy)"
+  "$bench" --preload "$n" --data-dir "$w" --rounds 2 --duration 3 --warmup 0.5 \
     --concurrency 64 floor put pipeline | tee "$out/writes-$n.txt"
   if [ "$n" -le 100000 ]; then
     mlmd "$n"
   fi
   echo "== $n stored: restart after the writes"
-  "$bench" --preload "$n" --data-dir "$d" --rounds 1 --duration 1 --warmup 0 \
+  "$bench" --preload "$n" --data-dir "$w" --rounds 1 --duration 1 --warmup 0 \
     floor | tee "$out/restart-$n.txt"
   kill "$pinner" 2>/dev/null || true
   wait "$pinner" 2>/dev/null || true
+  rm -rf "$w"
 done
