@@ -17,6 +17,7 @@ pub mod keys;
 pub mod maintenance;
 pub mod query;
 pub mod replay;
+pub mod tag_index;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
