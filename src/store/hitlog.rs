@@ -39,7 +39,8 @@ const NO_TTL: i64 = i64::MIN;
 /// Where a key's record is: offset and length packed in one u64, by tag.
 pub use super::tag_index::TagIndex as Index;
 
-/// Tags are already uniform hashes (BLAKE3): the index uses them as they are.
+/// Tags are already uniform hashes (BLAKE3): the memory tier's LRU (`hot`)
+/// uses them as they are, as the index (`tag_index`) does.
 #[derive(Default)]
 pub struct TagHasher(u64);
 

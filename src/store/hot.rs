@@ -2,7 +2,8 @@
 //! repeated lookup costs a hash, a mutex and a reference count instead of a
 //! read on a pool thread (a page-in, on a store larger than sled's cache).
 //! Behind the memory tier, the hits file (`hitlog`) keeps every hit the
-//! cache is given, at ~1 KB per key on disk and 16 bytes of index in memory:
+//! cache is given, at ~1 KB per key on disk and 32-64 bytes of index in memory
+//! (`tag_index`: 16-byte slots, the table a quarter to half full):
 //! a hit that is not in memory is one small read instead of a sled leaf.
 //! Hits enter both at their first read from sled, and the file also from
 //! the cache index after a start that found it unfilled
