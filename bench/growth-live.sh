@@ -46,7 +46,7 @@ echo "# $(cat "$out/pin.txt")"
 declare -A port pid n
 for d in "$small" "$large"; do
   n[$d]=$(stored "$d")
-  port[$d]=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  port[$d]=$(free_port)
   "$server" serve --data-dir "$d" --listen "127.0.0.1:${port[$d]}" --worker-threads 1 \
     "${server_extra[@]}" >"$out/server-${n[$d]}.log" 2>&1 &
   pid[$d]=$!

@@ -1,5 +1,5 @@
 # Sourced by the bench scripts (bash): holding data dirs in the page cache,
-# and reading what a data dir's preload holds.
+# reading what a data dir's preload holds, and picking a free port.
 #
 # pin LOG FILE...: holds the FILEs in the page cache (bench/pin-pages.py) and
 # returns once they are resident, leaving the pinner running as $pinner; fails
@@ -33,4 +33,10 @@ pin_dirs() {
 stored() {
   python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["executions"])' \
     "$1/stepcache-bench.json"
+}
+
+# free_port: a loopback TCP port free when asked (for a server's listen or
+# metrics address).
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }

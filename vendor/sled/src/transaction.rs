@@ -94,7 +94,7 @@ use crate::{
 #[derive(Clone)]
 pub struct TransactionalTree {
     pub(super) tree: Tree,
-    // stepcache patch: the writes are kept in key order, so that `commit`
+    // stepcache patch 17: the writes are kept in key order, so that `commit`
     // applies them in that order (upstream: a HashMap, in hash order): keys
     // next to each other descend the same path and land in the same leaves
     // one after another, while those nodes are in the CPU's caches.
