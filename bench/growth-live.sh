@@ -14,7 +14,9 @@
 # generator one worker thread, as stepcache-bench's own split does on 2
 # cores. A pair is a lookup-hit run (64 callers, DURATION seconds, default 1,
 # after 0.2 s of warm-up) against one server, then the other, the order
-# swapping from pair to pair. Both data files stay in the page cache
+# swapping from pair to pair. Both runs of a pair draw the same keys, each
+# pair others (its own --seed): with one seed for all, every run would ask
+# for the same ~75k keys again, which a memory tier of that size answers. Both data files stay in the page cache
 # (bench/pin-pages.py). It prints the per-pair ratio of the large dir's
 # lookups/s to the small one's and their median. BENCH_ARGS adds arguments to
 # every stepcache-bench run (e.g. "--working-set 10000"), SERVER_ARGS to both
@@ -66,7 +68,7 @@ one() { # one DIR PAIR: a lookup-hit run against DIR's server
   local r
   r=$("$bench" --addr "http://127.0.0.1:${port[$1]}" --server-pid "${pid[$1]}" --data-dir "$1" \
     --preload "${n[$1]}" --client-workers 1 --rounds 1 --duration "$duration" --warmup 0.2 \
-    --concurrency 64 "${extra[@]}" --json lookup-hit 2>>"$out/bench.log") ||
+    --concurrency 64 --seed "$((1000 + $2))" "${extra[@]}" --json lookup-hit 2>>"$out/bench.log") ||
     { tail -5 "$out/bench.log" >&2; exit 1; }
   grep '^{' <<<"$r" | sed "s/^{/{\"pair\":$2,/" >>"$out/results.jsonl"
 }

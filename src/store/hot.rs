@@ -70,6 +70,88 @@ struct Tier {
     index: Index,
     /// Every key of the store was given to it since it last started over.
     filled: bool,
+    /// Records of a fill not written yet.
+    pending: Pending,
+}
+
+/// A fill (`Store::warm_in_background`) writes the hits file in aligned
+/// chunks of this size: the kernel then keeps it in the page cache as huge
+/// folios, where one record per small write left it in 4 KiB pages, and a
+/// read of a record finds its page ~0.3 us sooner (BENCHMARKS.md,
+/// "Huge folios for the hits file").
+pub const FILL_CHUNK: u64 = 2 << 20;
+
+/// Records reserved in the hits file, from `at` on, and not yet written;
+/// the index learns of each once it is.
+#[derive(Default)]
+struct Pending {
+    at: u64,
+    bytes: Vec<u8>,
+    records: Vec<Unwritten>,
+}
+
+/// A record to index once written, if its key was not evicted meanwhile.
+struct Unwritten {
+    tag: u64,
+    generation: u64,
+    packed: u64,
+}
+
+/// Bytes to write at `at` in `segment`, then the records among them to index.
+struct Batch {
+    segment: Arc<Segment>,
+    at: u64,
+    bytes: Vec<u8>,
+    records: Vec<Unwritten>,
+}
+
+impl Pending {
+    fn end(&self) -> u64 {
+        self.at + self.bytes.len() as u64
+    }
+
+    /// All of it, as one batch for `segment`.
+    fn take(&mut self, segment: &Arc<Segment>) -> Option<Batch> {
+        (!self.bytes.is_empty()).then(|| {
+            let p = std::mem::take(self);
+            Batch {
+                segment: segment.clone(),
+                at: p.at,
+                bytes: p.bytes,
+                records: p.records,
+            }
+        })
+    }
+
+    /// What lies before the first chunk boundary past `at`, once the
+    /// records reach it; the rest stays.
+    fn take_chunk(&mut self, segment: &Arc<Segment>) -> Option<Batch> {
+        let boundary = (self.at / FILL_CHUNK + 1) * FILL_CHUNK;
+        if self.end() < boundary {
+            return None;
+        }
+        let rest = self.bytes.split_off((boundary - self.at) as usize);
+        let (done, waiting) = std::mem::take(&mut self.records)
+            .into_iter()
+            .partition(|r| {
+                let (at, len) = hitlog::unpack(r.packed);
+                at + len as u64 <= boundary
+            });
+        let head = std::mem::replace(
+            self,
+            Pending {
+                at: boundary,
+                bytes: rest,
+                records: waiting,
+            },
+        );
+        Some(Batch {
+            segment: segment.clone(),
+            at: head.at,
+            bytes: head.bytes,
+            records: done,
+        })
+    }
 }
 
 /// Admission to memory of hits read from the hits file, as TinyLFU's
@@ -139,6 +221,11 @@ impl Inner {
 
     /// (ns, key)'s hit in memory, as the most recently used.
     fn memory(&mut self, tag: u64, ns: &str, key: &CacheKey) -> Option<Arc<HotHit>> {
+        // On a miss in memory the index is read next: its slot comes in
+        // from RAM while the LRU is probed.
+        if let Some(tier) = &self.tier {
+            tier.index.prefetch(tag);
+        }
         let slot = self.lru.as_mut()?.get(&tag)?;
         (slot.key == *key && *slot.ns == *ns).then(|| slot.hit.clone())
     }
@@ -203,6 +290,7 @@ impl HotHits {
                     segment: o.segment,
                     index: o.index,
                     filled: o.filled,
+                    pending: Pending::default(),
                 }),
             ),
             None => (None, None),
@@ -294,8 +382,9 @@ impl HotHits {
     }
 
     /// Caches a hit read from the store, unless its key was evicted since
-    /// `generation` was read: in memory (unless `memory` is false) and in
-    /// the hits file.
+    /// `generation` was read: in memory and in the hits file. `memory`
+    /// false marks a fill (`Store::warm_hits`): the hit goes to the file
+    /// only, whose records then wait to be written a chunk at a time.
     pub fn insert(&self, g: Generation, ns: &str, key: &CacheKey, hit: HotHit, memory: bool) {
         let Generation { tag, n: generation } = g;
         debug_assert_eq!(tag, hitlog::tag(ns, key), "a generation of another key");
@@ -303,7 +392,7 @@ impl HotHits {
             Some(_) => hitlog::encode(ns, key, hit.completed_ms, hit.ttl_ms, &hit.fields),
             None => None,
         };
-        let at = {
+        let batch = {
             let Ok(mut inner) = self.inner.lock() else {
                 return;
             };
@@ -314,29 +403,99 @@ impl HotHits {
                 inner.remember(tag, ns, key, Arc::new(hit));
             }
             match (record, self.log.as_ref()) {
-                (Some(record), Some(log)) => self.reserve(&mut inner, log, record),
+                (Some(record), Some(log)) => {
+                    let new = (tag, generation, record);
+                    self.append(&mut inner, log, new, !memory)
+                }
                 _ => None,
             }
         };
-        // The write happens outside the lock; the index learns of the record
-        // only once it is whole, and only if nothing evicted the key meanwhile.
-        let Some((segment, offset, record)) = at else {
-            return;
-        };
-        if segment.write(offset, &record).is_err() {
+        if let Some(batch) = batch {
+            self.write(batch);
+        }
+    }
+
+    /// Reserves room for a record and returns what is to be written now:
+    /// the record alone, or with the fill's records waiting before it, or
+    /// (`filling`) a whole chunk of them once one is complete.
+    fn append(
+        &self,
+        inner: &mut Inner,
+        log: &HitLog,
+        (tag, generation, record): (u64, u64, Vec<u8>),
+        filling: bool,
+    ) -> Option<Batch> {
+        let (segment, at) = self.reserve(inner, log, record.len())?;
+        // A record too far into the file for the index is written, unindexed.
+        let new = hitlog::pack(at, record.len()).map(|packed| Unwritten {
+            tag,
+            generation,
+            packed,
+        });
+        let pending = &mut inner.tier.as_mut()?.pending;
+        // Reservations are made under the lock, so that records follow one
+        // another while some wait. Were there a gap, what waits is written
+        // after the fill's next record, or at the next `write_pending`.
+        let mut before = None;
+        if pending.end() != at || pending.bytes.is_empty() {
+            if !filling {
+                return Some(Batch {
+                    segment,
+                    at,
+                    bytes: record,
+                    records: new.into_iter().collect(),
+                });
+            }
+            before = pending.take(&segment);
+            pending.at = at;
+        }
+        pending.bytes.extend_from_slice(&record);
+        pending.records.extend(new);
+        before.or_else(|| {
+            if filling {
+                pending.take_chunk(&segment)
+            } else {
+                pending.take(&segment)
+            }
+        })
+    }
+
+    /// Writes a batch outside the lock; the index learns of its records
+    /// only once they are whole, and only of those whose keys nothing
+    /// evicted meanwhile.
+    fn write(&self, batch: Batch) {
+        if batch.segment.write(batch.at, &batch.bytes).is_err() {
             return;
         }
-        if let (Ok(mut inner), Some(packed)) =
-            (self.inner.lock(), hitlog::pack(offset, record.len()))
+        let Ok(mut inner) = self.inner.lock() else {
+            return;
+        };
+        let current: Vec<bool> = batch
+            .records
+            .iter()
+            .map(|r| inner.generation(r.tag) == r.generation)
+            .collect();
+        if let Some(tier) = inner
+            .tier
+            .as_mut()
+            .filter(|t| Arc::ptr_eq(&t.segment, &batch.segment))
         {
-            let current = inner.generation(tag) == generation;
-            if let Some(tier) = inner
-                .tier
-                .as_mut()
-                .filter(|t| current && Arc::ptr_eq(&t.segment, &segment))
-            {
-                tier.index.insert(tag, packed);
+            for (r, current) in batch.records.iter().zip(current) {
+                if current {
+                    tier.index.insert(r.tag, r.packed);
+                }
             }
+        }
+    }
+
+    /// Writes whatever a fill left waiting.
+    fn write_pending(&self) {
+        let batch = self.inner.lock().ok().and_then(|mut inner| {
+            let tier = inner.tier.as_mut()?;
+            tier.pending.take(&tier.segment)
+        });
+        if let Some(batch) = batch {
+            self.write(batch);
         }
     }
 
@@ -356,23 +515,19 @@ impl HotHits {
             .is_ok_and(|i| i.tier.as_ref().is_some_and(|t| t.index.contains_key(&tag)))
     }
 
-    /// Room for `record` in the hits file; a full file starts over (and the
-    /// tier with it).
-    fn reserve(
-        &self,
-        inner: &mut Inner,
-        log: &HitLog,
-        record: Vec<u8>,
-    ) -> Option<(Arc<Segment>, u64, Vec<u8>)> {
+    /// Room for `len` bytes in the hits file; a full file starts over
+    /// (and the tier with it, records waiting to be written too).
+    fn reserve(&self, inner: &mut Inner, log: &HitLog, len: usize) -> Option<(Arc<Segment>, u64)> {
         let tier = inner.tier.as_mut()?;
-        if let Some(at) = tier.segment.reserve(record.len(), log.cap) {
-            return Some((tier.segment.clone(), at, record));
+        if let Some(at) = tier.segment.reserve(len, log.cap) {
+            return Some((tier.segment.clone(), at));
         }
         match log.rotate() {
             Ok(segment) => {
                 tier.segment = segment;
                 tier.index.clear();
                 tier.filled = false;
+                tier.pending = Pending::default();
             }
             Err(e) => {
                 tracing::warn!("the hits file could not start over, so it is off: {e}");
@@ -420,6 +575,7 @@ impl HotHits {
     /// Every key of the store was given to the hits file, and nothing was
     /// cleared since `clears` read `since`.
     pub fn filled(&self, since: u64) {
+        self.write_pending();
         if let Ok(mut inner) = self.inner.lock() {
             let current = inner.cleared == since;
             if let Some(tier) = inner.tier.as_mut().filter(|_| current) {
@@ -439,6 +595,7 @@ impl HotHits {
     /// Writes the hits file's index for the next open with `epoch` (at a
     /// clean close, after the store's last write).
     pub fn persist(&self, epoch: u64) -> std::io::Result<()> {
+        self.write_pending();
         let inner = self
             .inner
             .lock()
@@ -566,6 +723,64 @@ mod tests {
             .unwrap()
             .len();
         assert_eq!(len, 61);
+    }
+
+    /// A hit whose record in the hits file is 58 + 2 + `size` bytes.
+    fn sized_hit(size: usize) -> HotHit {
+        HotHit {
+            completed_ms: 1,
+            ttl_ms: None,
+            fields: prost::bytes::Bytes::from(vec![7u8; size]),
+        }
+    }
+
+    #[test]
+    fn a_fill_writes_whole_aligned_chunks_and_indexes_a_record_once_it_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = with_file(dir.path(), 1 << 30);
+        let file_len = || {
+            std::fs::metadata(dir.path().join(hitlog::LOG_FILE))
+                .unwrap()
+                .len()
+        };
+        let fill =
+            |k: &CacheKey| h.insert(h.generation("ns", k), "ns", k, sized_hit(99_940), false);
+        let stored = |k: &CacheKey| h.get_stored("ns", k, 2, None).is_some();
+        // Records of 100,000 bytes: the 21st crosses the first 2 MiB boundary.
+        let keys: Vec<CacheKey> = (0..45u8).map(|i| CacheKey([i; 32])).collect();
+        for k in &keys[..20] {
+            fill(k);
+        }
+        assert_eq!(file_len(), 0, "nothing written before a chunk is whole");
+        assert!(!keys[..20].iter().any(stored));
+        h.evict("ns", &keys[3]); // evicted while its record waits
+        fill(&keys[20]);
+        assert_eq!(file_len(), FILL_CHUNK, "one write, up to the boundary");
+        assert!(keys[..20]
+            .iter()
+            .enumerate()
+            .all(|(i, k)| stored(k) == (i != 3)));
+        assert!(!stored(&keys[20]), "it straddles the boundary");
+        for k in &keys[21..42] {
+            fill(k);
+        }
+        assert_eq!(file_len(), 2 * FILL_CHUNK);
+        assert!(stored(&keys[20]) && stored(&keys[40]) && !stored(&keys[41]));
+        // A lookup's insert writes what waits with its own record.
+        insert_now(&h, &keys[42], sized_hit(10));
+        assert!(stored(&keys[41]) && stored(&keys[42]));
+        // The end of a fill writes the rest.
+        fill(&keys[43]);
+        assert!(!stored(&keys[43]));
+        let since = h.clears();
+        h.filled(since);
+        assert!(stored(&keys[43]) && !h.needs_filling());
+        assert_eq!(file_len(), 43 * 100_000 + 70);
+        // So does a close: what waits is in the index it keeps.
+        fill(&keys[44]);
+        h.persist(9).unwrap();
+        let again = HitLog::open(dir.path(), 1 << 30, Some(9)).unwrap();
+        assert_eq!(again.index.len(), 44, "all but the evicted one");
     }
 
     #[test]
