@@ -20,7 +20,8 @@
 # (bench/pin-pages.py). It prints the per-pair ratio of the large dir's
 # lookups/s to the small one's and their median. BENCH_ARGS adds arguments to
 # every stepcache-bench run (e.g. "--working-set 10000"), SERVER_ARGS to both
-# servers (e.g. "--hot-hits 0"). Run nothing else meanwhile.
+# servers (e.g. "--hot-hits 0"), SERVER another server binary (an A/B of two
+# builds). Run nothing else meanwhile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 small=${1:?SMALL_DIR}
@@ -31,7 +32,7 @@ duration=${DURATION:-1}
 read -r -a extra <<<"${BENCH_ARGS:-}"
 read -r -a server_extra <<<"${SERVER_ARGS:-}"
 bench=target/release/stepcache-bench
-server=target/release/stepcache
+server=${SERVER:-target/release/stepcache}
 mkdir -p "$out"
 
 

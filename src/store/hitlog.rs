@@ -129,10 +129,14 @@ pub fn decode(buf: Bytes, ns: &str, key: &CacheKey) -> Option<Stored> {
     if buf.get(26..HEADER)? != key.0 || buf.get(ns_at..ns_at + ns_len)? != ns.as_bytes() {
         return None;
     }
+    // Advanced past the header, not sliced: a slice of a buffer made from
+    // a Vec allocates a shared count for the two, and only one is left.
+    let mut fields = buf;
+    prost::bytes::Buf::advance(&mut fields, ns_at + ns_len);
     Some(Stored {
         completed_ms,
         ttl_ms,
-        fields: buf.slice(ns_at + ns_len..),
+        fields,
     })
 }
 

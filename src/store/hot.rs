@@ -39,6 +39,14 @@ pub struct HotHit {
     pub fields: prost::bytes::Bytes,
 }
 
+impl HotHit {
+    /// The reply's fields, moved out when no one else holds the hit (one
+    /// read from the hits file and not kept in memory), else shared.
+    pub fn into_fields(self: Arc<Self>) -> prost::bytes::Bytes {
+        Arc::try_unwrap(self).map_or_else(|shared| shared.fields.clone(), |hit| hit.fields)
+    }
+}
+
 /// Eviction counters: a key's generation is the sum of the whole cache's and
 /// its stripe's, so that a write evicting one key does not turn away every
 /// insert racing it, only those of keys in its stripe.

@@ -681,7 +681,7 @@ impl Store {
     ) -> Result<Lookup> {
         let now = self.now_ms();
         if let Some(hit) = self.hot.get_stored(ns, key, now, max_staleness_ms) {
-            return Ok(Lookup::Hit(Hit::Encoded(hit.fields.clone())));
+            return Ok(Lookup::Hit(Hit::Encoded(hit.into_fields())));
         }
         let judge = Judge {
             ns,
@@ -910,7 +910,7 @@ impl Store {
     ) -> Option<Lookup> {
         let now = self.now_ms();
         let hit = self.hot.get(ns, key, now, max_staleness_ms)?;
-        Some(Lookup::Hit(Hit::Encoded(hit.fields.clone())))
+        Some(Lookup::Hit(Hit::Encoded(hit.into_fields())))
     }
 
     /// A hit that is not one whole record: the record's execution with its
