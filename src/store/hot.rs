@@ -85,8 +85,8 @@ struct Tier {
 /// A fill (`Store::warm_in_background`) writes the hits file in aligned
 /// chunks of this size: the kernel then keeps it in the page cache as huge
 /// folios, where one record per small write left it in 4 KiB pages, and a
-/// read of a record finds its page ~0.3 us sooner (BENCHMARKS.md,
-/// "Huge folios for the hits file").
+/// read of a record costs ~0.17 us less (BENCHMARKS.md, "Huge folios for
+/// the hits file").
 pub const FILL_CHUNK: u64 = 2 << 20;
 
 /// Records reserved in the hits file, from `at` on, and not yet written;
