@@ -60,7 +60,7 @@ enum Command {
         #[arg(long, default_value_t = 20_000)]
         hot_hits: usize,
         /// Size limit of the hits file in MiB (`hits.log` in the data dir:
-        /// every cached hit, so that a hit not in memory reads its ~1 KB
+        /// every cached hit, so that a hit not in memory reads its ~0.25 KB
         /// record instead of a sled leaf; past the limit it starts over).
         /// 0: no hits file.
         #[arg(long, default_value_t = 2048)]

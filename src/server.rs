@@ -221,6 +221,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
             .await??;
             let store = Arc::new(store);
             Store::warm_in_background(&store);
+            Store::watch_hits_in_background(&store);
             store
         }
     })

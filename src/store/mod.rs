@@ -879,6 +879,32 @@ impl Store {
         }
     }
 
+    /// Once a second, marks again which pages of the hits file the page
+    /// cache holds (`HotHits::refresh_resident`): a page the kernel dropped
+    /// is then read with `preadv2` on the async threads, never through the
+    /// mapping, where it would wait for the disk. A mark can be at most this
+    /// old; `mincore` of a 1M-hit file (~64k pages) takes well under a
+    /// millisecond.
+    pub fn watch_hits_in_background(store: &Arc<Store>) {
+        const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+        let weak = Arc::downgrade(store);
+        let spawned = std::thread::Builder::new()
+            .name("stepcache-hits-watch".into())
+            .spawn(move || loop {
+                std::thread::sleep(EVERY);
+                let Some(store) = weak.upgrade() else {
+                    return;
+                };
+                if store.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    return;
+                }
+                store.hot.refresh_resident();
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("the hits file's pages are not watched: {e}");
+        }
+    }
+
     /// As `warm_in_background`, on this thread, to the end.
     pub fn fill_hits_file(&self) -> Result<()> {
         if !self.hot.needs_filling() {
