@@ -168,7 +168,10 @@ pub fn encode(
     fields: &[u8],
 ) -> Option<Vec<u8>> {
     let ns_len = u16::try_from(ns.len()).ok()?;
+    // Fields too large to index whole are not compressed either, so that a
+    // read never allocates more than a record's limit.
     let compressed = dict
+        .filter(|_| fields.len() < 1 << LEN_BITS)
         .map(|d| lz4_flex::block::compress_with_dict(fields, d))
         .filter(|c| c.len() < fields.len());
     let (raw_len, payload) = match &compressed {
@@ -213,6 +216,8 @@ pub fn decode(buf: &[u8], ns: &str, key: &CacheKey, dict: Option<&[u8]>) -> Opti
     let payload = buf.get(ns_at + ns_len..)?;
     let fields = if raw_len == 0 {
         Bytes::copy_from_slice(payload)
+    } else if raw_len >= 1 << LEN_BITS {
+        return None;
     } else {
         let out = lz4_flex::block::decompress_with_dict(payload, raw_len, dict?).ok()?;
         (out.len() == raw_len).then(|| Bytes::from(out))?
@@ -587,6 +592,19 @@ mod tests {
         assert!(decode(&r[..r.len() - 1], "ns", &k, None).is_none());
         let none = encode(None, "ns", &k, 1, None, b"").unwrap();
         assert_eq!(decode(&none, "ns", &k, None).unwrap().ttl_ms, None);
+        // Compressed, and a length past a record's limit is refused, not
+        // allocated, even under a good CRC.
+        let dict = &b"dddd dddd dddd"[..];
+        let mut huge = encode(Some(dict), "ns", &k, 1, None, &[b'd'; 200]).unwrap();
+        assert!(huge.len() < HEADER + 2 + 100);
+        assert_eq!(
+            &decode(&huge, "ns", &k, Some(dict)).unwrap().fields[..],
+            &[b'd'; 200]
+        );
+        huge[58..62].copy_from_slice(&(1u32 << LEN_BITS).to_le_bytes());
+        let crc = crc32fast::hash(&huge[8..]);
+        huge[4..8].copy_from_slice(&crc.to_le_bytes());
+        assert!(decode(&huge, "ns", &k, Some(dict)).is_none());
     }
 
     #[test]
