@@ -230,10 +230,12 @@ impl Inner {
 
     /// (ns, key)'s hit in memory, as the most recently used.
     fn memory(&mut self, tag: u64, ns: &str, key: &CacheKey) -> Option<Arc<HotHit>> {
-        // On a miss in memory the index is read next: its slot comes in
-        // from RAM while the LRU is probed.
+        // On a miss in memory the hits file is read next: the record comes
+        // in from RAM while the LRU is probed.
         if let Some(tier) = &self.tier {
-            tier.index.prefetch(tag);
+            if let Some(packed) = tier.index.get(&tag) {
+                tier.segment.prefetch(*packed);
+            }
         }
         let slot = self.lru.as_mut()?.get(&tag)?;
         (slot.key == *key && *slot.ns == *ns).then(|| slot.hit.clone())
