@@ -284,11 +284,12 @@ impl Segment {
         let Some(map) = &self.map else {
             return;
         };
-        let Some(end) = usize::try_from(at).ok().filter(|a| *a < map.len()) else {
+        let Some(start) = usize::try_from(at).ok().filter(|a| *a < map.len()) else {
             return;
         };
+        let stop = map.len().min(start + len.min(512));
         #[cfg(target_arch = "x86_64")]
-        for line in (end..end + len.min(512)).step_by(64) {
+        for line in (start..stop).step_by(64) {
             // SAFETY: a prefetch is only a hint; it reads nothing the
             // program sees, and the address lies in the mapping.
             unsafe {
@@ -297,7 +298,7 @@ impl Segment {
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (end, len);
+        let _ = (start, stop);
     }
 
     /// Marks again, from the page cache, which pages of the file it holds
@@ -642,10 +643,7 @@ mod tests {
             filled,
         } = HitLog::open(dir.path(), 1 << 20, None).unwrap();
         assert!(index.is_empty() && !filled);
-        let r = log.encode("ns", &k, 5, None, b"abc").unwrap();
-        let at = seg.reserve(r.len(), log.cap).unwrap();
-        seg.write(at, &r).unwrap();
-        index.insert(tag("ns", &k), pack(at, r.len()).unwrap());
+        append(&log, &seg, &mut index, &k, b"abc");
         log.persist(&seg, &index, true, 42).unwrap();
         drop(seg);
 
@@ -658,14 +656,13 @@ mod tests {
         };
         assert_eq!(sorted(&loaded), sorted(&index));
         assert!(opened.filled);
-        let packed = *loaded.get(&tag("ns", &k)).unwrap();
         assert_eq!(
-            &seg.read(packed, "ns", &k, false).unwrap().fields[..],
+            &read_back(&seg, &loaded, &k, false).unwrap().fields[..],
             b"abc"
         );
         // Just written and read: in the page cache.
         assert_eq!(
-            &seg.read(packed, "ns", &k, true).unwrap().fields[..],
+            &read_back(&seg, &loaded, &k, true).unwrap().fields[..],
             b"abc"
         );
         drop(seg);
@@ -728,6 +725,11 @@ mod tests {
         .into_bytes()
     }
 
+    /// `k`'s record, found through `index`.
+    fn read_back(seg: &Segment, index: &Index, k: &CacheKey, nowait: bool) -> Option<Stored> {
+        seg.read(*index.get(&tag("ns", k))?, "ns", k, nowait)
+    }
+
     /// Writes a record and indexes it.
     fn append(log: &HitLog, seg: &Segment, index: &mut Index, k: &CacheKey, f: &[u8]) -> usize {
         let r = log.encode("ns", k, 5, None, f).unwrap();
@@ -771,9 +773,8 @@ mod tests {
         }
         let read_all = |seg: &Segment, index: &Index, nowait: bool| {
             (0..n).all(|i| {
-                let packed = *index.get(&tag("ns", &key(i))).unwrap();
-                let s = seg.read(packed, "ns", &key(i), nowait).unwrap();
-                s.fields[..] == fields(i)[..] && s.completed_ms == 5
+                read_back(seg, index, &key(i), nowait)
+                    .is_some_and(|s| s.fields[..] == fields(i)[..] && s.completed_ms == 5)
             })
         };
         assert!(read_all(&seg, &index, true));
@@ -854,9 +855,8 @@ mod tests {
         seg.refresh_resident();
         assert!(seg.is_resident(0, len), "written: in the page cache");
         assert!(!seg.is_resident(PAGE, 1) && !seg.is_resident(2 * PAGE, 1));
-        let packed = *index.get(&tag("ns", &k)).unwrap();
         assert_eq!(
-            &seg.read(packed, "ns", &k, true).unwrap().fields[..],
+            &read_back(&seg, &index, &k, true).unwrap().fields[..],
             b"one"
         );
     }
@@ -873,9 +873,8 @@ mod tests {
         assert!(seg.map.is_none() && seg.resident.is_empty());
         let k = CacheKey([5; 32]);
         append(&log, &seg, &mut index, &k, b"abc");
-        let packed = *index.get(&tag("ns", &k)).unwrap();
         assert_eq!(
-            &seg.read(packed, "ns", &k, true).unwrap().fields[..],
+            &read_back(&seg, &index, &k, true).unwrap().fields[..],
             b"abc"
         );
     }

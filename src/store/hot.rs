@@ -230,13 +230,6 @@ impl Inner {
 
     /// (ns, key)'s hit in memory, as the most recently used.
     fn memory(&mut self, tag: u64, ns: &str, key: &CacheKey) -> Option<Arc<HotHit>> {
-        // On a miss in memory the hits file is read next: the record comes
-        // in from RAM while the LRU is probed.
-        if let Some(tier) = &self.tier {
-            if let Some(packed) = tier.index.get(&tag) {
-                tier.segment.prefetch(*packed);
-            }
-        }
         let slot = self.lru.as_mut()?.get(&tag)?;
         (slot.key == *key && *slot.ns == *ns).then(|| slot.hit.clone())
     }
@@ -252,12 +245,20 @@ impl Inner {
         }
     }
 
-    /// Where (ns, key)'s record is in the hits file, with what
-    /// `read_stored` needs to keep it in memory afterwards, if the
-    /// doorkeeper lets it in.
-    fn stored(&mut self, tag: u64) -> Option<InFile> {
+    /// Where (ns, key)'s record is in the hits file, if it has one; the
+    /// record starts coming in from RAM, so that work done before it is
+    /// read (the memory tier's probe) overlaps the wait.
+    fn located(&self, tag: u64) -> Option<u64> {
         let tier = self.tier.as_ref()?;
         let packed = *tier.index.get(&tag)?;
+        tier.segment.prefetch(packed);
+        Some(packed)
+    }
+
+    /// The record `located` found, with what `read_stored` needs to keep
+    /// it in memory afterwards, if the doorkeeper lets it in.
+    fn stored(&mut self, tag: u64, packed: u64) -> Option<InFile> {
+        let tier = self.tier.as_ref()?;
         let segment = tier.segment.clone();
         let keep = self.doorkeeper.as_mut().is_some_and(|d| d.seen(tag));
         Some(InFile {
@@ -343,10 +344,11 @@ impl HotHits {
         let tag = hitlog::tag(ns, key);
         let stored = {
             let mut inner = self.inner.lock().ok()?;
+            let packed = inner.located(tag);
             if let Some(hit) = inner.memory(tag, ns, key) {
                 return servable(hit, now_ms, max_staleness_ms);
             }
-            inner.stored(tag)?
+            inner.stored(tag, packed?)?
         };
         self.read_stored(tag, stored, ns, key, true)
             .and_then(|hit| servable(hit, now_ms, max_staleness_ms))
@@ -361,7 +363,11 @@ impl HotHits {
         max_staleness_ms: Option<i64>,
     ) -> Option<Arc<HotHit>> {
         let tag = hitlog::tag(ns, key);
-        let stored = self.inner.lock().ok()?.stored(tag)?;
+        let stored = {
+            let mut inner = self.inner.lock().ok()?;
+            let packed = inner.located(tag)?;
+            inner.stored(tag, packed)?
+        };
         self.read_stored(tag, stored, ns, key, false)
             .and_then(|hit| servable(hit, now_ms, max_staleness_ms))
     }
@@ -513,10 +519,11 @@ impl HotHits {
     /// Marks again which pages of the hits file the page cache holds
     /// (`Segment::refresh_resident`).
     pub fn refresh_resident(&self) {
-        let segment = self.inner.lock().ok().and_then(|inner| {
-            let tier = inner.tier.as_ref()?;
-            Some(tier.segment.clone())
-        });
+        let segment = self
+            .inner
+            .lock()
+            .ok()
+            .and_then(|inner| Some(inner.tier.as_ref()?.segment.clone()));
         if let Some(segment) = segment {
             segment.refresh_resident();
         }

@@ -67,22 +67,6 @@ impl TagIndex {
         (slot[1] != 0).then_some(&slot[1])
     }
 
-    /// Starts loading `tag`'s home slot into the CPU's caches, so that a
-    /// `get` soon after finds it there: the caller does other work (the
-    /// memory tier's probe) while the line comes in from memory.
-    pub fn prefetch(&self, tag: u64) {
-        let slot = &self.slots[tag as usize & self.mask()];
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: a prefetch is only a hint; it reads nothing the program
-        // sees, and the address is that of a live slot.
-        unsafe {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            _mm_prefetch::<_MM_HINT_T0>(slot.as_ptr().cast());
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = slot;
-    }
-
     pub fn contains_key(&self, tag: &u64) -> bool {
         self.get(tag).is_some()
     }
