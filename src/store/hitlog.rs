@@ -632,6 +632,44 @@ mod tests {
         assert!(decode(&huge, "ns", &k, Some(dict)).is_none());
     }
 
+    /// The decompressor is lz4_flex's bounds-checked fast one (not its
+    /// `safe-decode` one): a damaged payload under a good CRC (a record
+    /// written by something else) reads as a miss or as some bytes of the
+    /// stated length, never past the buffers.
+    #[test]
+    fn a_damaged_compressed_payload_under_a_good_crc_is_read_safely() {
+        let k = CacheKey([3; 32]);
+        let dict: Vec<u8> = (0..2048u32).map(|i| (i * 7 % 251) as u8).collect();
+        // Matches into the dictionary and into the record itself, between
+        // literals.
+        let mut raw = Vec::new();
+        for (i, at) in [100usize, 900, 1500, 300, 1700].into_iter().enumerate() {
+            raw.extend_from_slice(&dict[at..at + 120]);
+            raw.extend_from_slice(format!("literal {i}").as_bytes());
+            raw.extend_from_within(..40);
+        }
+        let good = encode(Some(&dict), "ns", &k, 1, None, &raw).unwrap();
+        assert!(good.len() < HEADER + 2 + raw.len() / 2, "{}", good.len());
+        let payload = HEADER + 2;
+        let (mut misses, mut read) = (0, 0);
+        for at in payload..good.len() {
+            for flip in [0x01u8, 0x10, 0x80, 0xff] {
+                let mut bad = good.clone();
+                bad[at] ^= flip;
+                let crc = crc32fast::hash(&bad[8..]);
+                bad[4..8].copy_from_slice(&crc.to_le_bytes());
+                match decode(&bad, "ns", &k, Some(&dict)) {
+                    None => misses += 1,
+                    Some(s) => {
+                        assert_eq!(s.fields.len(), raw.len());
+                        read += 1;
+                    }
+                }
+            }
+        }
+        assert!(misses > 0 && read > 0, "{misses} misses, {read} read");
+    }
+
     #[test]
     fn the_index_comes_back_only_with_its_epoch_and_only_once() {
         let dir = tempfile::tempdir().unwrap();

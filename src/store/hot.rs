@@ -40,11 +40,48 @@ pub struct HotHit {
     pub fields: prost::bytes::Bytes,
 }
 
-impl HotHit {
-    /// The reply's fields, moved out when no one else holds the hit (one
-    /// read from the hits file and not kept in memory), else shared.
-    pub fn into_fields(self: Arc<Self>) -> prost::bytes::Bytes {
-        Arc::try_unwrap(self).map_or_else(|shared| shared.fields.clone(), |hit| hit.fields)
+/// A hit as `HotHits::get` serves it: shared with the memory tier, or read
+/// from the hits file for this reply alone (no `Arc` to allocate and free
+/// on every read of a record memory does not keep).
+#[derive(Debug)]
+pub enum Served {
+    Shared(Arc<HotHit>),
+    Owned(HotHit),
+}
+
+impl std::ops::Deref for Served {
+    type Target = HotHit;
+    fn deref(&self) -> &HotHit {
+        match self {
+            Served::Shared(hit) => hit,
+            Served::Owned(hit) => hit,
+        }
+    }
+}
+
+impl Served {
+    /// The reply's fields, moved out when no one else holds the hit, else
+    /// shared.
+    pub fn into_fields(self) -> prost::bytes::Bytes {
+        match self {
+            Served::Shared(hit) => {
+                Arc::try_unwrap(hit).map_or_else(|shared| shared.fields.clone(), |hit| hit.fields)
+            }
+            Served::Owned(hit) => hit.fields,
+        }
+    }
+
+    /// Itself if `policy` lets it be served at `now_ms`.
+    fn servable(self, now_ms: i64, max_staleness_ms: Option<i64>) -> Option<Served> {
+        let candidate = Candidate {
+            completed_ms: self.completed_ms,
+            ttl_ms: self.ttl_ms,
+            outputs_live: true,
+            invalidated: false,
+        };
+        policy::eligibility(&candidate, now_ms, max_staleness_ms)
+            .ok()
+            .map(|()| self)
     }
 }
 
@@ -340,18 +377,18 @@ impl HotHits {
         key: &CacheKey,
         now_ms: i64,
         max_staleness_ms: Option<i64>,
-    ) -> Option<Arc<HotHit>> {
+    ) -> Option<Served> {
         let tag = hitlog::tag(ns, key);
         let stored = {
             let mut inner = self.inner.lock().ok()?;
             let packed = inner.located(tag);
             if let Some(hit) = inner.memory(tag, ns, key) {
-                return servable(hit, now_ms, max_staleness_ms);
+                return Served::Shared(hit).servable(now_ms, max_staleness_ms);
             }
             inner.stored(tag, packed?)?
         };
-        self.read_stored(tag, stored, ns, key, true)
-            .and_then(|hit| servable(hit, now_ms, max_staleness_ms))
+        self.read_stored(tag, stored, ns, key, true)?
+            .servable(now_ms, max_staleness_ms)
     }
 
     /// As `get`, from the hits file only, waiting for the disk if need be.
@@ -361,15 +398,15 @@ impl HotHits {
         key: &CacheKey,
         now_ms: i64,
         max_staleness_ms: Option<i64>,
-    ) -> Option<Arc<HotHit>> {
+    ) -> Option<Served> {
         let tag = hitlog::tag(ns, key);
         let stored = {
             let mut inner = self.inner.lock().ok()?;
             let packed = inner.located(tag)?;
             inner.stored(tag, packed)?
         };
-        self.read_stored(tag, stored, ns, key, false)
-            .and_then(|hit| servable(hit, now_ms, max_staleness_ms))
+        self.read_stored(tag, stored, ns, key, false)?
+            .servable(now_ms, max_staleness_ms)
     }
 
     /// Reads a record `Inner::stored` found, and keeps its hit in memory
@@ -381,21 +418,23 @@ impl HotHits {
         ns: &str,
         key: &CacheKey,
         nowait: bool,
-    ) -> Option<Arc<HotHit>> {
+    ) -> Option<Served> {
         let stored = at.segment.read(at.packed, ns, key, nowait)?;
-        let hit = Arc::new(HotHit {
+        let hit = HotHit {
             completed_ms: stored.completed_ms,
             ttl_ms: stored.ttl_ms,
             fields: stored.fields,
-        });
-        if at.keep {
-            if let Ok(mut inner) = self.inner.lock() {
-                if inner.generation(tag) == at.generation {
-                    inner.remember(tag, ns, key, hit.clone());
-                }
+        };
+        if !at.keep {
+            return Some(Served::Owned(hit));
+        }
+        let hit = Arc::new(hit);
+        if let Ok(mut inner) = self.inner.lock() {
+            if inner.generation(tag) == at.generation {
+                inner.remember(tag, ns, key, hit.clone());
             }
         }
-        Some(hit)
+        Some(Served::Shared(hit))
     }
 
     /// Caches a hit read from the store, unless its key was evicted since
@@ -638,18 +677,6 @@ impl HotHits {
 }
 
 /// `hit` if staleness and TTL allow it now.
-fn servable(hit: Arc<HotHit>, now_ms: i64, max_staleness_ms: Option<i64>) -> Option<Arc<HotHit>> {
-    let candidate = Candidate {
-        completed_ms: hit.completed_ms,
-        ttl_ms: hit.ttl_ms,
-        outputs_live: true,
-        invalidated: false,
-    };
-    policy::eligibility(&candidate, now_ms, max_staleness_ms)
-        .ok()
-        .map(|()| hit)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
