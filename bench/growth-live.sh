@@ -21,7 +21,8 @@
 # lookups/s to the small one's and their median. BENCH_ARGS adds arguments to
 # every stepcache-bench run (e.g. "--working-set 10000"), SERVER_ARGS to both
 # servers (e.g. "--hot-hits 0"), SERVER another server binary (an A/B of two
-# builds). Run nothing else meanwhile.
+# builds). Run nothing else meanwhile. bench/growth-live-perf.sh runs it
+# under perf and says where the extra CPU of a lookup at LARGE goes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 small=${1:?SMALL_DIR}
@@ -87,7 +88,7 @@ runs = {}
 for line in open(path):
     r = json.loads(line)
     runs.setdefault(r["pair"], {})[r["stored"]] = r
-ratios = []
+ratios, extra = [], []
 print(f"pair  lookup-hit/s {small} / {large} stored  ratio   server CPU us/hit   p99 ms")
 for p in sorted(runs):
     s, l = runs[p].get(small), runs[p].get(large)
@@ -96,11 +97,13 @@ for p in sorted(runs):
     if not s or not l:
         continue
     ratios.append(l["throughput"] / s["throughput"])
+    extra.append(l["server_cpu_us_per_op"] - s["server_cpu_us_per_op"])
     print(f"{p:>4}  {s['throughput']:8.0f} / {l['throughput']:8.0f}         {100 * ratios[-1]:6.1f}%  "
           f"{s['server_cpu_us_per_op']:5.1f} / {l['server_cpu_us_per_op']:5.1f}       "
           f"{s['p99_ms']:.1f} / {l['p99_ms']:.1f}")
 if ratios:
     q = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
     print(f"median over {len(ratios)} pairs: {large} stored at {100 * statistics.median(ratios):.1f}% "
-          f"of {small} (quartiles {100 * q[0]:.1f}-{100 * q[2]:.1f}%)")
+          f"of {small} (quartiles {100 * q[0]:.1f}-{100 * q[2]:.1f}%); a lookup at {large} "
+          f"costs the server {statistics.median(extra):.2f} us of CPU more (median over pairs)")
 EOF
