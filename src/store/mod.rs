@@ -2332,6 +2332,12 @@ mod tests {
         for (w, id) in writes.iter().zip(&ids) {
             assert_eq!(stored_hit(&store, &w.key.unwrap()).unwrap().0.id, *id);
         }
+        // The filling thread lets go of the store as it ends, a moment after
+        // it marks the file filled; until then the store stays open.
+        while Arc::strong_count(&store) > 1 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert_eq!(Arc::strong_count(&store), 1);
         // A close while it runs stops it, and it lets go of the store.
         drop(store);
         let store = open(dir.path()); // not closed: starts empty again
