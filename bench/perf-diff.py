@@ -4,9 +4,10 @@
     bench/perf-diff.py OUT_DIR SMALL_PID LARGE_PID [ROWS]
 
 OUT_DIR holds a growth-live run's results.jsonl and a perf.data recorded
-from both servers at 1999 Hz (bench/growth-live-perf.sh). Each server's
-samples are divided by the lookups it answered, so the columns are us of
-CPU per lookup; rows are sorted by what the large size adds.
+from both servers (bench/growth-live-perf.sh). Each server's CPU time by
+function (the samples' periods: perf's cpu-clock counts nanoseconds) is
+divided by the lookups it answered, so the columns are us of CPU per
+lookup; rows are sorted by what the large size adds.
 """
 import collections
 import json
@@ -15,7 +16,6 @@ import sys
 
 out, small_pid, large_pid = sys.argv[1:4]
 rows = int(sys.argv[4]) if len(sys.argv) > 4 else 25
-HZ = 1999
 
 lookups = collections.Counter()
 sizes = set()
@@ -27,19 +27,19 @@ small_n, large_n = min(sizes), max(sizes)
 
 report = subprocess.run(
     ["perf", "report", "-i", f"{out}/perf.data", "--no-children", "--sort", "pid,sym",
-     "--stdio", "-n", "-F", "sample,pid,sym"],
+     "--stdio", "-F", "period,pid,sym"],
     capture_output=True, text=True, check=True).stdout
-samples = {small_pid: collections.Counter(), large_pid: collections.Counter()}
+nanos = {small_pid: collections.Counter(), large_pid: collections.Counter()}
 for line in report.splitlines():
     parts = line.split(None, 2)
     if line.startswith("#") or len(parts) < 3 or not parts[0].isdigit():
         continue
     pid = parts[1].split(":")[0]
-    if pid in samples:
-        samples[pid][parts[2].split(None, 1)[-1].strip()] += int(parts[0])
+    if pid in nanos:
+        nanos[pid][parts[2].split(None, 1)[-1].strip()] += int(parts[0])
 
 def per_lookup(pid, n):
-    return {sym: s / HZ / lookups[n] * 1e6 for sym, s in samples[pid].items()}
+    return {sym: ns / 1e3 / lookups[n] for sym, ns in nanos[pid].items()}
 
 a, b = per_lookup(small_pid, small_n), per_lookup(large_pid, large_n)
 print(f"us of CPU per lookup: {small_n} stored {sum(a.values()):.2f}, "

@@ -10,8 +10,9 @@
 //!
 //! Each size gets a hits file of that many records in a temp dir (removed at
 //! the end; ~0.6 KB of fields each, ~0.25 KB compressed: 1M keys take
-//! ~250 MB), kept in the page cache by the reads themselves. Rounds interleave the (size, memory) pairs, so that a
-//! drift of the machine's speed falls on all of them alike.
+//! ~250 MB), kept in the page cache by the reads themselves. Rounds
+//! interleave the (size, memory) pairs, so that a drift of the machine's
+//! speed falls on all of them alike.
 
 /// The allocator of the `stepcache` server, so that allocations cost what
 /// they cost there.

@@ -676,7 +676,6 @@ impl HotHits {
     }
 }
 
-/// `hit` if staleness and TTL allow it now.
 #[cfg(test)]
 mod tests {
     use super::*;
