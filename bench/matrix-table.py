@@ -5,7 +5,9 @@
 
 Reads the merged lines and per-round shares that stepcache-bench printed
 (lookups-N.txt, working-set-N.txt, writes-N.txt) and ML Metadata's JSON lines
-(mlmd-N.txt); with the matrix's log (its stderr), also the server starts.
+(mlmd-N.txt on a SQLite file, mlmd-memory-N.txt in memory), each ML Metadata
+figure with stepcache's as a multiple of it; with the matrix's log (its
+stderr), also the server starts.
 """
 import json
 import re
@@ -79,6 +81,15 @@ def main():
         c["pipeline"] = pipe and f"{pipe['tput']:,} tasks/s"
         h1, f1 = look.get(("lookup-hit", 1)), look.get(("floor", 1))
         c["c1"] = h1 and f1 and f"{h1['p50']:.3f} ms ({f1['p50']:.3f})"
+        for backend, suffix in (("sqlite", ""), ("memory", "-memory")):
+            m = mlmd(out / f"mlmd{suffix}-{n}.txt")
+            for workload, ours in (("put", put), ("lookup-filter", hit), ("lookup-hit", hit)):
+                r = m.get(workload)
+                if not r:
+                    continue
+                times = f" · ours **{ours['tput'] / r['throughput']:.1f}x**" if ours else ""
+                c[f"{backend} {workload}"] = (f"{r['throughput']:,.1f} /s · p50 {r['p50_ms']:.3f} ms"
+                                              f"{times}")
     rows = [
         ("floor (Health/Check), c=64", "floor"),
         ("lookup-hit, uniform over all stored, c=64", "hit"),
@@ -89,26 +100,18 @@ def main():
         ("put (durable), c=64", "put"),
         ("pipeline", "pipeline"),
         ("lookup-hit c=1 p50 (floor)", "c1"),
+        ("ML Metadata, SQLite file: put (durable), one client", "sqlite put"),
+        ("ML Metadata, SQLite file: lookup by filter query", "sqlite lookup-filter"),
+        ("ML Metadata, SQLite file: lookup with its outputs", "sqlite lookup-hit"),
+        ("ML Metadata, in memory: put", "memory put"),
+        ("ML Metadata, in memory: lookup by filter query", "memory lookup-filter"),
+        ("ML Metadata, in memory: lookup with its outputs", "memory lookup-hit"),
     ]
     print("| workload | " + " | ".join(f"{n:,} stored" for n in sizes) + " |")
     print("|---|" + "---|" * len(sizes))
     for label, k in rows:
-        print(f"| {label} | " + " | ".join(cols[n].get(k) or "" for n in sizes) + " |")
-    print()
-    for n in (100000, 10000):
-        m = mlmd(out / f"mlmd-{n}.txt")
-        if not m:
-            continue
-        look, _, _ = runs(out / f"lookups-{n}.txt")
-        wr, _, _ = runs(out / f"writes-{n}.txt")
-        put, filt = m.get("put"), m.get("lookup-filter")
-        ours_put, ours_hit = wr.get(("put", 64)), look.get(("lookup-hit", 64))
-        ours_c1 = look.get(("lookup-hit", 1))
-        print(f"ML Metadata, SQLite file, {n:,} stored: put {put['throughput']:.1f} /s "
-              f"(ours {ours_put['tput']:,} /s = **{ours_put['tput'] / put['throughput']:.1f}x**); "
-              f"lookup-filter {filt['throughput']:.1f} /s, p50 {filt['p50_ms']:.3f} ms "
-              f"(ours {ours_hit['tput']:,} /s = **{ours_hit['tput'] / filt['throughput']:.1f}x**; "
-              f"one client's p50 {ours_c1['p50']:.3f} ms)")
+        if any(cols[n].get(k) for n in sizes):
+            print(f"| {label} | " + " | ".join(cols[n].get(k) or "" for n in sizes) + " |")
     if len(sys.argv) > 2:
         starts = re.findall(r"started in ([\d.]+) s \(data dir \S+sc1000000",
                             Path(sys.argv[2]).read_text())

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The issue-7 comparison in one go: stepcache against the gRPC floor at 10k,
-# 100k and 1M stored executions, and ML Metadata at 10k and 100k (each right
-# after stepcache's writes at that size).
+# The issue-7 comparison in one go: stepcache against the gRPC floor and
+# against ML Metadata (its embedded store on a SQLite file and in memory) at
+# 10k, 100k and 1M stored executions, ML Metadata right after stepcache's
+# writes at each size.
 #
 #   cargo build --release --bins && bench/setup-mlmd.sh
 #   bench/matrix.sh [OUT_DIR] [DATA_ROOT]      # defaults: /tmp/bm/out /tmp/bm
@@ -13,7 +14,10 @@
 # removed afterwards), and ML Metadata on a fresh copy of its preloaded
 # file, so that every run measures a store of N executions, not N plus what
 # earlier runs wrote. The 1M preload and its settling pass take a few
-# minutes each; the measured part about 20. Each data file is held in the
+# minutes each, ML Metadata's 1M SQLite file ~25 (once; fsync off, at
+# ~600-700 executions/s); ML Metadata in memory is preloaded anew in every
+# run (~1,250 executions/s: 13 minutes at 1M; MLMD_MEMORY_MAX=100000 skips
+# the larger sizes); the measured part about 25. Each data file is held in the
 # page cache (bench/pin-pages.py) while it is measured: this VM reclaims page
 # cache within a minute. Run
 # nothing else meanwhile: the load generator and the server share 2 cores.
@@ -27,10 +31,11 @@ mkdir -p "$out" "$root"
 
 source bench/pin.sh
 
-# ML Metadata at N stored on a SQLite file, right after stepcache's writes at
-# N: ML Metadata's put waits for an fsync and this VM's disk speed drifts
-# within minutes, so the two puts are measured as close together as they can be.
-# It runs on a copy of its preloaded file, as stepcache's writes do.
+# ML Metadata at N stored, right after stepcache's writes at N: ML
+# Metadata's put waits for an fsync and this VM's disk speed drifts within
+# minutes, so the two puts are measured as close together as they can be.
+# On a SQLite file it runs on a copy of its preloaded file, as stepcache's
+# writes do; in memory it preloads N executions first.
 mlmd() {
   local n=$1 py=bench/.venv/bin/python
   if [ ! -x "$py" ]; then
@@ -40,13 +45,19 @@ mlmd() {
   mkdir -p "$root/mlmd"
   local settled=$root/mlmd/$n.sqlite work=$root/mlmd/$n.work.sqlite
   if [ ! -e "$settled" ]; then
-    "$py" bench/mlmd_peer.py --backend sqlite --db "$settled" --preload "$n" --workloads ""
+    "$py" bench/mlmd_peer.py --backend sqlite --db "$settled.part" --preload "$n" --workloads ""
+    mv "$settled.part" "$settled"
   fi
   cp "$settled" "$work"
   echo "== ML Metadata, SQLite file, $n stored"
   "$py" bench/mlmd_peer.py --backend sqlite --db "$work" \
     --preload "$n" --count 2000 --max-seconds 30 --json | tee "$out/mlmd-$n.txt"
   rm -f "$work"
+  if [ "$n" -le "${MLMD_MEMORY_MAX:-1000000}" ]; then
+    echo "== ML Metadata, in memory, $n stored (preloaded now)"
+    "$py" bench/mlmd_peer.py --backend memory \
+      --preload "$n" --count 2000 --max-seconds 30 --json | tee "$out/mlmd-memory-$n.txt"
+  fi
 }
 
 for n in $sizes; do
@@ -79,9 +90,7 @@ for n in $sizes; do
   echo "== $n stored: writes (on a copy)"
   "$bench" --preload "$n" --data-dir "$w" --rounds 2 --duration 3 --warmup 0.5 \
     --concurrency 64 floor put pipeline | tee "$out/writes-$n.txt"
-  if [ "$n" -le 100000 ]; then
-    mlmd "$n"
-  fi
+  mlmd "$n"
   echo "== $n stored: restart after the writes"
   "$bench" --preload "$n" --data-dir "$w" --rounds 1 --duration 1 --warmup 0 \
     floor | tee "$out/restart-$n.txt"
