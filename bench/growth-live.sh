@@ -17,12 +17,13 @@
 # swapping from pair to pair. Both runs of a pair draw the same keys, each
 # pair others (its own --seed): with one seed for all, every run would ask
 # for the same ~75k keys again, which a memory tier of that size answers.
-# Both data files stay in the page cache (bench/pin-pages.py). It prints the per-pair ratio of the large dir's
-# lookups/s to the small one's and their median. BENCH_ARGS adds arguments to
-# every stepcache-bench run (e.g. "--working-set 10000"), SERVER_ARGS to both
-# servers (e.g. "--hot-hits 0"), SERVER another server binary (an A/B of two
-# builds). Run nothing else meanwhile. bench/growth-live-perf.sh runs it
-# under perf and says where the extra CPU of a lookup at LARGE goes.
+# Both data files stay in the page cache (bench/pin-pages.py). It prints the
+# per-pair ratio of the large dir's lookups/s to the small one's and their
+# median. BENCH_ARGS adds arguments to every stepcache-bench run (e.g.
+# "--working-set 10000"), SERVER_ARGS to both servers (e.g. "--hot-hits 0"),
+# SERVER another server binary (an A/B of two builds). Run nothing else
+# meanwhile. bench/growth-live-perf.sh runs it under perf and says where the
+# extra CPU of a lookup at LARGE goes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 small=${1:?SMALL_DIR}

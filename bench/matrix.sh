@@ -16,11 +16,11 @@
 # earlier runs wrote. The 1M preload and its settling pass take a few
 # minutes each, ML Metadata's 1M SQLite file ~25 (once; fsync off, at
 # ~600-700 executions/s); ML Metadata in memory is preloaded anew in every
-# run (~1,250 executions/s: 13 minutes at 1M; MLMD_MEMORY_MAX=100000 skips
-# the larger sizes); the measured part about 25. Each data file is held in the
-# page cache (bench/pin-pages.py) while it is measured: this VM reclaims page
-# cache within a minute. Run
-# nothing else meanwhile: the load generator and the server share 2 cores.
+# run (~1,200 executions/s: 13-14 minutes at 1M; MLMD_MEMORY_MAX=100000
+# skips the larger sizes); the measured part about 25. Each data file is
+# held in the page cache (bench/pin-pages.py) while it is measured: this VM
+# reclaims page cache within a minute. Run nothing else meanwhile: the load
+# generator and the server share 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/tmp/bm/out}

@@ -18,12 +18,10 @@ out, small_pid, large_pid = sys.argv[1:4]
 rows = int(sys.argv[4]) if len(sys.argv) > 4 else 25
 
 lookups = collections.Counter()
-sizes = set()
 for line in open(f"{out}/results.jsonl"):
     r = json.loads(line)
     lookups[r["stored"]] += r["count"]
-    sizes.add(r["stored"])
-small_n, large_n = min(sizes), max(sizes)
+small_n, large_n = min(lookups), max(lookups)
 
 report = subprocess.run(
     ["perf", "report", "-i", f"{out}/perf.data", "--no-children", "--sort", "pid,sym",

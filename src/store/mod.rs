@@ -2325,18 +2325,19 @@ mod tests {
         assert!(store.hot.needs_filling());
         Store::warm_in_background(&store);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while store.hot.needs_filling() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        let wait_for = |done: &dyn Fn() -> bool| {
+            while !done() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        };
+        wait_for(&|| !store.hot.needs_filling());
         assert!(!store.hot.needs_filling());
         for (w, id) in writes.iter().zip(&ids) {
             assert_eq!(stored_hit(&store, &w.key.unwrap()).unwrap().0.id, *id);
         }
         // The filling thread lets go of the store as it ends, a moment after
         // it marks the file filled; until then the store stays open.
-        while Arc::strong_count(&store) > 1 && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
+        wait_for(&|| Arc::strong_count(&store) == 1);
         assert_eq!(Arc::strong_count(&store), 1);
         // A close while it runs stops it, and it lets go of the store.
         drop(store);
