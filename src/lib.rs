@@ -18,6 +18,7 @@ pub mod reservations;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod transport;
 pub mod validate;
 
 /// The generated protobuf messages and gRPC services of `stepcache.v1`.

@@ -2,8 +2,9 @@
 //! against a model: pages paged back in from the log with one read of their
 //! recorded size, and scans whose first entry is answered without a copy of
 //! the leaf, must give exactly what was written. Also its IO buffers
-//! (change 16) and the order in which a transaction's writes are applied
-//! (change 17).
+//! (change 16), the order in which a transaction's writes are applied
+//! (change 17), writes in a transaction that skip the read (change 6), and
+//! the checkpoint of a closed store under kills (change 3).
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -373,4 +374,150 @@ fn a_transaction_applies_its_writes_in_key_order_and_keeps_the_last_of_each_key(
         sorted.len()
     );
     assert_eq!(pairs(db.iter()), owned(model.iter()));
+}
+
+/// Change 6 (`TransactionalTree::set`, a write that skips the read of the
+/// old value): sets stay inside their transaction. Threads move units
+/// between accounts with `get` and `set` while a reader sums them in
+/// transactions of its own; some transactions set a key and then abort.
+/// The sum never changes, no aborted set is ever seen, and the store holds
+/// the sum after a restart. A `set` that wrote to the tree itself, or that
+/// a concurrent transaction could interleave with, fails it.
+#[test]
+fn transaction_sets_are_atomic_and_isolated() {
+    use sled::transaction::{abort, ConflictableTransactionError, TransactionalTree};
+    const ACCOUNTS: u8 = 16;
+    const START: u64 = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let db = open(dir.path());
+    let account = |i: u8| vec![b'a', i];
+    let amount =
+        |v: Option<sled::IVec>| u64::from_be_bytes(v.unwrap().as_ref().try_into().unwrap());
+    for i in 0..ACCOUNTS {
+        db.insert(account(i), &START.to_be_bytes()).unwrap();
+    }
+    let total = START * u64::from(ACCOUNTS);
+    let sum = |tx: &TransactionalTree| -> Result<u64, ConflictableTransactionError<()>> {
+        let mut sum = 0;
+        for i in 0..ACCOUNTS {
+            sum += amount(tx.get(account(i))?);
+        }
+        Ok(sum)
+    };
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let movers: Vec<_> = (0..4u64)
+            .map(|t| {
+                let db = &db;
+                s.spawn(move || {
+                    let mut rng = StdRng::seed_from_u64(t);
+                    for n in 0..400 {
+                        let from = rng.random_range(0..ACCOUNTS);
+                        let to = (from + rng.random_range(1..ACCOUNTS)) % ACCOUNTS;
+                        let aborts = n % 5 == 0;
+                        let result = db.transaction(|tx| {
+                            let a = amount(tx.get(account(from))?);
+                            let b = amount(tx.get(account(to))?);
+                            let moved = a.min(1);
+                            tx.set(account(from), &(a - moved).to_be_bytes())?;
+                            tx.set(account(to), &(b + moved).to_be_bytes())?;
+                            if aborts {
+                                tx.set(b"aborted".as_slice(), b"seen".as_slice())?;
+                                return abort(());
+                            }
+                            Ok(())
+                        });
+                        assert_eq!(result.is_err(), aborts);
+                    }
+                })
+            })
+            .collect();
+        let db = &db;
+        let done = &done;
+        let reader = s.spawn(move || {
+            let mut sums = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let seen = db
+                    .transaction(|tx| {
+                        let aborted = tx.get(b"aborted".as_slice())?;
+                        Ok::<_, ConflictableTransactionError<()>>((sum(tx)?, aborted))
+                    })
+                    .unwrap();
+                assert_eq!(
+                    seen,
+                    (total, None),
+                    "a transaction saw another's writes half-done"
+                );
+                sums += 1;
+            }
+            sums
+        });
+        for m in movers {
+            m.join().unwrap();
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(reader.join().unwrap() > 0);
+    });
+    let check = |db: &sled::Db| {
+        assert_eq!(db.transaction(sum).unwrap(), total);
+        assert_eq!(db.get(b"aborted").unwrap(), None);
+    };
+    check(&db);
+    drop(db);
+    check(&open(dir.path()));
+}
+
+/// The child of `a_checkpoint_killed_midway_leaves_a_store_that_opens_whole`:
+/// when that test runs this binary with the variable set, checkpoints the
+/// store it names; otherwise does nothing.
+#[test]
+fn checkpoint_child() {
+    if let Ok(dir) = std::env::var("VENDORED_SLED_CHECKPOINT") {
+        sled::Config::new().path(dir).checkpoint().unwrap();
+    }
+}
+
+/// Change 3 (`Config::checkpoint` on a closed store, which `Store::close`
+/// runs): a checkpoint killed at any moment leaves a store that opens with
+/// everything that was flushed, and one that completes leaves the next
+/// open nothing to replay. Each round writes more (a log to catch up on),
+/// then kills a checkpoint after a random delay; the store is checked
+/// against the model after every round.
+#[test]
+fn a_checkpoint_killed_midway_leaves_a_store_that_opens_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut model = Model::new();
+    let mut killed = 0;
+    for round in 0..8 {
+        {
+            let db = open(dir.path());
+            write(&db, &mut model, &mut rng, 2_000);
+            db.flush().unwrap();
+        }
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "checkpoint_child",
+                "--test-threads",
+                "1",
+                "--quiet",
+            ])
+            .env("VENDORED_SLED_CHECKPOINT", dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        if round < 7 {
+            std::thread::sleep(std::time::Duration::from_millis(rng.random_range(0..60)));
+            killed += usize::from(child.try_wait().unwrap().is_none());
+            let _ = child.kill();
+        }
+        let status = child.wait().unwrap();
+        if round == 7 {
+            assert!(status.success(), "the last checkpoint runs to its end");
+        }
+        let db = open(dir.path());
+        assert_eq!(pairs(db.iter()), owned(model.iter()), "after round {round}");
+    }
+    assert!(killed > 0, "no checkpoint was killed while it ran");
 }

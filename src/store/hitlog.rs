@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use prost::bytes::Bytes;
 
+use super::os;
 use crate::key::CacheKey;
 
 pub const LOG_FILE: &str = "hits.log";
@@ -55,7 +56,7 @@ const DICT_BYTES: usize = 16 << 10;
 /// Files up to this limit are mapped (the mapping covers the limit, so that
 /// it need not grow with the file); larger limits read with `preadv2` only.
 const MAX_MAPPED: u64 = 64 << 30;
-const PAGE: u64 = 4096;
+const PAGE: u64 = os::PAGE as u64;
 /// An index value is `offset << LEN_BITS | len`.
 const LEN_BITS: u32 = 24;
 const NO_TTL: i64 = i64::MIN;
@@ -243,7 +244,7 @@ pub fn unpack(packed: u64) -> (u64, usize) {
 
 impl Segment {
     fn new(file: File, end: u64, cap: u64, dict: Arc<Dict>) -> Segment {
-        let map = (cap <= MAX_MAPPED).then(|| map_file(&file, cap)).flatten();
+        let map = (cap <= MAX_MAPPED).then(|| os::map(&file, cap)).flatten();
         let pages = if map.is_some() { cap.div_ceil(PAGE) } else { 0 };
         Segment {
             file,
@@ -315,16 +316,7 @@ impl Segment {
             return;
         }
         let mut held = vec![0u8; pages];
-        // SAFETY: the range starts at the mapping's (page-aligned) start
-        // and lies within it; `held` has one byte per page of it.
-        let rc = unsafe {
-            libc::mincore(
-                map.as_ptr() as *mut libc::c_void,
-                pages * PAGE as usize,
-                held.as_mut_ptr(),
-            )
-        };
-        if rc != 0 {
+        if !os::resident(map, pages, &mut held) {
             return;
         }
         for (word, chunk) in self.resident.iter().zip(held.chunks(64)) {
@@ -530,65 +522,21 @@ fn le<const N: usize>(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(wide))
 }
 
-/// Fills `buf` from `at` if the page cache holds all of it (`preadv2` with
-/// `RWF_NOWAIT`); None when it would wait for the disk, or on any error.
-/// `len` bytes at `at`, read into a buffer that is not zeroed first (the
-/// read fills it, or it is dropped).
+/// `len` bytes at `at` if the page cache holds them all (see `os`).
 pub(super) fn read_nowait(file: &File, len: usize, at: u64) -> Option<Vec<u8>> {
-    use std::os::fd::AsRawFd;
-    let mut buf = Vec::<u8>::with_capacity(len);
-    let iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: len,
-    };
-    let offset = libc::off64_t::try_from(at).ok()?;
-    // SAFETY: `iov` points at `buf`'s `len` bytes of capacity, which outlive
-    // the call and are not otherwise borrowed meanwhile; the fd is open for
-    // as long as `file` is.
-    let n = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
-    if usize::try_from(n).ok()? != len {
-        return None;
-    }
-    // SAFETY: the read wrote all `len` bytes.
-    unsafe { buf.set_len(len) };
-    Some(buf)
-}
-
-/// `file` mapped read-only over `len` bytes (its limit, past its end);
-/// None if the kernel refuses.
-fn map_file(file: &File, len: u64) -> Option<memmap2::Mmap> {
-    // SAFETY: the mapping is only read, and only where `Segment::resident`
-    // marks pages this process wrote or read through the file, which lie
-    // before the file's end: this file is only ever appended to while
-    // mapped (`HitLog::open` sets its length before mapping it, a rotation
-    // writes a new file); a truncation by another process would fault.
-    unsafe {
-        memmap2::MmapOptions::new()
-            .len(usize::try_from(len).ok()?)
-            .map(file)
-    }
-    .ok()
+    os::read_nowait(file, len, at)
 }
 
 /// The hits file, for reading and appending, without access-time updates
-/// where the kernel allows it (`O_NOATIME`: the file's owner only): a read
-/// then skips the inode's access-time check, ~0.08 us of a ~0.85 us read
-/// (`bench/read-cost.c`).
+/// where the kernel allows it.
 fn open_log(path: &Path, truncate: bool) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let open = |flags| {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(truncate)
-            .custom_flags(flags)
-            .open(path)
-    };
-    match open(libc::O_NOATIME) {
-        Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
-        opened => opened,
-    }
+    let mut options = OpenOptions::new();
+    options
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(truncate);
+    os::open_noatime(&options, path)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -735,6 +683,7 @@ mod tests {
         assert!(!path.exists());
     }
 
+    #[cfg(all(target_os = "linux", not(feature = "portable")))]
     #[test]
     fn the_file_is_read_without_access_time_updates() {
         use std::os::fd::AsRawFd;
@@ -832,6 +781,7 @@ mod tests {
         assert!(decode(&buf, "ns", &key(n - 1), None).is_none());
     }
 
+    #[cfg(all(target_os = "linux", not(feature = "portable")))]
     #[test]
     fn the_mapping_is_read_only_where_this_process_wrote_or_read_the_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -874,6 +824,7 @@ mod tests {
         );
     }
 
+    #[cfg(all(target_os = "linux", not(feature = "portable")))]
     #[test]
     fn pages_the_page_cache_no_longer_holds_are_read_through_the_file_again() {
         let dir = tempfile::tempdir().unwrap();
@@ -912,9 +863,13 @@ mod tests {
         let k = CacheKey([5; 32]);
         append(&log, &seg, &mut index, &k, b"abc");
         assert_eq!(
-            &read_back(&seg, &index, &k, true).unwrap().fields[..],
+            &read_back(&seg, &index, &k, false).unwrap().fields[..],
             b"abc"
         );
+        // A read that must not wait finds the page cache's copy on Linux;
+        // the portable path never reads without waiting.
+        let nowait = read_back(&seg, &index, &k, true);
+        assert_eq!(nowait.is_some(), os::LINUX_IO);
     }
 
     #[test]

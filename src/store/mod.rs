@@ -15,6 +15,7 @@ pub mod hitlog;
 pub mod hot;
 pub mod keys;
 pub mod maintenance;
+pub mod os;
 pub mod query;
 pub mod replay;
 pub mod tag_index;
@@ -845,8 +846,7 @@ impl Store {
         let spawned = std::thread::Builder::new()
             .name("stepcache-warm".into())
             .spawn(move || {
-                // SAFETY: setpriority takes no pointers; 0 is this thread.
-                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
+                os::lower_thread_priority();
                 let started = std::time::Instant::now();
                 let mut at: Option<Vec<u8>> = None;
                 loop {

@@ -160,11 +160,7 @@ fn advise_huge_pages(addr: usize, len: usize) {
     let start = addr.next_multiple_of(HUGE);
     let end = (addr + len) / HUGE * HUGE;
     if end > start {
-        // SAFETY: the range lies inside an allocation this process owns;
-        // MADV_HUGEPAGE changes neither its contents nor its mapping.
-        unsafe {
-            libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE);
-        }
+        super::os::advise_huge_pages(start, end - start);
     }
 }
 

@@ -340,6 +340,7 @@ impl Config {
 
     /// Opens a `Db` based on the provided config.
     pub fn open(&self) -> Result<Db> {
+        // stepcache patch 3 begin
         Db::start_inner(self.running()?)
     }
 
@@ -357,6 +358,7 @@ impl Config {
     /// The setup `open` and `checkpoint` share (stepcache patch: taken out of
     /// `open`, unchanged).
     fn running(&self) -> Result<RunningConfig> {
+        // stepcache patch 3 end
         // only validate, setup directory, and open file once
         self.validate()?;
 
@@ -366,7 +368,9 @@ impl Config {
         let file = config.open_file()?;
 
         // seal config in a Config
+        // stepcache patch 3 begin
         Ok(RunningConfig { inner: config, file: Arc::new(file) })
+        // stepcache patch 3 end
     }
 
     #[doc(hidden)]

@@ -68,6 +68,7 @@ impl Iter {
         }
     }
 
+    // stepcache patch 11 begin
     /// Whether `key` is within the upper bound (stepcache patch 11: shared
     /// by the forward loop and its fast path).
     fn below_hi(&self, key: &IVec) -> bool {
@@ -77,6 +78,7 @@ impl Iter {
             Bound::Excluded(ref h) => h > key,
         }
     }
+    // stepcache patch 11 end
 
     fn low_key(&self) -> &[u8] {
         match self.lo {
@@ -102,6 +104,7 @@ impl Iter {
         } else {
             let view =
                 iter_try!(self.tree.view_for_key(self.low_key(), &guard));
+            // stepcache patch 11 begin
             // stepcache patch 11: the first entry of a forward scan (whose
             // start is not excluded) is answered from the leaf in the cache,
             // without a copy of the leaf: a scan that reads one entry (a
@@ -119,6 +122,7 @@ impl Iter {
                     return self.below_hi(&key).then(|| Ok((key, value)));
                 }
             }
+            // stepcache patch 11 end
             (view.pid, view.deref().clone())
         };
 
@@ -149,7 +153,9 @@ impl Iter {
                 self.cached_node = Some((pid, node));
                 self.going_forward = true;
 
+                // stepcache patch 11 begin
                 return self.below_hi(&key).then(|| Ok((key, value)));
+                // stepcache patch 11 end
             } else {
                 if node.hi.is_empty() {
                     return None;

@@ -62,6 +62,7 @@ impl Node {
         &self.lo[..self.prefix_len as usize]
     }
 
+    // stepcache patch 7 begin
     /// stepcache patch: `self.clone()` followed by `apply(link)`, with a
     /// leaf's key and value vectors allocated once with room for the entry a
     /// `Set` may add. A clone has no spare capacity, so the insert that
@@ -90,6 +91,7 @@ impl Node {
         node.apply(link);
         node
     }
+    // stepcache patch 7 end
 
     pub(crate) fn apply(&mut self, link: &Link) {
         use self::Link::*;
@@ -626,6 +628,7 @@ impl Node {
     }
 
     pub(crate) fn should_split(&self) -> bool {
+        // stepcache patch 4 begin
         let len = self.data.len();
         // stepcache patch: a leaf of small entries splits at 64 entries, not
         // 16; one above 16 entries still splits once it holds more than
@@ -642,6 +645,7 @@ impl Node {
             len > LEAF_SPLIT_ENTRIES
                 || (len > 16 && self.data.rss() > LEAF_SPLIT_BYTES)
         };
+        // stepcache patch 4 end
         let safety_checks = self.merging_child.is_none() && !self.merging;
 
         size_checks && safety_checks
@@ -692,10 +696,12 @@ impl Default for Data {
     }
 }
 
+// stepcache patch 4 begin
 /// stepcache patch: see `Node::should_split`.
 const LEAF_SPLIT_ENTRIES: usize = 64;
 /// stepcache patch: see `Node::should_split`.
 const LEAF_SPLIT_BYTES: u64 = 16 * 1024;
+// stepcache patch 4 end
 
 impl Data {
     pub(crate) fn rss(&self) -> u64 {
@@ -801,6 +807,7 @@ fn merge_uneven_nodes() {
     left.receive_merge(&right);
 }
 
+// stepcache patch 12 begin
 /// stepcache patch 12: a node's serialized bytes (`Serialize for Node`),
 /// read in place. `Tree::first_at_or_after` answers from a leaf it has read
 /// but not added to the cache; building the `Node` would cost an allocation
@@ -922,3 +929,4 @@ impl<'a> NodeBytes<'a> {
         Some(Some((prefix::decode(prefix, k), v)))
     }
 }
+// stepcache patch 12 end

@@ -68,11 +68,7 @@ impl Queue {
         // with the notify below.
         drop(queue);
 
-        // stepcache patch: wake one waiting thread for one task. Upstream
-        // wakes every waiting thread (at least 7), and all but one go back
-        // to sleep; on a 2-core machine those wakeups took CPU from the
-        // thread applying writes (vendor/README.md, change 5).
-        self.cv.notify_one();
+        self.cv.notify_all();
 
         len
     }

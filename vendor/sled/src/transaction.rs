@@ -94,11 +94,13 @@ use crate::{
 #[derive(Clone)]
 pub struct TransactionalTree {
     pub(super) tree: Tree,
+    // stepcache patch 17 begin
     // stepcache patch 17: the writes are kept in key order, so that `commit`
     // applies them in that order (upstream: a HashMap, in hash order): keys
     // next to each other descend the same path and land in the same leaves
     // one after another, while those nodes are in the CPU's caches.
     pub(super) writes: Rc<RefCell<std::collections::BTreeMap<IVec, Option<IVec>>>>,
+    // stepcache patch 17 end
     pub(super) read_cache: Rc<RefCell<Map<IVec, Option<IVec>>>>,
     pub(super) flush_on_commit: Rc<RefCell<bool>>,
 }
@@ -277,6 +279,7 @@ impl TransactionalTree {
         Ok(old)
     }
 
+    // stepcache patch 6 begin
     /// stepcache patch: sets a key to a new value like `insert`, without
     /// reading its old value first. `insert` reads the key from the tree to
     /// return its old value (a descent to its leaf, and a page-in when the
@@ -294,6 +297,7 @@ impl TransactionalTree {
             self.writes.borrow_mut().insert(key.into(), Some(value.into()));
         Ok(())
     }
+    // stepcache patch 6 end
 
     /// Remove a key
     pub fn remove<K>(

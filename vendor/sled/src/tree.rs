@@ -8,12 +8,14 @@ use std::{
 
 use parking_lot::RwLock;
 
+// stepcache patch 12 begin
 use crate::{
     atomic_shim::AtomicU64,
     node::{holds_key, NodeBytes},
     pagecache::{NodeView, Peeked},
     *,
 };
+// stepcache patch 12 end
 
 #[derive(Debug, Clone)]
 pub(crate) struct View<'g> {
@@ -428,6 +430,7 @@ impl Tree {
         }
     }
 
+    // stepcache patch 12 begin
     /// stepcache patch 12: the first entry at or after `key`, when the leaf
     /// that holds `key` has one; `Ok(None)` when this cannot tell (that leaf
     /// has nothing at or after `key`, it or a node above it is being split
@@ -479,6 +482,7 @@ impl Tree {
         }
         Ok(None)
     }
+    // stepcache patch 12 end
 
     pub(crate) fn get_inner(
         &self,

@@ -24,12 +24,14 @@ pub(crate) const META_PID: PageId = 0;
 pub(crate) const COUNTER_PID: PageId = 1;
 pub(crate) const BATCH_MANIFEST_PID: PageId = PageId::max_value() - 666;
 
+// stepcache patch 14 begin
 // stepcache patch (change 14): 50 instead of 10. A leaf splits above 64
 // entries (change 4) and each half gets ~32 inserts before its next split, so
 // with 10 an appended-to leaf was rewritten whole 3 times between splits (and
 // each rewrite also relocated a page for the segment cleaner). See
 // vendor/README.md.
 pub(crate) const PAGE_CONSOLIDATION_THRESHOLD: usize = 50;
+// stepcache patch 14 end
 pub(crate) const SEGMENT_CLEANUP_THRESHOLD: usize = 50;
 
 // Allows for around 1 trillion items to be stored

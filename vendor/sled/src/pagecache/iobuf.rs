@@ -1,6 +1,8 @@
 use std::{
     alloc::{alloc, dealloc, Layout},
+    // stepcache patch 16 begin
     cell::UnsafeCell,
+    // stepcache patch 16 end
 };
 
 use crate::{pagecache::*, *};
@@ -289,6 +291,7 @@ impl StabilityIntervals {
 pub(crate) struct IoBufs {
     pub config: RunningConfig,
 
+    // stepcache patch 16 begin
     // The current IoBuf, replaced by the maybe_seal_and_write_iobuf method.
     // stepcache patch 16: behind a lock instead of an `AtomicPtr` whose
     // replaced buffer was dropped through crossbeam-epoch: a reader clones
@@ -298,6 +301,7 @@ pub(crate) struct IoBufs {
     // advance twice; under sustained writes applied on one thread that
     // held 100+ MiB of written log buffers (vendor/README.md).
     pub iobuf: RwLock<Arc<IoBuf>>,
+    // stepcache patch 16 end
 
     // Pending intervals that have been written to stable storage, but may be
     // higher than the current value of `stable` due to interesting thread
@@ -321,6 +325,8 @@ pub(crate) struct IoBufs {
     pub io_uring: rio::Rio,
 }
 
+// stepcache patch 16 begin
+// stepcache patch 16 end
 /// `IoBufs` is a set of lock-free buffers for coordinating
 /// writes to underlying storage.
 impl IoBufs {
@@ -397,7 +403,9 @@ impl IoBufs {
         Ok(IoBufs {
             config,
 
+            // stepcache patch 16 begin
             iobuf: RwLock::new(Arc::new(iobuf)),
+            // stepcache patch 16 end
 
             intervals: Mutex::new(StabilityIntervals::new(stable)),
             interval_updated: Condvar::new(),
@@ -833,8 +841,10 @@ impl IoBufs {
     }
 
     pub(in crate::pagecache) fn current_iobuf(&self) -> Arc<IoBuf> {
+        // stepcache patch 16 begin
         // stepcache patch 16: a clone under the lock (see `iobuf`).
         self.iobuf.read().clone()
+        // stepcache patch 16 end
     }
 }
 
@@ -909,9 +919,16 @@ pub(in crate::pagecache) fn make_stable_inner(
             return Err(e);
         }
 
-        // stepcache patch: the check and the seal are `seal_current_through`,
-        // which `flush` also calls (change 8).
-        if seal_current_through(iobufs, lsn)? {
+        let iobuf = iobufs.current_iobuf();
+        let header = iobuf.get_header();
+        if header::offset(header) == 0
+            || header::is_sealed(header)
+            || iobuf.lsn > lsn
+        {
+            // nothing to write, don't bother sealing
+            // current IO buffer.
+        } else {
+            maybe_seal_and_write_iobuf(iobufs, &iobuf, header, false)?;
             stable = iobufs.stable();
             // NB we have to continue here to possibly clear
             // the next io buffer, which may have dirty
@@ -987,39 +1004,9 @@ pub(in crate::pagecache) fn make_stable_inner(
 /// to flush some pending writes. Returns the number
 /// of bytes written during this call.
 pub(in crate::pagecache) fn flush(iobufs: &Arc<IoBufs>) -> Result<usize> {
-    // stepcache patch: hold `concurrency_control::read()` only while sealing
-    // the IO buffers that hold what is to be flushed, not while waiting for
-    // them to reach the disk. Upstream held it for the whole flush, fsync
-    // included, and a transaction takes the write side, so no transaction
-    // could start while a flush ran. While the lock is held no transaction
-    // is open, so every reservation up to `max_reserved_lsn` is complete or
-    // about to be (none is a transaction's open batch manifest), and once
-    // the buffers holding them are sealed, reaching the disk depends on no
-    // later transaction. See vendor/README.md, change 8.
-    let cc = concurrency_control::read();
+    let _cc = concurrency_control::read();
     let max_reserved_lsn = iobufs.max_reserved_lsn.load(Acquire);
-    while seal_current_through(iobufs, max_reserved_lsn)? {}
-    drop(cc);
     make_stable(iobufs, max_reserved_lsn)
-}
-
-/// stepcache patch (change 8): seals the current IO buffer when it holds
-/// anything at or below `lsn` and is not sealed yet; returns whether it had
-/// to (a seal that lost a race leaves it to be tried again). Taken out of
-/// `make_stable_inner` unchanged, for `flush`.
-fn seal_current_through(iobufs: &Arc<IoBufs>, lsn: Lsn) -> Result<bool> {
-    let iobuf = iobufs.current_iobuf();
-    let header = iobuf.get_header();
-    if header::offset(header) == 0
-        || header::is_sealed(header)
-        || iobuf.lsn > lsn
-    {
-        // nothing to write, don't bother sealing
-        // current IO buffer.
-        return Ok(false);
-    }
-    maybe_seal_and_write_iobuf(iobufs, &iobuf, header, false)?;
-    Ok(true)
 }
 
 /// Attempt to seal the current IO buffer, possibly
@@ -1163,8 +1150,10 @@ pub(in crate::pagecache) fn maybe_seal_and_write_iobuf(
     // the change.
     debug_delay();
     let intervals = iobufs.intervals.lock();
+    // stepcache patch 16 begin
     let old_arc = std::mem::replace(&mut *iobufs.iobuf.write(), Arc::new(next_iobuf));
     drop(old_arc);
+    // stepcache patch 16 end
 
     // having held the mutex makes this linearized
     // with the notify below.

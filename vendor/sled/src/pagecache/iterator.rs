@@ -78,8 +78,10 @@ impl Iterator for LogIter {
                 &**segment_base,
                 lid,
                 expected_segment_number,
+                // stepcache patch 10 begin
                 &self.config,
                 0,
+                // stepcache patch 10 end
             ) {
                 Ok(LogRead::Blob(header, _buf, blob_ptr, inline_len)) => {
                     trace!("read blob flush in LogIter::next");

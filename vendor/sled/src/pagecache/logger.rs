@@ -48,11 +48,15 @@ impl Log {
     }
 
     /// read a buffer from the disk
-    ///
-    /// stepcache patch 10: `size_hint` is the message's length in the log
-    /// (its header included) when the caller knows it, else 0; see
+    // stepcache patch 10 begin
+    pub fn read(&self, pid: PageId, lsn: Lsn, ptr: DiskPtr) -> Result<LogRead> {
+        self.read_sized(pid, lsn, ptr, 0)
+    }
+
+    /// stepcache patch 10: `read` with `size_hint`, the message's length in
+    /// the log (its header included) when the caller knows it, else 0; see
     /// `read_message`.
-    pub fn read(
+    pub fn read_sized(
         &self,
         pid: PageId,
         lsn: Lsn,
@@ -76,6 +80,7 @@ impl Log {
                 &self.config,
                 size_hint,
             )
+            // stepcache patch 10 end
         } else {
             // we short-circuit the inline read
             // here because it might not still
@@ -717,6 +722,7 @@ impl ReadAt for BasedBuf {
 }
 
 /// read a buffer from the disk
+// stepcache patch 10 begin
 ///
 /// stepcache patch 10: with a `size_hint` (the message's length in the log,
 /// header included, as a page's `CacheInfo::log_size` records it), the header
@@ -805,6 +811,7 @@ pub(crate) fn read_message<R: ReadAt>(
         first.drain(..message_offset);
         (first, crc32)
     };
+    // stepcache patch 10 end
 
     if crc32 != header.crc32 {
         trace!("read a message with a bad checksum with header {:?}", header);

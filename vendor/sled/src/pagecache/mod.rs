@@ -21,8 +21,10 @@ mod reservation;
 mod segment;
 mod snapshot;
 
+// stepcache patch 3 begin
 // stepcache patch: `Config::checkpoint` runs the snapshot catch-up of `start`.
 pub(crate) use snapshot::read_snapshot_or_default as catch_up_snapshot;
+// stepcache patch 3 end
 
 use std::{collections::BinaryHeap, ops::Deref};
 
@@ -436,6 +438,7 @@ impl<'a> RecoveryGuard<'a> {
     }
 }
 
+// stepcache patch 12 begin
 /// stepcache patch 12: see `PageCache::peek`.
 pub(crate) enum Peeked<'g> {
     Cached(NodeView<'g>),
@@ -444,6 +447,7 @@ pub(crate) enum Peeked<'g> {
     Bytes { node: Vec<u8>, links: Vec<Link> },
     Other,
 }
+// stepcache patch 12 end
 
 /// A page consists of a sequence of state transformations
 /// with associated storage parameters like disk pos, lsn, time.
@@ -1044,8 +1048,10 @@ impl PageCache {
             }
         }
 
+        // stepcache patch 7 begin
         // stepcache patch: one allocation per vector (`Node::applied`).
         let node: Node = old.as_node().applied(&new);
+        // stepcache patch 7 end
 
         // see if we should short-circuit replace
         if old.cache_infos.len() >= PAGE_CONSOLIDATION_THRESHOLD {
@@ -1695,7 +1701,9 @@ impl PageCache {
             }
 
             if page_view.update.is_some() {
+                // stepcache patch 12 begin
                 return self.resident(pid, page_view, guard).map(Some);
+                // stepcache patch 12 end
             }
 
             trace!(
@@ -1717,7 +1725,9 @@ impl PageCache {
             let updates_result: Result<Vec<Update>> = page_view
                 .cache_infos
                 .iter()
+                // stepcache patch 10 begin
                 .map(|ci| self.pull(pid, ci.lsn, ci.pointer, ci.log_size))
+                // stepcache patch 10 end
                 .collect();
 
             last_err = if let Ok(updates) = updates_result {
@@ -1778,6 +1788,7 @@ impl PageCache {
         }
     }
 
+    // stepcache patch 12 begin
     /// A page in the cache, as `get` serves it: its access is recorded in
     /// the LRU, which may page others out. (stepcache patch 12: shared with
     /// `peek`, which loaded the page's view already.)
@@ -1824,7 +1835,7 @@ impl PageCache {
         let read = |ci: &CacheInfo, kind: MessageKind| {
             let segment =
                 SegmentNumber(u64::try_from(ci.lsn).unwrap_or(0) / segment_size);
-            match self.log.read(pid, ci.lsn, ci.pointer, ci.log_size) {
+            match self.log.read_sized(pid, ci.lsn, ci.pointer, ci.log_size) {
                 Ok(LogRead::Inline(header, bytes, _))
                     if header.pid == pid
                         && header.segment_number == segment
@@ -1854,6 +1865,7 @@ impl PageCache {
         }
         Ok(Peeked::Bytes { node, links: sets })
     }
+    // stepcache patch 12 end
 
     /// Returns `true` if the database was
     /// recovered from a previous process.
@@ -2043,6 +2055,7 @@ impl PageCache {
         Ok(())
     }
 
+    // stepcache patch 10 begin
     fn pull(
         &self,
         pid: PageId,
@@ -2050,6 +2063,7 @@ impl PageCache {
         pointer: DiskPtr,
         log_size: u64,
     ) -> Result<Update> {
+    // stepcache patch 10 end
         use MessageKind::*;
 
         trace!("pulling pid {} lsn {} pointer {} from disk", pid, lsn, pointer);
@@ -2060,7 +2074,9 @@ impl PageCache {
                 / u64::try_from(self.config.segment_size).unwrap(),
         );
 
-        let (header, bytes) = match self.log.read(pid, lsn, pointer, log_size) {
+        // stepcache patch 10 begin
+        let (header, bytes) = match self.log.read_sized(pid, lsn, pointer, log_size) {
+        // stepcache patch 10 end
             Ok(LogRead::Inline(header, buf, _len)) => {
                 assert_eq!(
                     header.pid, pid,
@@ -2161,6 +2177,7 @@ impl PageCache {
 
             trace!("load_snapshot pid {} {:?}", pid, state);
 
+            // stepcache patch 1 begin
             // stepcache patch: exactly the capacity this page needs. A
             // `Vec::default()` grown by `push` takes room for 4 entries (192
             // bytes) for the usual page of one fragment, for every page of the
@@ -2169,6 +2186,7 @@ impl PageCache {
                 PageState::Present { frags, .. } => 1 + frags.len(),
                 _ => 1,
             });
+            // stepcache patch 1 end
 
             let guard = pin();
 
@@ -2210,12 +2228,14 @@ impl PageCache {
             trace!("installing page for pid {}", pid);
 
             let update = if pid == META_PID || pid == COUNTER_PID {
+                // stepcache patch 10 begin
                 let update = self.pull(
                     pid,
                     cache_infos[0].lsn,
                     cache_infos[0].pointer,
                     cache_infos[0].log_size,
                 )?;
+                // stepcache patch 10 end
                 Some(Box::new(update))
             } else if state.is_free() {
                 Some(Box::new(Update::Free))

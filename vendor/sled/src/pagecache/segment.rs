@@ -96,15 +96,19 @@ pub(crate) struct SegmentAccountant {
     segment_cleaner: SegmentCleaner,
     ordering: BTreeMap<Lsn, LogOffset>,
     async_truncations: BTreeMap<LogOffset, OneShot<Result<()>>>,
+    // stepcache patch 9 begin
     // stepcache patch: segments deactivated so far; the free and inactive
     // segments are counted at every `CLEANUP_CHECK_EVERY`th of them only.
     deactivations: usize,
+    // stepcache patch 9 end
 }
 
+// stepcache patch 9 begin
 /// stepcache patch: how often `deactivate_segment` counts the free and
 /// inactive segments (a pass over every segment of the file: upstream ran it
 /// at every deactivation, ~25% of a server's CPU on a 11 GB store).
 const CLEANUP_CHECK_EVERY: usize = 64;
+// stepcache patch 9 end
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SegmentCleaner {
@@ -492,7 +496,9 @@ impl SegmentAccountant {
             max_stabilized_lsn: -1,
             segment_cleaner,
             ordering: BTreeMap::default(),
+            // stepcache patch 9 begin
             deactivations: 0,
+            // stepcache patch 9 end
             async_truncations: BTreeMap::default(),
         };
 
@@ -641,23 +647,14 @@ impl SegmentAccountant {
             }
         }
 
-        // stepcache patch (vendor/README.md, change 15): only the first page
-        // of each free segment is overwritten, not the whole segment. The
-        // recovery scan reads segment headers alone, and a segment is read
-        // past its header only once it is in the log's ordering again, that
-        // is after a new header was written to it; every message read after
-        // that must carry the new use's segment number
-        // (`logger::read_message`), which a stale message of an earlier use
-        // cannot. Upstream rewrote every free segment in full at every start:
-        // ~1 GB of writes per start of a 1M-execution store.
-        let shred = vec![
-            MessageKind::Corrupted.into();
-            self.config.segment_size.min(4096)
-        ];
         for segment_base in to_free {
             self.free_segment(segment_base)?;
             io_fail!(self.config, "zero garbage segment SA");
-            pwrite_all(&self.config.file, &shred, segment_base)?;
+            pwrite_all(
+                &self.config.file,
+                &*vec![MessageKind::Corrupted.into(); self.config.segment_size],
+                segment_base,
+            )?;
         }
 
         // we want to complete all truncations because
@@ -975,12 +972,14 @@ impl SegmentAccountant {
 
         self.possibly_clean_or_free_segment(idx, lsn)?;
 
+        // stepcache patch 9 begin
         // stepcache patch: whether to clean up is decided at every
         // CLEANUP_CHECK_EVERY-th deactivation, not at each (see there).
         self.deactivations += 1;
         if self.deactivations % CLEANUP_CHECK_EVERY != 0 {
             return Ok(());
         }
+        // stepcache patch 9 end
 
         // if we have a lot of free segments in our whole file,
         // let's start relocating the current tip to boil it down
@@ -1120,6 +1119,7 @@ impl SegmentAccountant {
         let config = self.config.clone();
 
         io_fail!(&config, "file truncation");
+        // stepcache patch 13 begin
         // stepcache patch 13: the truncation runs on a thread of its own,
         // not on the IO threadpool. `bump_tip` waits for it while it holds
         // the segment accountant's lock, which the pool's threads take to
@@ -1137,6 +1137,7 @@ impl SegmentAccountant {
                     .map_err(|e| e.into());
                 completer.fill(res);
             })?;
+        // stepcache patch 13 end
 
         if self.async_truncations.insert(at, promise).is_some() {
             panic!(
