@@ -9,7 +9,7 @@ from typing import Any, TypeAlias
 
 from stepcache.client import Client, DurationLike, ExecutionState, Outcome, OutputLike, Trigger
 from stepcache.key import InterfaceLike, to_interface
-from stepcache.v1 import metadata_store_service_pb2, types_pb2
+from stepcache.v1 import types_pb2
 
 __all__ = ["StepResult", "TaskOutputs", "cached_step"]
 
@@ -125,10 +125,7 @@ def cached_step(
     )
     # The server's view of the new artifacts (state, timestamps...).
     ids = [i for name_ids in put.outputs.values() for i in name_ids]
-    by_id: dict[int, types_pb2.Artifact] = {}
-    if ids:
-        req = metadata_store_service_pb2.GetArtifactsRequest(ids=ids, namespace=client.namespace)
-        by_id = {a.id: a for a in client.metadata.GetArtifacts(req, timeout=client.timeout).artifacts}
+    by_id = {a.id: a for a in client.get_artifacts(ids)} if ids else {}
     return StepResult(
         outcome=result.outcome,
         cache_key=put.cache_key,

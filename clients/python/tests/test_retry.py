@@ -1,0 +1,95 @@
+"""Retries through gRPC's retry policy: which calls, the service config, and a call that outlives a restart."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from conftest import Server
+from stepcache import Client, Outcome, RetryPolicy, Unavailable
+from stepcache.channel import CONDITIONAL_METHODS, SAFE_METHODS
+
+IFACE = {"component": "durable", "output_artifacts": {"out": "system.Dataset"}}
+
+
+def test_service_config_names_the_methods_and_codes() -> None:
+    policy = RetryPolicy(max_attempts=4, initial_backoff=0.25, max_backoff=3, backoff_multiplier=1.5)
+    (method_config,) = json.loads(policy.service_config(SAFE_METHODS))["methodConfig"]
+    names = {(n["service"], n["method"]) for n in method_config["name"]}
+    assert ("stepcache.v1.CacheService", "ComputeCacheKey") in names
+    assert ("stepcache.v1.MetadataStoreService", "GetLineage") in names
+    assert not names & set(CONDITIONAL_METHODS)
+    assert all(m.startswith(("Get", "List", "Compute", "Wait", "Explain")) for _, m in names)
+    assert method_config["retryPolicy"] == {
+        "maxAttempts": 4,
+        "initialBackoff": "0.250s",
+        "maxBackoff": "3.000s",
+        "backoffMultiplier": 1.5,
+        "retryableStatusCodes": ["UNAVAILABLE", "RESOURCE_EXHAUSTED"],
+    }
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"max_attempts": 1}, {"max_attempts": 6}, {"initial_backoff": 0}, {"initial_backoff": 2, "max_backoff": 1},
+     {"backoff_multiplier": 0.5}, {"codes": ()}],
+)  # fmt: skip
+def test_invalid_policies_are_refused(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def restart_after(server: Server, delay: float) -> threading.Thread:
+    def run() -> None:
+        time.sleep(delay)
+        server.start()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def test_safe_calls_survive_a_server_restart(tmp_path: Path) -> None:
+    server = Server(tmp_path / "data").start()
+    # Backoffs well above the restart time: each wait is drawn at random below the current backoff.
+    policy = RetryPolicy(max_attempts=5, initial_backoff=1.0, max_backoff=4.0)
+    try:
+        with (
+            Client(server.addr, f"t-{uuid.uuid4().hex[:8]}", retry=policy) as sc,
+            Client(server.addr, sc.namespace, retry=None) as once,
+        ):
+            put = sc.put_execution(IFACE, outputs={"out": "mem://kept"})
+            assert once.get_cached(IFACE).hit
+
+            server.stop()
+            # Down: a write without external_id is tried once, and so is every call without a policy.
+            with pytest.raises(Unavailable):
+                sc.put_execution({"component": "unsafe"})
+            with pytest.raises(Unavailable):
+                once.get_cached(IFACE)
+
+            thread = restart_after(server, 0.5)
+            hit = sc.get_cached(IFACE)  # sent while the server is down, answered after it is back
+            thread.join()
+            assert hit.outcome == Outcome.HIT
+            assert hit.execution is not None and hit.execution.id == put.execution_id
+
+            server.stop()
+            thread = restart_after(server, 0.5)
+            again = sc.put_execution({"component": "safe"}, external_id="run-7/safe")
+            thread.join()
+            assert again.published
+            assert sc.put_execution({"component": "safe"}, external_id="run-7/safe").execution_id == again.execution_id
+    finally:
+        server.stop()
+
+
+def test_retries_off_reaches_the_caller_at_once() -> None:
+    with Client("127.0.0.1:1", retry=None, timeout=10) as sc, pytest.raises(Unavailable) as err:
+        sc.compute_key(IFACE)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
