@@ -62,9 +62,9 @@ class Client(_Requests):
         if channel is not None:
             main = idempotent = channel
         else:
-            main, idempotent = _channel.aio_channels(
-                addr, tls=tls, root_certificates=root_certificates, token=token, retry=retry, extra=options
-            )
+            main, idempotent = _channel.ChannelSettings(
+                addr, tls, root_certificates, token, retry, options
+            ).aio_channels()
         self._channels = (main,) if idempotent is main else (main, idempotent)
         self._bind_stubs(main, idempotent)
 

@@ -204,40 +204,40 @@ def _pair(
     return main, open_channel(options(retry, SAFE_METHODS + CONDITIONAL_METHODS, extra))
 
 
-def sync_channels(
-    addr: str,
-    *,
-    tls: bool,
-    root_certificates: bytes | None,
-    token: str | None,
-    retry: RetryPolicy | None,
-    extra: ChannelOptions,
-) -> tuple[grpc.Channel, grpc.Channel]:
-    """The (main, idempotent) channels of ``stepcache.Client``."""
-    creds = credentials(addr, tls=tls, root_certificates=root_certificates, token=token)
+@dataclass(frozen=True)
+class ChannelSettings:
+    """Where and how a client connects; opens its (main, idempotent) channels, blocking or aio."""
 
-    def open_channel(opts: list[tuple[str, Any]]) -> grpc.Channel:
-        raw = grpc.secure_channel(addr, creds, opts) if creds is not None else grpc.insecure_channel(addr, opts)
-        return grpc.intercept_channel(raw, TypedErrors())
+    addr: str
+    tls: bool
+    root_certificates: bytes | None
+    token: str | None
+    retry: RetryPolicy | None
+    extra: ChannelOptions
 
-    return _pair(open_channel, retry, extra)
+    def credentials(self) -> grpc.ChannelCredentials | None:
+        return credentials(self.addr, tls=self.tls, root_certificates=self.root_certificates, token=self.token)
 
+    def sync_channels(self) -> tuple[grpc.Channel, grpc.Channel]:
+        """The channels of ``stepcache.Client``."""
+        creds = self.credentials()
 
-def aio_channels(
-    addr: str,
-    *,
-    tls: bool,
-    root_certificates: bytes | None,
-    token: str | None,
-    retry: RetryPolicy | None,
-    extra: ChannelOptions,
-) -> tuple[grpc.aio.Channel, grpc.aio.Channel]:
-    """The (main, idempotent) channels of ``stepcache.aio.Client``."""
-    creds = credentials(addr, tls=tls, root_certificates=root_certificates, token=token)
+        def open_channel(opts: list[tuple[str, Any]]) -> grpc.Channel:
+            if creds is not None:
+                raw = grpc.secure_channel(self.addr, creds, opts)
+            else:
+                raw = grpc.insecure_channel(self.addr, opts)
+            return grpc.intercept_channel(raw, TypedErrors())
 
-    def open_channel(opts: list[tuple[str, Any]]) -> grpc.aio.Channel:
-        if creds is not None:
-            return grpc.aio.secure_channel(addr, creds, opts, interceptors=[AioTypedErrors()])
-        return grpc.aio.insecure_channel(addr, opts, interceptors=[AioTypedErrors()])
+        return _pair(open_channel, self.retry, self.extra)
 
-    return _pair(open_channel, retry, extra)
+    def aio_channels(self) -> tuple[grpc.aio.Channel, grpc.aio.Channel]:
+        """The channels of ``stepcache.aio.Client``."""
+        creds = self.credentials()
+
+        def open_channel(opts: list[tuple[str, Any]]) -> grpc.aio.Channel:
+            if creds is not None:
+                return grpc.aio.secure_channel(self.addr, creds, opts, interceptors=[AioTypedErrors()])
+            return grpc.aio.insecure_channel(self.addr, opts, interceptors=[AioTypedErrors()])
+
+        return _pair(open_channel, self.retry, self.extra)

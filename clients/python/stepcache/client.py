@@ -397,9 +397,9 @@ class Client(_Requests):
             main = idempotent = grpc.intercept_channel(channel, _channel.TypedErrors())
             self._channels: tuple[grpc.Channel, ...] = (channel,)
         else:
-            main, idempotent = _channel.sync_channels(
-                addr, tls=tls, root_certificates=root_certificates, token=token, retry=retry, extra=options
-            )
+            main, idempotent = _channel.ChannelSettings(
+                addr, tls, root_certificates, token, retry, options
+            ).sync_channels()
             self._channels = (main,) if idempotent is main else (main, idempotent)
         self._bind_stubs(main, idempotent)
 
