@@ -19,6 +19,7 @@ there only when it is safe.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
@@ -157,6 +158,10 @@ def options(
     return [*base, *extra]
 
 
+def _deadline_passed(timeout: float | None, start: float) -> bool:
+    return timeout is not None and time.monotonic() - start >= timeout
+
+
 class TypedErrors(grpc.UnaryUnaryClientInterceptor):
     """Raises a ``StepcacheError`` subclass in place of a failed call's ``grpc.RpcError``.
 
@@ -170,11 +175,13 @@ class TypedErrors(grpc.UnaryUnaryClientInterceptor):
         client_call_details: grpc.ClientCallDetails,
         request: Any,
     ) -> Any:
+        start = time.monotonic()
         outcome = continuation(client_call_details, request)
         if outcome.done():
             error = outcome.exception()
             if isinstance(error, grpc.RpcError):
-                raise from_rpc_error(error) from error
+                passed = _deadline_passed(client_call_details.timeout, start)
+                raise from_rpc_error(error, deadline_passed=passed) from error
         return outcome
 
 
@@ -187,11 +194,13 @@ class AioTypedErrors(grpc.aio.UnaryUnaryClientInterceptor):
         client_call_details: grpc.aio.ClientCallDetails,
         request: Any,
     ) -> Any:
+        start = time.monotonic()
         call = await continuation(client_call_details, request)
         try:
             return await call
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from error
+            passed = _deadline_passed(client_call_details.timeout, start)
+            raise from_rpc_error(error, deadline_passed=passed) from error
 
 
 def _pair(

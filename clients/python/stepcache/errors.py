@@ -13,6 +13,10 @@ so code written against raw gRPC errors keeps working::
 
 A status without a class of its own (INTERNAL, UNIMPLEMENTED...) raises the
 base ``StepcacheError``. The original ``grpc.RpcError`` is ``__cause__``.
+
+A call whose deadline has passed raises ``DeadlineExceeded`` even when the
+server's answer won the race: a tonic server ends such a call itself with
+CANCELLED ("Timeout expired").
 """
 
 from __future__ import annotations
@@ -124,13 +128,19 @@ _BY_CODE: dict[grpc.StatusCode, type[StepcacheError]] = {
 }
 
 
-def from_rpc_error(error: grpc.RpcError) -> StepcacheError:
-    """The typed error for a ``grpc.RpcError`` (a ``grpc.Call`` or ``grpc.aio.AioRpcError``)."""
+def from_rpc_error(error: grpc.RpcError, *, deadline_passed: bool = False) -> StepcacheError:
+    """The typed error for a ``grpc.RpcError`` (a ``grpc.Call`` or ``grpc.aio.AioRpcError``).
+
+    ``deadline_passed``: the call's deadline is over, so a CANCELLED answer
+    means the deadline ended it (DEADLINE_EXCEEDED).
+    """
     if isinstance(error, StepcacheError):
         return error
     code_fn = getattr(error, "code", None)
     details_fn = getattr(error, "details", None)
     code = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
     details = details_fn() if callable(details_fn) else str(error)
+    if code == grpc.StatusCode.CANCELLED and deadline_passed:
+        code = grpc.StatusCode.DEADLINE_EXCEEDED
     cls = _BY_CODE.get(code, StepcacheError)
     return cls(code, details or "")

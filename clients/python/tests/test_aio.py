@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import stepcache
 import stepcache.aio
-from stepcache import InvalidArgument, NotFound, Outcome, cache_key
-from stepcache.v1 import metadata_store_service_pb2
+from stepcache import DeadlineExceeded, InvalidArgument, NotFound, Outcome, cache_key
+from stepcache.v1 import cache_service_pb2, metadata_store_service_pb2
 
 PUBLIC = sorted(
     name for name, f in inspect.getmembers(stepcache.Client, inspect.isfunction) if not name.startswith("_")
@@ -79,6 +79,11 @@ def test_typed_errors_from_methods_and_raw_stubs(server_addr: str, namespace: st
             req = metadata_store_service_pb2.GetExecutionsRequest(ids=[987654321], namespace=namespace)
             with pytest.raises(NotFound):
                 await sc.metadata.GetExecutions(req, timeout=10)
+            key = (await sc.get_cached(iface("aio-slow"), reservation_owner="holder")).cache_key
+            wait = cache_service_pb2.WaitForCachedExecutionRequest(namespace=namespace, cache_key=key)
+            wait.timeout.FromSeconds(30)
+            with pytest.raises(DeadlineExceeded):
+                await sc.cache.WaitForCachedExecution(wait, timeout=0.2)
             context_id = await sc.put_context("system.PipelineRun", "aio-run")
             assert context_id == await sc.put_context("system.PipelineRun", "aio-run")
 

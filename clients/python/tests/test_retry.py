@@ -93,3 +93,23 @@ def test_retries_off_reaches_the_caller_at_once() -> None:
     with Client("127.0.0.1:1", retry=None, timeout=10) as sc, pytest.raises(Unavailable) as err:
         sc.compute_key(IFACE)
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_wait_in_flight_survives_a_server_restart(tmp_path: Path) -> None:
+    """A shutting-down server answers its waiters UNAVAILABLE; the retried wait finds the result after the restart."""
+    server = Server(tmp_path / "data").start()
+    policy = RetryPolicy(max_attempts=5, initial_backoff=1.0, max_backoff=4.0)
+    try:
+        with Client(server.addr, f"t-{uuid.uuid4().hex[:8]}", retry=policy) as sc:
+            key = sc.get_cached(IFACE, reservation_owner="holder", lease=60).cache_key
+            results: list[Outcome] = []
+            waiter = threading.Thread(target=lambda: results.append(sc.wait(key, 30).outcome))
+            waiter.start()
+            time.sleep(0.5)  # the wait is in flight (a wait that has not started yet would pass too)
+            server.stop()
+            server.start()
+            sc.put_execution(IFACE, outputs={"out": "mem://late"}, reservation_owner="holder")
+            waiter.join(timeout=60)
+            assert results == [Outcome.HIT]
+    finally:
+        server.stop()
