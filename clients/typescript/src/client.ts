@@ -3,7 +3,7 @@
 import { create, fromJson, isMessage, type JsonObject, type JsonValue, toJson } from "@bufbuild/protobuf";
 import { durationFromMs, type Value, ValueSchema } from "@bufbuild/protobuf/wkt";
 import type { DescService } from "@bufbuild/protobuf";
-import { type Client, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
+import { type CallOptions, type Client, createClient, type Interceptor, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { StepcacheError } from "./errors.js";
 import { type InterfaceLike, toInterface } from "./key.js";
@@ -162,18 +162,21 @@ function bearer(token: string): Interceptor {
 }
 
 /** A Connect client whose unary methods throw `StepcacheError` subclasses. */
-function typedClient<S extends DescService>(service: S, transport: Transport): Client<S> {
-  const raw = createClient(service, transport) as Record<string, (...args: unknown[]) => Promise<unknown>>;
+function typedClient<S extends DescService>(service: S, transport: Transport, defaultTimeoutMs: number): Client<S> {
+  type Unary = (request: unknown, options?: CallOptions) => Promise<unknown>;
+  const raw = createClient(service, transport) as Record<string, Unary>;
   const wrapped: Record<string, unknown> = {};
   for (const method of service.methods) {
     const call = raw[method.localName]!;
     wrapped[method.localName] =
       method.methodKind === "unary"
-        ? async (...args: unknown[]) => {
+        ? async (request: unknown, options?: CallOptions) => {
+            const start = Date.now();
             try {
-              return await call(...args);
+              return await call(request, options);
             } catch (e) {
-              throw StepcacheError.fromError(e);
+              const timeoutMs = options?.timeoutMs ?? defaultTimeoutMs;
+              throw StepcacheError.fromError(e, timeoutMs > 0 && Date.now() - start >= timeoutMs);
             }
           }
         : call;
@@ -218,8 +221,8 @@ export class StepcacheClient {
       interceptors,
       defaultTimeoutMs: this.timeoutMs,
     });
-    this.cache = typedClient(CacheService, transport);
-    this.metadata = typedClient(MetadataStoreService, transport);
+    this.cache = typedClient(CacheService, transport, this.timeoutMs);
+    this.metadata = typedClient(MetadataStoreService, transport, this.timeoutMs);
   }
 
   /** Closes the HTTP/2 connection; calls in flight fail. */

@@ -18,12 +18,18 @@ export class StepcacheError extends ConnectError {
     return Function.prototype[Symbol.hasInstance].call(this, v);
   }
 
-  /** The typed error for any value thrown by a Connect call. */
-  static fromError(e: unknown): StepcacheError {
+  /**
+   * The typed error for any value thrown by a Connect call. With
+   * `deadlinePassed` (the call's deadline is over) a Canceled answer means the
+   * deadline ended the call: a tonic server ends such a call itself with
+   * CANCELLED ("Timeout expired"), which may reach the client first.
+   */
+  static fromError(e: unknown, deadlinePassed = false): StepcacheError {
     if (e instanceof StepcacheError) return e;
     const err = ConnectError.from(e);
-    const Cls = BY_CODE.get(err.code) ?? StepcacheError;
-    return new Cls(err.rawMessage, err.code, err.metadata, undefined, err);
+    const code = err.code === Code.Canceled && deadlinePassed ? Code.DeadlineExceeded : err.code;
+    const Cls = BY_CODE.get(code) ?? StepcacheError;
+    return new Cls(err.rawMessage, code, err.metadata, undefined, err);
   }
 }
 
