@@ -15,6 +15,11 @@ if [[ ! -x $STEPCACHE_BIN ]]; then
   exit 1
 fi
 
+# @noble/hashes (BLAKE3) and Connect need Node 20.19 or newer.
+if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); process.exit(a > 20 || (a === 20 && b >= 19) ? 0 : 1)'; then
+  echo "typescript-ci: Node $(node --version) is too old: the SDK needs Node >= 20.19" >&2
+  exit 1
+fi
 echo "== typescript-ci: node $(node --version), npm ci"
 npm ci --no-audit --no-fund --loglevel=error
 echo "== typescript-ci: generate (buf), tsc, node --test"
