@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
 import grpc
 import pytest
-from conftest import Server
-from stepcache import Client, Outcome, RetryPolicy, Unavailable
+from conftest import Server, free_port
+from stepcache import Client, Outcome, ResourceExhausted, RetryPolicy, Unavailable
 from stepcache.channel import CONDITIONAL_METHODS, SAFE_METHODS
 
 IFACE = {"component": "durable", "output_artifacts": {"out": "system.Dataset"}}
@@ -111,5 +112,41 @@ def test_a_wait_in_flight_survives_a_server_restart(tmp_path: Path) -> None:
             sc.put_execution(IFACE, outputs={"out": "mem://late"}, reservation_owner="holder")
             waiter.join(timeout=60)
             assert results == [Outcome.HIT]
+    finally:
+        server.stop()
+
+
+def test_a_shed_wait_is_retried(tmp_path: Path) -> None:
+    """RESOURCE_EXHAUSTED (one waiter at a time) is retried until the slot frees."""
+    metrics = f"127.0.0.1:{free_port()}"
+    server = Server(tmp_path / "data", "--max-waiters", "1", "--metrics-listen", metrics).start()
+    policy = RetryPolicy(max_attempts=5, initial_backoff=1.0, max_backoff=4.0)
+    try:
+        with (
+            Client(server.addr, f"t-{uuid.uuid4().hex[:8]}", retry=policy) as sc,
+            Client(server.addr, sc.namespace, retry=None) as once,
+        ):
+            key = sc.get_cached(IFACE, reservation_owner="holder", lease=60).cache_key
+            results: list[Outcome] = []
+            waiters = [threading.Thread(target=lambda: results.append(sc.wait(key, 30).outcome)) for _ in range(2)]
+            waiters[0].start()
+            time.sleep(0.3)  # the first wait holds the only slot
+            with pytest.raises(ResourceExhausted):
+                once.wait(key, 30)
+            waiters[1].start()
+            time.sleep(0.3)  # the second wait was shed and is backing off
+            sc.put_execution(IFACE, outputs={"out": "mem://done"}, reservation_owner="holder")
+            for w in waiters:
+                w.join(timeout=60)
+            assert results == [Outcome.HIT, Outcome.HIT]
+        with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        (shed,) = [
+            line
+            for line in text.splitlines()
+            if line.startswith("stepcache_grpc_requests_total{") and "WaitForCachedExecution" in line
+            and 'code="RESOURCE_EXHAUSTED"' in line
+        ]  # fmt: skip
+        assert float(shed.split()[-1]) >= 2, shed  # the call without retries, and the retried one's first attempt
     finally:
         server.stop()
