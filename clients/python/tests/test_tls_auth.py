@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 import stepcache.aio
-from conftest import TlsServer
+from conftest import Server, TlsServer
 from stepcache import Client, Outcome, PermissionDenied, Unauthenticated, Unavailable
 
 IFACE = {"component": "secure", "output_artifacts": {"out": "system.Dataset"}}
@@ -66,3 +67,16 @@ def test_a_token_is_not_sent_in_clear_off_loopback() -> None:
         Client("stepcache.example:50051", token="t")
     # Over TLS it may go anywhere (the channel connects lazily).
     Client("stepcache.example:50051", token="t", tls=True).close()
+
+
+def test_a_token_goes_in_clear_to_loopback(tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("loopback-token team-a\n")
+    server = Server(tmp_path / "data", "--auth-tokens", str(tokens)).start()
+    try:
+        with Client(server.addr, "team-a", token="loopback-token") as sc:
+            assert sc.get_cached(IFACE).outcome == Outcome.MISS
+        with Client(server.addr, "team-a") as sc, pytest.raises(Unauthenticated):
+            sc.get_cached(IFACE)
+    finally:
+        server.stop()
