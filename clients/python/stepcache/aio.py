@@ -7,6 +7,7 @@ Its methods, arguments, results, errors and retries are those of
         result = await sc.get_cached({"component": "prepare"})
 
 Create it inside the event loop that uses it (grpc.aio binds a channel to its loop).
+``stepcache.aio.cached_step`` is ``stepcache.cached_step`` for this client.
 """
 
 from __future__ import annotations
@@ -30,9 +31,10 @@ from stepcache.client import (
     _Requests,
 )
 from stepcache.key import InterfaceLike
+from stepcache.step import cached_step_async as cached_step
 from stepcache.v1 import types_pb2
 
-__all__ = ["Client"]
+__all__ = ["Client", "cached_step"]
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ import pytest
 import stepcache
 import stepcache.aio
 from stepcache import DeadlineExceeded, InvalidArgument, NotFound, Outcome, cache_key
-from stepcache.v1 import cache_service_pb2, metadata_store_service_pb2
+from stepcache.v1 import cache_service_pb2, metadata_store_service_pb2, types_pb2
 
 PUBLIC = sorted(
     name for name, f in inspect.getmembers(stepcache.Client, inspect.isfunction) if not name.startswith("_")
@@ -88,3 +88,37 @@ def test_typed_errors_from_methods_and_raw_stubs(server_addr: str, namespace: st
             assert context_id == await sc.put_context("system.PipelineRun", "aio-run")
 
     asyncio.run(main())
+
+
+def test_cached_step_runs_once_then_hits(server_addr: str, namespace: str) -> None:
+    ran: list[str] = []
+
+    async def run() -> stepcache.TaskOutputs:
+        await asyncio.sleep(0)
+        ran.append("featurize")
+        return stepcache.TaskOutputs(artifacts={"out": "mem://features"}, parameters={"n": 2})
+
+    async def fail() -> dict[str, str]:
+        raise RuntimeError("boom")
+
+    async def main() -> None:
+        async with stepcache.aio.Client(server_addr, namespace) as sc:
+            ti = iface("aio-featurize")
+            first = await stepcache.aio.cached_step(sc, ti, run)
+            assert first.ran and first.artifact("out").uri == "mem://features"
+            second = await stepcache.aio.cached_step(sc, ti, run)
+            assert second.outcome == Outcome.HIT and not second.ran
+            assert second.artifact("out").id == first.artifact("out").id
+            assert second.output_parameters == {"n": 2}
+            # A plain function works too; a failure is recorded FAILED and re-raised.
+            plain = await stepcache.aio.cached_step(sc, iface("aio-plain"), lambda: {"out": "mem://p"})
+            assert plain.ran
+            with pytest.raises(RuntimeError, match="boom"):
+                await stepcache.aio.cached_step(sc, iface("aio-boom"), fail)
+            assert (await sc.get_cached(iface("aio-boom"))).outcome == Outcome.MISS
+            req = metadata_store_service_pb2.ListExecutionsRequest(namespace=namespace, component="aio-boom")
+            failed = (await sc.metadata.ListExecutions(req, timeout=10)).executions
+            assert [e.state for e in failed] == [types_pb2.EXECUTION_STATE_FAILED]
+
+    asyncio.run(main())
+    assert ran == ["featurize"]
