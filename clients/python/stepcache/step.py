@@ -79,7 +79,6 @@ _Plan: TypeAlias = Generator[_Op, Any, StepResult]
 
 def _plan(
     interface: InterfaceLike,
-    *,
     trigger: Trigger | None,
     enabled: bool | None,
     max_staleness: DurationLike | None,
@@ -170,17 +169,8 @@ def cached_step(
     this call waits up to ``wait_timeout`` for such a holder in turn, and
     raises ``TimeoutError`` if the holder neither finishes nor gives up by then.
     """
-    plan = _plan(
-        interface,
-        trigger=trigger,
-        enabled=enabled,
-        max_staleness=max_staleness,
-        record_cached=record_cached,
-        cache_ttl=cache_ttl,
-        reservation_owner=reservation_owner,
-        lease=lease,
-        wait_timeout=wait_timeout,
-    )
+    policy = (trigger, enabled, max_staleness, record_cached, cache_ttl, reservation_owner, lease, wait_timeout)
+    plan = _plan(interface, *policy)
     op = next(plan)
     try:
         while True:
@@ -217,17 +207,8 @@ async def cached_step_async(
     ``run_fn`` is a coroutine function, or a plain function (run as it is,
     on the event loop: hand blocking work to a thread yourself).
     """
-    plan = _plan(
-        interface,
-        trigger=trigger,
-        enabled=enabled,
-        max_staleness=max_staleness,
-        record_cached=record_cached,
-        cache_ttl=cache_ttl,
-        reservation_owner=reservation_owner,
-        lease=lease,
-        wait_timeout=wait_timeout,
-    )
+    policy = (trigger, enabled, max_staleness, record_cached, cache_ttl, reservation_owner, lease, wait_timeout)
+    plan = _plan(interface, *policy)
     op = next(plan)
     try:
         while True:
