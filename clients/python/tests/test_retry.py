@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -45,14 +47,20 @@ def test_invalid_policies_are_refused(kwargs: dict[str, float]) -> None:
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
 
 
-def restart_after(server: Server, delay: float) -> threading.Thread:
+@contextlib.contextmanager
+def restarted_after(server: Server, delay: float) -> Iterator[None]:
+    """Starts ``server`` again ``delay`` seconds in, while the body runs; joined even if the body fails."""
+
     def run() -> None:
         time.sleep(delay)
         server.start()
 
     thread = threading.Thread(target=run)
     thread.start()
-    return thread
+    try:
+        yield
+    finally:
+        thread.join()
 
 
 def test_safe_calls_survive_a_server_restart(tmp_path: Path) -> None:
@@ -74,16 +82,14 @@ def test_safe_calls_survive_a_server_restart(tmp_path: Path) -> None:
             with pytest.raises(Unavailable):
                 once.get_cached(IFACE)
 
-            thread = restart_after(server, 0.5)
-            hit = sc.get_cached(IFACE)  # sent while the server is down, answered after it is back
-            thread.join()
+            with restarted_after(server, 0.5):
+                hit = sc.get_cached(IFACE)  # sent while the server is down, answered after it is back
             assert hit.outcome == Outcome.HIT
             assert hit.execution is not None and hit.execution.id == put.execution_id
 
             server.stop()
-            thread = restart_after(server, 0.5)
-            again = sc.put_execution({"component": "safe"}, external_id="run-7/safe")
-            thread.join()
+            with restarted_after(server, 0.5):
+                again = sc.put_execution({"component": "safe"}, external_id="run-7/safe")
             assert again.published
             assert sc.put_execution({"component": "safe"}, external_id="run-7/safe").execution_id == again.execution_id
     finally:
