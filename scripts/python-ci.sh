@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # CI for the ecosystem around the server: the Python SDK (built from proto/ at
-# install time, with its kfp extra) and its tests against a real server, the
-# example pipelines (plain and Kubeflow Pipelines), deploy/ validation and buf
-# lint/breaking.
+# install time, with its kfp extra) and its tests against real servers, the
+# same tests from an editable install, the example pipelines (plain and
+# Kubeflow Pipelines), deploy/ validation and buf lint/breaking.
 #
 # Assumes target/release/stepcache exists (CI builds it first); set
 # STEPCACHE_BIN to test another binary. The venv is $VENV (default .venv-ci).
@@ -32,13 +32,25 @@ echo "== python-ci: ruff (lint and format)"
 
 echo "== python-ci: mypy --strict (the installed SDK, its tests, the examples, the scripts)"
 MYPY=("$PY" -m mypy --config-file clients/python/pyproject.toml)
-"${MYPY[@]}" -m stepcache -m stepcache.client -m stepcache.key -m stepcache.step -m stepcache.kfp_runner
+"${MYPY[@]}" -m stepcache -m stepcache.client -m stepcache.aio -m stepcache.channel -m stepcache.errors \
+  -m stepcache.key -m stepcache.step -m stepcache.kfp_runner
 "${MYPY[@]}" clients/python/tests examples/pipeline_driver.py examples/kfp_pipeline.py scripts/validate-deploy.py
 
 echo "== python-ci: pytest clients/python/tests"
 # From the repository root, so that the source tree's stepcache/ (which has no
 # generated stubs) cannot shadow the installed package.
 "$PY" -m pytest -q -p no:cacheprovider clients/python/tests
+
+echo "== python-ci: editable install (stubs generated into the source tree), its tests"
+# The contributors' loop: `pip install -e` must import from clients/python and
+# pass the tests there too (kfp's tests need the [kfp] extra: the wheel run above).
+EDITABLE_VENV=$VENV-editable
+python3 -m venv "$EDITABLE_VENV"
+"$EDITABLE_VENV/bin/python" -m pip install --quiet -e "./clients/python[test]"
+"$EDITABLE_VENV/bin/python" -c 'import stepcache.aio, stepcache.v1.types_pb2 as t, sys
+assert t.__file__.startswith(sys.argv[1]), t.__file__' "$ROOT/clients/python/stepcache/v1/"
+"$EDITABLE_VENV/bin/python" -m pytest -q -p no:cacheprovider clients/python/tests \
+  --ignore=clients/python/tests/test_kfp.py --ignore=clients/python/tests/test_kfp_example.py
 
 echo "== python-ci: validate deploy/"
 "$PY" scripts/validate-deploy.py

@@ -5,6 +5,11 @@ committed: ``build_py`` runs ``grpc_tools.protoc`` into the build directory, so
 every wheel carries stubs made from exactly the proto it was built with. An sdist
 carries a copy of the proto so that a wheel can be built from it elsewhere.
 
+An editable install (``pip install -e clients/python``) imports the package
+from this source tree, so there ``build_py`` writes the stubs into
+``stepcache/v1/`` beside the sources (git-ignored); run the same install again
+after the proto changes.
+
 The runtime requirements on ``grpcio`` and ``protobuf`` follow the grpcio-tools
 that generated the stubs: generated code refuses older runtimes.
 """
@@ -64,7 +69,8 @@ class BuildPyWithStubs(build_py):
     def run(self) -> None:
         super().run()
         if not self.dry_run:
-            generate(Path(self.build_lib))
+            # setuptools sets editable_mode for `pip install -e`: the source tree is what imports.
+            generate(HERE if getattr(self, "editable_mode", False) else Path(self.build_lib))
 
 
 class SdistWithProto(sdist):

@@ -6,16 +6,19 @@ repository root; it is built with ``cargo build --release`` when missing.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from stepcache import Client
 
@@ -40,32 +43,64 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="session")
-def server_addr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """host:port of a server on a fresh data dir, stopped with SIGTERM at the end."""
-    data_dir = tmp_path_factory.mktemp("stepcache-data")
-    addr = f"127.0.0.1:{free_port()}"
-    log = (data_dir.parent / "server.log").open("wb")
-    proc = subprocess.Popen(
-        [str(server_binary()), "serve", "--listen", addr, "--data-dir", str(data_dir)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        with grpc.insecure_channel(addr) as channel:
+class Server:
+    """One server process on ``addr``; ``start()`` again after ``stop()`` is a restart on the same data."""
+
+    def __init__(self, data_dir: Path, *extra_args: str, addr: str | None = None) -> None:
+        self.data_dir = data_dir
+        self.addr = addr or f"127.0.0.1:{free_port()}"
+        self.extra_args = extra_args
+        self.log_path = data_dir.parent / f"{data_dir.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Server:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    str(server_binary()),
+                    "serve",
+                    "--listen",
+                    self.addr,
+                    "--data-dir",
+                    str(self.data_dir),
+                    *self.extra_args,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        host, port = self.addr.rsplit(":", 1)
+        deadline = time.monotonic() + 30
+        while True:  # listening is enough: TLS and tokens make a gRPC probe server-specific
             try:
-                grpc.channel_ready_future(channel).result(timeout=30)
-            except grpc.FutureTimeoutError:
-                pytest.exit(f"stepcache did not come up on {addr}; see {log.name}", returncode=2)
-        yield addr
-    finally:
+                socket.create_connection((host, int(port)), timeout=1).close()
+                return self
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    pytest.exit(f"stepcache did not come up on {self.addr}; see {self.log_path}", returncode=2)
+                time.sleep(0.02)
+
+    def stop(self) -> None:
+        """SIGTERM, and the server must exit cleanly."""
+        if self.proc is None:
+            return
+        proc, self.proc = self.proc, None
         proc.terminate()
         try:
-            assert proc.wait(timeout=30) == 0, f"server exited with {proc.returncode}; see {log.name}"
+            assert proc.wait(timeout=30) == 0, f"server exited with {proc.returncode}; see {self.log_path}"
         finally:
             if proc.poll() is None:
                 proc.kill()
-            log.close()
+
+
+@pytest.fixture(scope="session")
+def server_addr(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """host:port of a server on a fresh data dir, stopped with SIGTERM at the end."""
+    server = Server(tmp_path_factory.mktemp("stepcache-data")).start()
+    try:
+        yield server.addr
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -90,3 +125,78 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "vector" in metafunc.fixturenames:
         vectors: list[dict[str, Any]] = json.loads(KEY_VECTORS.read_text())
         metafunc.parametrize("vector", vectors, ids=[v["name"] for v in vectors])
+
+
+@dataclass(frozen=True)
+class TlsServer:
+    addr: str
+    #: The PEM of the CA that signed the server's certificate.
+    ca_pem: bytes
+    #: A token that may use namespace ``team-a`` only.
+    token: str
+
+
+def write_tls_identity(directory: Path) -> tuple[bytes, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1/localhost: (CA PEM, cert file, key file)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(timezone.utc)
+
+    def cert(
+        subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name | None, signer: ec.EllipticCurvePrivateKey
+    ) -> x509.CertificateBuilder:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        return (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer or name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(days=1))
+        )
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        cert("stepcache test CA", ca_key, None, ca_key)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        cert("localhost", key, ca.subject, ca_key)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "server.pem", directory / "server.key"
+    cert_file.write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return ca.public_bytes(serialization.Encoding.PEM), cert_file, key_file
+
+
+@pytest.fixture(scope="session")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
+    """A server with TLS and bearer tokens (``--tls-cert``, ``--auth-tokens``)."""
+    secrets = tmp_path_factory.mktemp("tls")
+    ca_pem, cert_file, key_file = write_tls_identity(secrets)
+    token = f"good-{uuid.uuid4().hex}"
+    tokens = secrets / "tokens"
+    tokens.write_text(f"# test tokens\n{token} team-a\n")
+    server = Server(
+        tmp_path_factory.mktemp("tls-data"),
+        "--tls-cert", str(cert_file), "--tls-key", str(key_file), "--auth-tokens", str(tokens),
+    ).start()  # fmt: skip
+    try:
+        yield TlsServer(server.addr, ca_pem, token)
+    finally:
+        server.stop()

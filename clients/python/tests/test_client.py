@@ -1,12 +1,11 @@
-"""The typed client against a real server: lookups, records, policy, namespaces, errors, wait."""
+"""The typed client against a real server: lookups, records, policy, namespaces, wait."""
 
 from __future__ import annotations
 
 from typing import Any
 
-import grpc
 import pytest
-from stepcache import Client, ExecutionState, NewArtifact, Outcome, Trigger, cache_key
+from stepcache import Client, ExecutionState, NewArtifact, NotFound, Outcome, Trigger, cache_key
 from stepcache.v1 import types_pb2
 
 
@@ -119,39 +118,13 @@ def test_namespaces_do_not_see_each_other(server_addr: str, client: Client) -> N
         assert other.get_cached(ti).outcome == Outcome.MISS
         # An input artifact of another namespace does not exist there.
         mine = client.put_execution(iface("owner"), outputs={"out": "mem://o"}).outputs["out"][0]
-        with pytest.raises(grpc.RpcError) as err:
+        with pytest.raises(NotFound):
             other.put_execution(iface("consumer", {"data": [mine]}))
-        assert err.value.code() == grpc.StatusCode.NOT_FOUND
-
-
-@pytest.mark.parametrize(
-    "bad, code",
-    [
-        (iface(""), grpc.StatusCode.INVALID_ARGUMENT),  # empty component
-        (iface("x", {"data": [987654321]}), grpc.StatusCode.NOT_FOUND),  # unknown input artifact
-    ],
-    ids=["empty-component", "unknown-input-artifact"],
-)
-def test_errors_are_rpc_errors_with_their_code(client: Client, bad: dict[str, Any], code: grpc.StatusCode) -> None:
-    with pytest.raises(grpc.RpcError) as err:
-        client.put_execution(bad, outputs={"out": "mem://x"})
-    assert err.value.code() == code
-    assert err.value.details()
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        with pytest.raises(grpc.RpcError) as err:
-            client.get_cached(bad)
-        assert err.value.code() == code
-        assert "component" in (err.value.details() or "")
 
 
 def test_wait_returns_the_published_result(client: Client) -> None:
     ti = iface("waited")
     put = client.put_execution(ti, outputs={"out": "mem://w"})
-    try:
-        result = client.wait(put.cache_key, timeout=5)
-    except grpc.RpcError as e:
-        if e.code() == grpc.StatusCode.UNIMPLEMENTED:
-            pytest.skip("this server does not implement WaitForCachedExecution yet (UNIMPLEMENTED)")
-        raise
+    result = client.wait(put.cache_key, timeout=5)
     assert result.outcome == Outcome.HIT
     assert result.execution is not None and result.execution.id == put.execution_id
