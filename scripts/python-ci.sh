@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # CI for the ecosystem around the server: the Python SDK (built from proto/ at
-# install time, with its kfp extra) and its tests against a real server, the
+# install time) and stepcache-kfp (clients/kfp, the Kubeflow Pipelines runner
+# on top of it), their tests against a real server, the
 # example pipelines (plain and Kubeflow Pipelines), deploy/ validation and buf
 # lint/breaking.
 #
@@ -21,23 +22,26 @@ echo "== python-ci: venv $VENV"
 python3 -m venv "$VENV"
 PY=$VENV/bin/python
 # A fresh build every time, so that the stubs come from the proto of this commit.
-"$PY" -m pip uninstall --quiet --yes stepcache 2>/dev/null || true
-"$PY" -m pip install --quiet "./clients/python[test,kfp]" pyyaml types-PyYAML
-rm -rf clients/python/build
+"$PY" -m pip uninstall --quiet --yes stepcache stepcache-kfp 2>/dev/null || true
+# One resolution for both: stepcache-kfp's `stepcache` requirement is the
+# local clients/python, not a release.
+"$PY" -m pip install --quiet "./clients/python[test]" ./clients/kfp pyyaml types-PyYAML
+rm -rf clients/python/build clients/kfp/build
 
-PY_SOURCES=(clients/python examples/pipeline_driver.py examples/kfp_pipeline.py scripts/validate-deploy.py)
+PY_SOURCES=(clients/python clients/kfp examples/pipeline_driver.py examples/kfp_pipeline.py scripts/validate-deploy.py)
 echo "== python-ci: ruff (lint and format)"
 "$VENV/bin/ruff" check --config clients/python/pyproject.toml "${PY_SOURCES[@]}"
 "$VENV/bin/ruff" format --check --config clients/python/pyproject.toml "${PY_SOURCES[@]}"
 
-echo "== python-ci: mypy --strict (the installed SDK, its tests, the examples, the scripts)"
+echo "== python-ci: mypy --strict (the installed packages, their tests, the examples, the scripts)"
 MYPY=("$PY" -m mypy --config-file clients/python/pyproject.toml)
-"${MYPY[@]}" -m stepcache -m stepcache.client -m stepcache.key -m stepcache.step -m stepcache.kfp_runner
+"${MYPY[@]}" -m stepcache -m stepcache.client -m stepcache.key -m stepcache.step -m stepcache_kfp -m stepcache_kfp.runner
 "${MYPY[@]}" clients/python/tests examples/pipeline_driver.py examples/kfp_pipeline.py scripts/validate-deploy.py
 
-echo "== python-ci: pytest clients/python/tests"
+echo "== python-ci: pytest clients/python/tests (the core client's and stepcache-kfp's: test_kfp*.py)"
 # From the repository root, so that the source tree's stepcache/ (which has no
-# generated stubs) cannot shadow the installed package.
+# generated stubs) cannot shadow the installed package. stepcache-kfp's tests
+# live there too: they share the live-server fixtures of its conftest.py.
 "$PY" -m pytest -q -p no:cacheprovider clients/python/tests
 
 echo "== python-ci: validate deploy/"

@@ -1,4 +1,4 @@
-"""stepcache.kfp_runner: real Kubeflow Pipelines v2 pipelines, run locally behind the test server.
+"""stepcache_kfp: real Kubeflow Pipelines v2 pipelines, run locally behind the test server.
 
 The components are real ``@dsl.component`` lightweight Python components,
 compiled by kfp and executed by kfp.local's SubprocessRunner in this
@@ -21,8 +21,8 @@ import pytest
 from kfp import compiler, dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 from stepcache import Client, ExecutionState, Outcome
-from stepcache.kfp_runner import PipelineRun, TaskFailedError, component_names, load_pipeline_spec, run_pipeline
 from stepcache.v1 import metadata_store_service_pb2
+from stepcache_kfp import PipelineRun, TaskFailedError, component_names, load_pipeline_spec, run_pipeline
 
 COUNTER_ENV = "STEPCACHE_KFP_COUNTER"
 

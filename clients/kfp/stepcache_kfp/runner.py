@@ -47,7 +47,8 @@ Scope: container executors (``@dsl.component`` lightweight components with
 ``dsl.Condition``/``ParallelFor``/``ExitHandler`` and importers are refused
 with ``NotImplementedError``.
 
-Needs the ``kfp`` extra: ``pip install 'stepcache[kfp]'``.
+Package ``stepcache-kfp`` (``pip install ./clients/kfp``), on the core
+``stepcache`` client and kfp 2.16.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
+import importlib.metadata
 import logging
 import os
 import tempfile
@@ -70,29 +72,47 @@ from typing import Any, cast
 
 import grpc
 from google.protobuf import json_format
-
 from stepcache.client import Client, DurationLike, ExecutionState, Outcome, Trigger
 from stepcache.v1 import types_pb2
 
+#: The kfp minor release whose kfp.local internals this runner drives
+#: (pyproject.toml pins the same).
+KFP_MINOR = "2.16"
+KFP_REQUIREMENT = "kfp>=2.16.0,<2.17"
+
+
+def check_kfp_version(version: str) -> None:
+    """Raises ``ImportError`` naming both versions unless ``version`` is a ``KFP_MINOR`` release."""
+    if version.split(".")[:2] != KFP_MINOR.split("."):
+        raise ImportError(
+            f"stepcache_kfp drives kfp.local {KFP_MINOR}, but kfp {version} is installed here: "
+            f"pip install '{KFP_REQUIREMENT}' "
+            "(components compiled with another kfp pip-install theirs when run with "
+            "SubprocessRunner(use_venv=False); run_pipeline refuses those)"
+        )
+
+
 try:
-    from kfp import compiler as kfp_compiler
-    from kfp import components as kfp_components
-    from kfp import dsl
-    from kfp.local import config as local_config
-    from kfp.local import (
-        executor_input_utils,
-        executor_output_utils,
-        graph_utils,
-        placeholder_utils,
-        status,
-        task_dispatcher,
-    )
-    from kfp.local import io as local_io
-    from kfp.local import utils as local_utils
-    from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
-    from kfp.pipeline_spec import pipeline_spec_pb2
-except ImportError as e:  # pragma: no cover
-    raise ImportError("stepcache.kfp_runner needs kfp: pip install 'stepcache[kfp]'") from e
+    check_kfp_version(importlib.metadata.version("kfp"))
+except importlib.metadata.PackageNotFoundError as e:  # pragma: no cover
+    raise ImportError(f"stepcache_kfp needs kfp {KFP_MINOR}: pip install stepcache-kfp") from e
+
+from kfp import compiler as kfp_compiler  # noqa: E402
+from kfp import components as kfp_components  # noqa: E402
+from kfp import dsl  # noqa: E402
+from kfp.local import config as local_config  # noqa: E402
+from kfp.local import (  # noqa: E402
+    executor_input_utils,
+    executor_output_utils,
+    graph_utils,
+    placeholder_utils,
+    status,
+    task_dispatcher,
+)
+from kfp.local import io as local_io  # noqa: E402
+from kfp.local import utils as local_utils  # noqa: E402
+from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils  # noqa: E402
+from kfp.pipeline_spec import pipeline_spec_pb2  # noqa: E402
 
 __all__ = [
     "ArtifactBinding",
