@@ -1,0 +1,450 @@
+"""stepcache_kfp: the KFP constructs beyond a flat DAG, each run twice or more
+against the test server, with executed/cached counts and outputs, beside
+kfp.local's result of the same pipeline where kfp.local 2.16 gets one."""
+
+# No `from __future__ import annotations` here: kfp reads the components'
+# annotations (Input[Dataset]...) at decoration time.
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Output
+from kfp_support import component, pipeline, run_kfp_local
+from stepcache import Client
+from stepcache.v1 import metadata_store_service_pb2, types_pb2
+from stepcache_kfp import PipelineRun, TaskFailedError, run_pipeline
+from test_kfp import prepare, train_pipeline
+from test_kfp_checks import count_rows
+
+pytest_plugins = ["kfp_fixtures"]
+
+
+def outcomes(run: PipelineRun) -> dict[str, str]:
+    return {name: t.outcome.name for name, t in run.tasks.items()}
+
+
+# -- dsl.If / dsl.Elif / dsl.Else, nested ---------------------------------------
+
+
+@component
+def flip(seed: int) -> str:
+    import os
+
+    with open(os.environ["STEPCACHE_KFP_COUNTER"], "a") as f:
+        f.write("flip\n")
+    return ["heads", "tails", "edge"][seed % 3]
+
+
+@component
+def shout(word: str) -> str:
+    import os
+
+    with open(os.environ["STEPCACHE_KFP_COUNTER"], "a") as f:
+        f.write(f"shout:{word}\n")
+    return word.upper()
+
+
+@pipeline("stepcache-kfp-branches")
+def branches(seed: int = 0, loud: bool = True) -> None:
+    side = flip(seed=seed).output
+    with dsl.If(side == "heads"):
+        shout(word="heads")
+        with dsl.If(loud == True):  # noqa: E712 - a pipeline channel compared, not a bool
+            shout(word="heads-loud")
+    with dsl.Elif(side == "tails"):
+        shout(word="tails")
+    with dsl.Else():
+        shout(word="edge")
+
+
+def test_branches_run_the_taken_branch_only(client: Client, root: Path, counter: Callable[[], list[str]]) -> None:
+    first = run_pipeline(client, branches, {"seed": 0}, pipeline_root=root)
+    assert counter() == ["flip", "shout:heads", "shout:heads-loud"] or sorted(counter()) == sorted(
+        ["flip", "shout:heads", "shout:heads-loud"]
+    )
+    assert sorted(first.tasks) == [
+        "condition-branches-1/condition-2/condition-3/shout-2",
+        "condition-branches-1/condition-2/shout",
+        "flip",
+    ]
+    assert sorted(t.parameters["Output"] for t in first.tasks.values()) == ["HEADS", "HEADS-LOUD", "heads"]
+
+    again = run_pipeline(client, branches, {"seed": 0}, pipeline_root=root)
+    assert again.executed == [] and len(again.tasks) == 3
+    # The inner condition false: its task neither runs nor records.
+    quiet = run_pipeline(client, branches, {"seed": 0, "loud": False}, pipeline_root=root)
+    assert quiet.executed == [] and len(quiet.tasks) == 2
+    # Another branch: flip (new seed) and the new branch's task run, nothing else.
+    tails = run_pipeline(client, branches, {"seed": 1}, pipeline_root=root)
+    assert tails.executed == ["condition-branches-1/condition-4/shout-3", "flip"]
+    edge = run_pipeline(client, branches, {"seed": 2}, pipeline_root=root)
+    assert edge.executed == ["condition-branches-1/condition-5/shout-4", "flip"]
+    back = run_pipeline(client, branches, {"seed": 3}, pipeline_root=root)  # heads again: all cached
+    assert back.tasks["flip"].ran and [t for t in back.executed if t != "flip"] == []
+    assert counter().count("shout:heads") == 1 and counter().count("shout:edge") == 1
+
+    recorded = client.metadata.ListExecutions(
+        metadata_store_service_pb2.ListExecutionsRequest(namespace=client.namespace, component="shout")
+    ).executions
+    assert sorted(e.interface.parameters["word"].string_value for e in recorded if not e.cached_execution_id) == [
+        "edge",
+        "heads",
+        "heads-loud",
+        "tails",
+    ]
+
+
+def test_kfp_local_runs_every_branch(root: Path, counter: Callable[[], list[str]]) -> None:
+    """Why the branch tests compare with what KFP defines and not with kfp.local:
+    kfp.local 2.16 does not evaluate the conditions of a dsl.If/Elif/Else group."""
+    run_kfp_local(branches, {"seed": 0}, root)
+    assert sorted(counter()) == ["flip", "shout:edge", "shout:heads", "shout:heads-loud", "shout:tails"]
+
+
+# -- dsl.ParallelFor and dsl.Collected -----------------------------------------
+
+
+@component
+def square(x: int) -> int:
+    import os
+
+    with open(os.environ["STEPCACHE_KFP_COUNTER"], "a") as f:
+        f.write(f"square:{x}\n")
+    return x * x
+
+
+@component
+def add(xs: list) -> int:  # type: ignore[type-arg]
+    import os
+
+    with open(os.environ["STEPCACHE_KFP_COUNTER"], "a") as f:
+        f.write("add\n")
+    return int(sum(xs))
+
+
+@component
+def numbers(n: int) -> list:  # type: ignore[type-arg]
+    import os
+
+    with open(os.environ["STEPCACHE_KFP_COUNTER"], "a") as f:
+        f.write("numbers\n")
+    return list(range(1, n + 1))
+
+
+@pipeline("stepcache-kfp-loop-literal")
+def loop_literal() -> None:
+    with dsl.ParallelFor([1, 2, 3], parallelism=2) as x:
+        square(x=x)
+
+
+@pipeline("stepcache-kfp-loop-parameter")
+def loop_parameter(xs: list = [1, 2, 3]) -> int:  # type: ignore[type-arg]  # noqa: B006 - kfp reads the default
+    with dsl.ParallelFor(xs, parallelism=2) as x:
+        sq = square(x=x)
+    return add(xs=dsl.Collected(sq.output)).output  # type: ignore[no-any-return]
+
+
+@pipeline("stepcache-kfp-loop-output")
+def loop_output(n: int = 3) -> int:
+    with dsl.ParallelFor(numbers(n=n).output) as x:
+        sq = square(x=x)
+    return add(xs=dsl.Collected(sq.output)).output  # type: ignore[no-any-return]
+
+
+def test_a_loop_over_a_literal_runs_each_item_once(
+    client: Client, root: Path, counter: Callable[[], list[str]]
+) -> None:
+    run_kfp_local(loop_literal, {}, root)
+    theirs = sorted(counter())
+    first = run_pipeline(client, loop_literal, pipeline_root=root)
+    assert sorted(counter()) == sorted(theirs * 2) and theirs == ["square:1", "square:2", "square:3"]
+    assert sorted(first.tasks) == ["for-loop-1/0/square", "for-loop-1/1/square", "for-loop-1/2/square"]
+    assert [first.tasks[f"for-loop-1/{i}/square"].parameters["Output"] for i in range(3)] == [1, 4, 9]
+    assert run_pipeline(client, loop_literal, pipeline_root=root).executed == []
+
+
+def test_each_iteration_is_its_own_entry_and_collected_follows(
+    client: Client, root: Path, counter: Callable[[], list[str]]
+) -> None:
+    first = run_pipeline(client, loop_parameter, pipeline_root=root)
+    assert first.outputs == {"Output": 14}
+    assert sorted(counter()) == ["add", "square:1", "square:2", "square:3"]
+    assert run_pipeline(client, loop_parameter, pipeline_root=root).executed == []
+
+    # One item changed: one iteration and the collecting task rerun.
+    changed = run_pipeline(client, loop_parameter, {"xs": [1, 2, 4]}, pipeline_root=root)
+    assert changed.executed == ["add", "for-loop-1/2/square"] and changed.outputs == {"Output": 21}
+    # Same values in another order: every iteration hits, the collected list is new.
+    swapped = run_pipeline(client, loop_parameter, {"xs": [4, 2, 1]}, pipeline_root=root)
+    assert swapped.executed == ["add"] and swapped.outputs == {"Output": 21}
+    assert counter().count("square:4") == 1
+
+    over_output = run_pipeline(client, loop_output, pipeline_root=root)
+    assert over_output.outputs == {"Output": 14}
+    # numbers ran; the squares of 1..3 are the entries of loop_parameter's first run.
+    assert over_output.executed == ["add", "numbers"] or over_output.executed == ["numbers"]
+
+
+@component
+def write(x: int, out: Output[Dataset]):  # type: ignore[no-untyped-def]
+    import os
+
+    with open(os.environ["STEPCACHE_KFP_COUNTER"], "a") as f:
+        f.write(f"write:{x}\n")
+    with open(out.path, "w") as f:
+        f.write(f"{x}\n")
+
+
+@component
+def concat(parts: Input[list[Dataset]]) -> str:
+    import os
+
+    with open(os.environ["STEPCACHE_KFP_COUNTER"], "a") as f:
+        f.write("concat\n")
+    return "".join(open(p.path).read() for p in parts)
+
+
+@pipeline("stepcache-kfp-loop-artifacts")
+def loop_artifacts(xs: list = [1, 2, 3]) -> str:  # type: ignore[type-arg]  # noqa: B006 - kfp reads the default
+    with dsl.ParallelFor(xs) as x:
+        w = write(x=x)
+    return concat(parts=dsl.Collected(w.outputs["out"])).output  # type: ignore[no-any-return]
+
+
+def test_collected_artifacts_miss_exactly_when_one_is_new(
+    client: Client, root: Path, counter: Callable[[], list[str]]
+) -> None:
+    first = run_pipeline(client, loop_artifacts, pipeline_root=root)
+    assert first.outputs == {"Output": "1\n2\n3\n"}
+    ids = [first.tasks[f"for-loop-1/{i}/write"].artifact_id("out") for i in range(3)]
+    assert list(first.tasks["concat"].interface.input_artifacts["parts"].ids) == ids
+    assert run_pipeline(client, loop_artifacts, pipeline_root=root).executed == []
+    # write forced to run: new artifact IDs (same bytes), so concat misses.
+    forced = run_pipeline(client, loop_artifacts, pipeline_root=root, rerun={"write"})
+    assert forced.executed == ["concat", "for-loop-1/0/write", "for-loop-1/1/write", "for-loop-1/2/write"]
+    assert forced.outputs == first.outputs
+    assert sorted(counter()) == sorted(["concat", "write:1", "write:2", "write:3"] * 2)
+
+
+# -- pipelines as components ----------------------------------------------------
+
+
+@pipeline("stepcache-kfp-inner")
+def inner(rows: int, seed: int) -> Dataset:
+    return prepare(rows=rows, seed=seed).outputs["data"]
+
+
+@pipeline("stepcache-kfp-outer")
+def outer(rows: int = 200, seed: int = 7) -> int:
+    return count_rows(data=inner(rows=rows, seed=seed).output).output  # type: ignore[no-any-return]
+
+
+def test_a_nested_pipeline_caches_as_if_inlined(client: Client, root: Path, counter: Callable[[], list[str]]) -> None:
+    assert run_kfp_local(outer, {}, root) == {"Output": 200}
+    assert counter() == ["prepare", "count_rows"]
+    flat = run_pipeline(client, train_pipeline, pipeline_root=root)  # prepare(rows=200, seed=7) at the top
+    nested = run_pipeline(client, outer, pipeline_root=root)
+    assert nested.outputs == {"Output": 200}
+    assert outcomes(nested) == {"count-rows": "RESERVED", "inner/prepare": "HIT"}
+    data_id = flat.tasks["prepare"].artifact_id("data")
+    assert nested.tasks["inner/prepare"].artifact_id("data") == data_id
+    assert list(nested.tasks["count-rows"].interface.input_artifacts["data"].ids) == [data_id]
+    assert run_pipeline(client, outer, pipeline_root=root).executed == []
+    forced = run_pipeline(client, outer, pipeline_root=root, rerun={"prepare"})
+    assert forced.executed == ["count-rows", "inner/prepare"] and forced.outputs == {"Output": 200}
+
+
+# -- dsl.importer ------------------------------------------------------------------
+
+
+@pipeline("stepcache-kfp-importer")
+def imported(uri: str) -> int:
+    data = dsl.importer(artifact_uri=uri, artifact_class=Dataset, reimport=False).output
+    return count_rows(data=data).output  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("scheme", ["", "file://"])
+def test_an_imported_file_is_an_entry_keyed_by_its_content(
+    client: Client, root: Path, counter: Callable[[], list[str]], tmp_path: Path, scheme: str
+) -> None:
+    source = tmp_path / "rows.csv"
+    source.write_text("x\n1\n2\n")
+    uri = scheme + str(source)
+    if not scheme:
+        assert run_kfp_local(imported, {"uri": uri}, root) == {"Output": 2}
+        counter_before = ["count_rows"]
+    else:
+        counter_before = []
+    first = run_pipeline(client, imported, {"uri": uri}, pipeline_root=root)
+    assert first.outputs == {"Output": 2} and first.executed == ["count-rows", "importer"]
+    assert first.tasks["importer"].artifact("artifact").uri == uri
+    again = run_pipeline(client, imported, {"uri": uri}, pipeline_root=root)
+    assert again.executed == [] and again.tasks["importer"].artifact_id("artifact") == first.tasks[
+        "importer"
+    ].artifact_id("artifact")
+    source.write_text("x\n1\n2\n3\n")
+    changed = run_pipeline(client, imported, {"uri": uri}, pipeline_root=root)
+    assert changed.executed == ["count-rows", "importer"] and changed.outputs == {"Output": 3}
+    assert counter() == [*counter_before, "count_rows", "count_rows"]
+
+
+# -- dsl.ExitHandler, ignore_upstream_failure, set_retry ------------------------------
+
+
+@component
+def maybe_fail(fail: bool) -> int:
+    import os
+
+    with open(os.environ["STEPCACHE_KFP_COUNTER"], "a") as f:
+        f.write(f"maybe_fail:{fail}\n")
+    if fail:
+        raise RuntimeError("asked to fail")
+    return 1
+
+
+@component
+def cleanup(msg: str) -> str:
+    import os
+
+    with open(os.environ["STEPCACHE_KFP_COUNTER"], "a") as f:
+        f.write(f"cleanup:{msg}\n")
+    return msg
+
+
+@pipeline("stepcache-kfp-exit-handler")
+def with_exit_handler(fail: bool = False, msg: str = "bye") -> None:
+    with dsl.ExitHandler(cleanup(msg=msg)):
+        maybe_fail(fail=fail)
+
+
+@pipeline("stepcache-kfp-ignore-upstream-failure")
+def with_tolerant_task(fail: bool = False) -> None:
+    upstream = maybe_fail(fail=fail)
+    cleanup(msg="after").after(upstream).ignore_upstream_failure()
+
+
+def test_the_exit_task_runs_after_the_group_succeeded_or_failed(
+    client: Client, root: Path, counter: Callable[[], list[str]]
+) -> None:
+    run_kfp_local(with_exit_handler, {}, root)
+    assert counter() == ["maybe_fail:False", "cleanup:bye"]
+    first = run_pipeline(client, with_exit_handler, pipeline_root=root)
+    assert first.executed == ["cleanup", "exit-handler-1/maybe-fail"]
+    assert run_pipeline(client, with_exit_handler, pipeline_root=root).executed == []
+    with pytest.raises(TaskFailedError, match="maybe-fail"):
+        run_pipeline(client, with_exit_handler, {"fail": True, "msg": "after-failure"}, pipeline_root=root)
+    assert counter()[-2:] == ["maybe_fail:True", "cleanup:after-failure"]
+
+
+def test_a_task_that_ignores_upstream_failure_runs_after_it(
+    client: Client, root: Path, counter: Callable[[], list[str]]
+) -> None:
+    run_kfp_local(with_tolerant_task, {}, root)
+    assert run_pipeline(client, with_tolerant_task, pipeline_root=root).executed == ["cleanup", "maybe-fail"]
+    assert counter() == ["maybe_fail:False", "cleanup:after"] * 2
+    with pytest.raises(TaskFailedError, match="maybe-fail"):
+        run_pipeline(client, with_tolerant_task, {"fail": True}, pipeline_root=root)
+    # cleanup's interface is unchanged: it ran after the failure as a hit.
+    assert counter()[4:] == ["maybe_fail:True"]
+    recorded = client.metadata.ListExecutions(
+        metadata_store_service_pb2.ListExecutionsRequest(namespace=client.namespace, component="cleanup")
+    ).executions
+    assert len([e for e in recorded if e.cached_execution_id]) == 1  # the CACHED record of the failing run
+
+
+@component
+def flaky(marker: str) -> int:
+    import os
+
+    with open(os.environ["STEPCACHE_KFP_COUNTER"], "a") as f:
+        f.write("flaky\n")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("first attempt fails")
+    return 7
+
+
+@pipeline("stepcache-kfp-retry")
+def with_retry(marker: str) -> int:
+    return flaky(marker=marker).set_retry(num_retries=2, backoff_duration="0s").output  # type: ignore[no-any-return]
+
+
+def test_set_retry_runs_a_failed_task_again(client: Client, root: Path, counter: Callable[[], list[str]]) -> None:
+    marker = str(root.parent / "flaky-marker")
+    run = run_pipeline(client, with_retry, {"marker": marker}, pipeline_root=root)
+    assert run.outputs == {"Output": 7} and counter() == ["flaky", "flaky"]
+    states = sorted(
+        e.state
+        for e in client.metadata.ListExecutions(
+            metadata_store_service_pb2.ListExecutionsRequest(namespace=client.namespace, component="flaky")
+        ).executions
+    )
+    assert states == sorted([types_pb2.EXECUTION_STATE_FAILED, types_pb2.EXECUTION_STATE_COMPLETE])
+    assert run_pipeline(client, with_retry, {"marker": marker}, pipeline_root=root).executed == []
+
+
+# -- optional input artifacts -----------------------------------------------------------
+
+
+@component
+def describe(data: Optional[Input[Dataset]] = None) -> str:  # noqa: UP045 - kfp reads Optional[...]
+    import os
+
+    with open(os.environ["STEPCACHE_KFP_COUNTER"], "a") as f:
+        f.write("describe\n")
+    return "none" if data is None else open(data.path).read()
+
+
+@pipeline("stepcache-kfp-optional-input")
+def with_optional_input() -> str:
+    return describe().output  # type: ignore[no-any-return]
+
+
+def test_an_optional_input_artifact_left_unset(client: Client, root: Path, counter: Callable[[], list[str]]) -> None:
+    assert run_kfp_local(with_optional_input, {}, root) == {"Output": "none"}
+    first = run_pipeline(client, with_optional_input, pipeline_root=root)
+    assert first.outputs == {"Output": "none"} and dict(first.tasks["describe"].interface.input_artifacts) == {}
+    assert run_pipeline(client, with_optional_input, pipeline_root=root).executed == []
+    assert counter() == ["describe", "describe"]
+
+
+# -- refused, before anything runs ---------------------------------------------------
+
+
+@component
+def notify(status: dsl.PipelineTaskFinalStatus) -> str:
+    return str(status.state)
+
+
+@pipeline("stepcache-kfp-final-status")
+def with_final_status() -> None:
+    with dsl.ExitHandler(notify()):
+        flip(seed=0)
+
+
+@pipeline("stepcache-kfp-oneof")
+def with_oneof(seed: int = 0) -> str:
+    side = flip(seed=seed).output
+    with dsl.If(side == "heads"):
+        a = shout(word="a")
+    with dsl.Else():
+        b = shout(word="b")
+    return dsl.OneOf(a.output, b.output)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("pipeline_func", "construct"),
+    [(with_final_status, "PipelineTaskFinalStatus"), (with_oneof, "dsl.OneOf")],
+    ids=["final-status", "oneof"],
+)
+def test_what_kfp_local_cannot_run_is_refused_before_anything_runs(
+    client: Client, root: Path, counter: Callable[[], list[str]], pipeline_func: Any, construct: str
+) -> None:
+    with pytest.raises(NotImplementedError, match=construct):
+        run_pipeline(client, pipeline_func, pipeline_root=root)
+    assert counter() == []
+    with pytest.raises(NotImplementedError):
+        run_kfp_local(pipeline_func, {}, root)
