@@ -364,6 +364,18 @@ def _refusal(pipeline_spec: Any, task_name: str, task_spec: Any) -> str:
     kind = _executor_spec(pipeline_spec, component_spec).WhichOneof("spec")
     if kind not in ("container", "importer"):
         return f"{kind} executors are not supported"
+    for name, spec in component_spec.input_definitions.artifacts.items():
+        # kfp.local's construct_executor_input reads every declared input artifact.
+        if name not in task_spec.inputs.artifacts:
+            return (
+                f"optional input artifact {name!r} left unset: kfp.local 2.16 cannot run a component "
+                "whose input artifact has no value (KeyError building the executor input)"
+            )
+        if spec.is_artifact_list:
+            return (
+                f"input {name!r} is a list of artifacts (dsl.Collected of artifacts): kfp.local 2.16 "
+                "cannot hand a list of artifacts to a component"
+            )
     return ""
 
 
