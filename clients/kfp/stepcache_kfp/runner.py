@@ -288,7 +288,8 @@ def check_arguments(pipeline: Any, arguments: Mapping[str, Any]) -> None:
 
     Unknown names and missing required inputs (parameters without a default,
     input artifacts not optional) raise ``TypeError`` with kfp's message; a
-    value of the wrong type raises kfp's ``InconsistentTypeException``.
+    value of the wrong type raises kfp's ``InconsistentTypeException``, an
+    artifact (kfp.local takes none as a pipeline argument) ``ValueError``.
     """
     name = pipeline.name
     inputs = pipeline.component_spec.inputs or {}
@@ -817,17 +818,10 @@ class _Run:
     # -- one component -----------------------------------------------------------
 
     def artifact_id(self, kfp_artifact: Any) -> int:
-        """The stepcache ID of an input artifact; one from outside the run (a pipeline input) is registered."""
+        """The stepcache ID of an input artifact: always the output of a task of this run
+        (kfp refuses artifacts as pipeline arguments, see ``check_arguments``)."""
         with self.lock:
-            known = self.artifact_ids.get(kfp_artifact.uri)
-        if known is not None:
-            return known
-        request = metadata_store_service_pb2.PutArtifactsRequest(
-            artifacts=[to_stepcache_artifact(kfp_artifact, self.client.namespace)]
-        )
-        (new_id,) = self.client.metadata.PutArtifacts(request, timeout=self.client.timeout).artifact_ids
-        with self.lock:
-            return self.artifact_ids.setdefault(kfp_artifact.uri, int(new_id))
+            return self.artifact_ids[kfp_artifact.uri]
 
     def mark_gone(self, artifacts: list[types_pb2.Artifact]) -> None:
         """Records that these local artifacts are gone (DELETED): the server serves no hit holding them."""

@@ -57,8 +57,9 @@ def input_artifact_pipeline(data: Input[Dataset], rows: int = 3) -> int:
         (required_pipeline, {}, TypeError),  # a required parameter left out
         (input_artifact_pipeline, {}, TypeError),  # a pipeline input artifact left out
         (train_pipeline, {"rows": "many"}, InconsistentTypeException),
+        (input_artifact_pipeline, {"data": Dataset(uri="/nonexistent/rows.csv")}, ValueError),
     ],
-    ids=["unknown-name", "missing-parameter", "missing-input-artifact", "wrong-type"],
+    ids=["unknown-name", "missing-parameter", "missing-input-artifact", "wrong-type", "artifact-argument"],
 )
 def test_arguments_are_checked_as_kfp_does_before_anything_runs(
     client: Client,

@@ -13,7 +13,7 @@ import pytest
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Output
 from kfp_support import component, pipeline, run_kfp_local
-from stepcache import Client
+from stepcache import Client, Outcome
 from stepcache.v1 import metadata_store_service_pb2, types_pb2
 from stepcache_kfp import PipelineRun, TaskFailedError, run_pipeline
 from test_kfp import prepare, train_pipeline
@@ -24,6 +24,83 @@ pytest_plugins = ["kfp_fixtures"]
 
 def outcomes(run: PipelineRun) -> dict[str, str]:
     return {name: t.outcome.name for name, t in run.tasks.items()}
+
+
+# -- who misses after a forced rerun; tasks with caching off ---------------------------
+
+
+@component
+def split(rows: int, data: Output[Dataset]) -> int:
+    import os
+
+    with open(os.environ["STEPCACHE_KFP_COUNTER"], "a") as f:
+        f.write("split\n")
+    with open(data.path, "w") as f:
+        f.write("x\n" + "".join(f"{i}\n" for i in range(rows)))
+    return rows
+
+
+@component
+def twice(x: int) -> int:
+    import os
+
+    with open(os.environ["STEPCACHE_KFP_COUNTER"], "a") as f:
+        f.write("twice\n")
+    return 2 * x
+
+
+@component
+def plus(a: int, b: int) -> int:
+    import os
+
+    with open(os.environ["STEPCACHE_KFP_COUNTER"], "a") as f:
+        f.write("plus\n")
+    return a + b
+
+
+def consumers(rows: int, cache_split: bool) -> int:
+    produced = split(rows=rows).set_caching_options(cache_split)
+    counted = count_rows(data=produced.outputs["data"])  # consumes the artifact
+    doubled = twice(x=produced.outputs["Output"])  # consumes the parameter only
+    return plus(a=counted.output, b=doubled.output).output  # type: ignore[no-any-return]
+
+
+@pipeline("stepcache-kfp-consumers")
+def artifact_and_parameter_consumers(rows: int = 5) -> int:
+    return consumers(rows, cache_split=True)
+
+
+@pipeline("stepcache-kfp-uncached-producer")
+def uncached_producer(rows: int = 5) -> int:
+    return consumers(rows, cache_split=False)
+
+
+def test_a_forced_rerun_misses_exactly_the_artifact_consumers(
+    client: Client, root: Path, counter: Callable[[], list[str]]
+) -> None:
+    assert run_kfp_local(artifact_and_parameter_consumers, {}, root) == {"Output": 15}
+    first = run_pipeline(client, artifact_and_parameter_consumers, pipeline_root=root)
+    assert first.outputs == {"Output": 15} and len(first.executed) == 4
+    forced = run_pipeline(client, artifact_and_parameter_consumers, pipeline_root=root, rerun={"split"})
+    # count-rows reads split's new artifact; twice reads an unchanged parameter, and
+    # plus the unchanged values of both: they hit.
+    assert forced.executed == ["count-rows", "split"] and forced.outputs == {"Output": 15}
+    assert outcomes(forced)["twice"] == outcomes(forced)["plus"] == "HIT"
+    assert sorted(counter()) == sorted(["split", "count_rows", "twice", "plus"] * 2 + ["split", "count_rows"])
+
+
+def test_a_task_with_caching_off_runs_every_time_and_records(
+    client: Client, root: Path, counter: Callable[[], list[str]]
+) -> None:
+    runs = [run_pipeline(client, uncached_producer, pipeline_root=root) for _ in range(2)]
+    assert [r.outputs for r in runs] == [{"Output": 15}] * 2
+    assert runs[1].executed == ["count-rows", "split"] and runs[1].tasks["split"].outcome == Outcome.DISABLED
+    recorded = client.metadata.ListExecutions(
+        metadata_store_service_pb2.ListExecutionsRequest(namespace=client.namespace, component="split")
+    ).executions
+    assert sorted(e.state for e in recorded) == [types_pb2.EXECUTION_STATE_COMPLETE] * 2
+    # With caching on for the run, the recorded executions are served.
+    assert run_pipeline(client, uncached_producer, pipeline_root=root, enable_caching=True).executed == []
 
 
 # -- dsl.If / dsl.Elif / dsl.Else, nested ---------------------------------------
@@ -190,6 +267,38 @@ def test_each_iteration_is_its_own_entry_and_collected_follows(
 
 
 @component
+def occupy(x: int, lockdir: str) -> int:
+    import os
+    import time
+
+    mine = os.path.join(lockdir, str(x))
+    open(mine, "w").close()
+    time.sleep(1.0)
+    alongside = len(os.listdir(lockdir))
+    os.remove(mine)
+    with open(os.environ["STEPCACHE_KFP_COUNTER"], "a") as f:
+        f.write(f"occupied:{alongside}\n")
+    return x
+
+
+@pipeline("stepcache-kfp-loop-parallelism")
+def bounded_loop(lockdir: str) -> None:
+    with dsl.ParallelFor([1, 2, 3, 4, 5], parallelism=2) as x:
+        occupy(x=x, lockdir=lockdir)
+
+
+def test_parallelism_bounds_the_iterations_running_at_once(
+    client: Client, root: Path, counter: Callable[[], list[str]], tmp_path: Path
+) -> None:
+    lockdir = tmp_path / "running"
+    lockdir.mkdir()
+    run = run_pipeline(client, bounded_loop, {"lockdir": str(lockdir)}, pipeline_root=root, max_workers=8)
+    assert len(run.executed) == 5 and len(counter()) == 5
+    # Each iteration saw at most one other running beside it.
+    assert all(int(line.split(":")[1]) <= 2 for line in counter())
+
+
+@component
 def write(x: int, out: Output[Dataset]):  # type: ignore[no-untyped-def]
     import os
 
@@ -241,6 +350,24 @@ def test_a_nested_pipeline_caches_as_if_inlined(client: Client, root: Path, coun
     assert run_pipeline(client, outer, pipeline_root=root).executed == []
     forced = run_pipeline(client, outer, pipeline_root=root, rerun={"prepare"})
     assert forced.executed == ["count-rows", "stepcache-kfp-inner/prepare"] and forced.outputs == {"Output": 200}
+
+
+@pipeline("stepcache-kfp-outer-dataset")
+def outer_dataset(rows: int = 20) -> Dataset:
+    return inner(rows=rows, seed=3).output
+
+
+def test_a_nested_pipelines_artifact_output_is_kfp_locals(
+    client: Client, root: Path, counter: Callable[[], list[str]]
+) -> None:
+    theirs = run_kfp_local(outer_dataset, {}, root)["Output"]
+    ours = run_pipeline(client, outer_dataset, pipeline_root=root).outputs["Output"]
+    assert type(ours) is type(theirs) is Dataset
+    assert ours.metadata == theirs.metadata == {"rows": 20}
+    assert Path(ours.uri).read_bytes() == Path(theirs.uri).read_bytes()
+    cached = run_pipeline(client, outer_dataset, pipeline_root=root)
+    assert cached.executed == [] and cached.outputs["Output"].uri == ours.uri
+    assert counter() == ["prepare", "prepare"]
 
 
 # -- dsl.importer ------------------------------------------------------------------
