@@ -642,7 +642,8 @@ def _condition_holds(condition: str, arguments: Mapping[str, Any]) -> bool:
     The compiler writes comparisons of ``inputs.parameter_values['<input>']``
     (possibly wrapped in ``int()``/``double()``) with literals, joined by
     ``!``, ``&&`` and ``||`` (``dsl.Elif``/``dsl.Else`` negate the earlier
-    branches). Those map one to one onto Python expressions.
+    branches). Those map one to one onto Python; string literals are kept
+    as they are.
     """
     values: dict[str, Any] = {}
 
@@ -652,9 +653,12 @@ def _condition_holds(condition: str, arguments: Mapping[str, Any]) -> bool:
         return key
 
     expr = re.sub(r"inputs\.parameter_values\[(['\"])(.*?)\1\]", reference, condition)
-    expr = re.sub(r"!(?!=)", " not ", expr.replace("&&", " and ").replace("||", " or "))
+    # Odd parts are string literals; operators are translated in the others only.
+    parts = re.split(r"""('(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*")""", expr)
+    for i in range(0, len(parts), 2):
+        parts[i] = re.sub(r"!(?!=)", " not ", parts[i].replace("&&", " and ").replace("||", " or "))
     names = {"int": int, "double": float, "string": str, "true": True, "false": False, "null": None}
-    return bool(eval(expr, {"__builtins__": {}, **names}, values))  # noqa: S307 - operators and literals only
+    return bool(eval("".join(parts), {"__builtins__": {}, **names}, values))  # noqa: S307 - operators and literals only
 
 
 def _local_path(uri: str) -> str | None:
@@ -710,7 +714,6 @@ class _Run:
         self.run_id = run_id
         self.lease = lease
         self.wait_timeout = wait_timeout
-        self.max_workers = max_workers
         #: Bounds the tasks that run (or wait) at once, over all DAGs of the run.
         self.slots = threading.BoundedSemaphore(max_workers)
         self.pipeline_name = str(pipeline_spec.pipeline_info.name)

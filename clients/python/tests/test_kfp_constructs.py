@@ -16,6 +16,7 @@ from kfp_support import component, pipeline, run_kfp_local
 from stepcache import Client, Outcome
 from stepcache.v1 import metadata_store_service_pb2, types_pb2
 from stepcache_kfp import PipelineRun, TaskFailedError, run_pipeline
+from stepcache_kfp.runner import _condition_holds
 from test_kfp import prepare, train_pipeline
 from test_kfp_checks import count_rows
 
@@ -129,7 +130,8 @@ def branches(seed: int = 0, loud: bool = True) -> None:
     side = flip(seed=seed).output
     with dsl.If(side == "heads"):
         shout(word="heads")
-        with dsl.If(loud == True):  # noqa: E712 - a pipeline channel compared, not a bool
+        # dsl.Condition: the older spelling of dsl.If, same spec.
+        with dsl.Condition(loud == True):  # noqa: E712 - a pipeline channel compared, not a bool
             shout(word="heads-loud")
     with dsl.Elif(side == "tails"):
         shout(word="tails")
@@ -170,6 +172,20 @@ def test_branches_run_the_taken_branch_only(client: Client, root: Path, counter:
         "heads-loud",
         "tails",
     ]
+
+
+@pytest.mark.parametrize(
+    ("condition", "value", "holds"),
+    [
+        ("inputs.parameter_values['a'] == 'x && !y'", "x && !y", True),  # operators inside a literal
+        ("!(inputs.parameter_values['a'] == 'h') && inputs.parameter_values['a'] != 't'", "e", True),
+        ("!(inputs.parameter_values['a'] == 'h') && inputs.parameter_values['a'] != 't'", "t", False),
+        ("int(inputs.parameter_values['a']) > 2 || inputs.parameter_values['a'] == 0", 1.0, False),
+        ("double(inputs.parameter_values['a']) >= 2.5", 3, True),
+    ],
+)
+def test_conditions_as_the_compiler_writes_them(condition: str, value: Any, holds: bool) -> None:
+    assert _condition_holds(condition, {"a": value}) is holds
 
 
 def test_kfp_local_runs_every_branch(root: Path, counter: Callable[[], list[str]]) -> None:
