@@ -2,7 +2,7 @@
 
 ``run_pipeline`` runs a ``@dsl.pipeline`` (or a compiled pipeline YAML) with
 kfp.local's executor, looking every task up in stepcache first; see
-``stepcache_kfp.runner``.
+``stepcache_kfp.runner`` (this package exports its public names).
 """
 
 from stepcache_kfp.runner import (
@@ -10,8 +10,11 @@ from stepcache_kfp.runner import (
     PipelineRun,
     TaskFailedError,
     TaskRun,
+    check_arguments,
+    check_kfp_version,
     component_names,
     content_digest,
+    load_pipeline,
     load_pipeline_spec,
     run_pipeline,
     task_interface,
@@ -24,8 +27,11 @@ __all__ = [
     "PipelineRun",
     "TaskFailedError",
     "TaskRun",
+    "check_arguments",
+    "check_kfp_version",
     "component_names",
     "content_digest",
+    "load_pipeline",
     "load_pipeline_spec",
     "run_pipeline",
     "task_interface",

@@ -130,20 +130,6 @@ from kfp.local import utils as local_utils  # noqa: E402
 from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils  # noqa: E402
 from kfp.pipeline_spec import pipeline_spec_pb2  # noqa: E402
 
-__all__ = [
-    "ArtifactBinding",
-    "PipelineRun",
-    "TaskFailedError",
-    "TaskRun",
-    "component_names",
-    "content_digest",
-    "load_pipeline_spec",
-    "run_pipeline",
-    "task_interface",
-    "to_kfp_artifact",
-    "to_stepcache_artifact",
-]
-
 log = logging.getLogger(__name__)
 
 #: Artifact properties that carry what stepcache does not model itself.

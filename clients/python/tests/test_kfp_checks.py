@@ -17,8 +17,7 @@ from kfp.dsl.types.type_utils import InconsistentTypeException
 from kfp_support import component, pipeline, run_kfp_local
 from stepcache import Client, Outcome
 from stepcache.v1 import metadata_store_service_pb2, types_pb2
-from stepcache_kfp import run_pipeline
-from stepcache_kfp.runner import check_kfp_version
+from stepcache_kfp import check_kfp_version, run_pipeline
 from test_kfp import prepare, train_pipeline
 
 pytest_plugins = ["kfp_fixtures"]
