@@ -335,7 +335,7 @@ def _dags(pipeline_spec: Any) -> Iterator[tuple[str, Any]]:
             yield name, spec
 
 
-def _refusal(pipeline_spec: Any, task_name: str, task_spec: Any) -> str:
+def _refusal(pipeline_spec: Any, task_spec: Any) -> str:
     """Why this task cannot run here ("" when it can)."""
     for name, spec in task_spec.inputs.parameters.items():
         if spec.HasField("task_final_status"):
@@ -370,7 +370,7 @@ def _check_supported(pipeline_spec: Any) -> None:
     """Refuses, before anything runs, what this runner does not run, naming the construct."""
     for dag_name, dag_spec in _dags(pipeline_spec):
         for task_name, task_spec in dag_spec.dag.tasks.items():
-            why = _refusal(pipeline_spec, task_name, task_spec)
+            why = _refusal(pipeline_spec, task_spec)
             if why:
                 where = f" (in {dag_name})" if dag_name else ""
                 raise NotImplementedError(f"task {task_name!r}{where}: {why}")
@@ -787,7 +787,7 @@ class _Run:
             iterator = task_spec.parameter_iterator
             source = iterator.items
             items = json.loads(source.raw) if source.HasField("raw") else arguments[source.input_parameter]
-        else:
+        else:  # over a list of artifacts (a nested pipeline's collected outputs)
             iterator = task_spec.artifact_iterator
             items = arguments[iterator.items.input_artifact]
         if isinstance(items, str):

@@ -340,6 +340,33 @@ def loop_artifacts(xs: list = [1, 2, 3]) -> str:  # type: ignore[type-arg]  # no
     return concat(parts=dsl.Collected(w.outputs["out"])).output  # type: ignore[no-any-return]
 
 
+@pipeline("stepcache-kfp-make-many")
+def make_many() -> list[Dataset]:
+    with dsl.ParallelFor([1, 2]) as x:
+        w = write(x=x)
+    return dsl.Collected(w.outputs["out"])  # type: ignore[no-any-return]
+
+
+@pipeline("stepcache-kfp-loop-over-artifacts")
+def loop_over_artifacts() -> None:
+    with dsl.ParallelFor(make_many().output) as data:
+        count_rows(data=data)
+
+
+def test_a_loop_over_collected_artifacts(client: Client, root: Path, counter: Callable[[], list[str]]) -> None:
+    run_kfp_local(loop_over_artifacts, {}, root)
+    theirs = sorted(counter())
+    assert theirs == ["count_rows", "count_rows", "write:1", "write:2"]
+    first = run_pipeline(client, loop_over_artifacts, pipeline_root=root)
+    assert sorted(counter()) == sorted(theirs * 2)
+    writes = [first.tasks[f"stepcache-kfp-make-many/for-loop-2/{i}/write"].artifact_id("out") for i in range(2)]
+    reads = [list(first.tasks[f"for-loop-1/{i}/count-rows"].interface.input_artifacts["data"].ids) for i in range(2)]
+    assert reads == [[w] for w in writes]
+    assert run_pipeline(client, loop_over_artifacts, pipeline_root=root).executed == []
+    forced = run_pipeline(client, loop_over_artifacts, pipeline_root=root, rerun={"write"})
+    assert len(forced.executed) == 4  # new artifacts: both readers miss
+
+
 # -- pipelines as components ----------------------------------------------------
 
 
