@@ -37,12 +37,14 @@ echo "== python-ci: mypy --strict (the installed packages, their tests, the exam
 MYPY=("$PY" -m mypy --config-file clients/python/pyproject.toml)
 "${MYPY[@]}" -m stepcache -m stepcache.client -m stepcache.key -m stepcache.step -m stepcache_kfp -m stepcache_kfp.runner
 "${MYPY[@]}" clients/python/tests examples/pipeline_driver.py examples/kfp_pipeline.py scripts/validate-deploy.py
+# Apart: each tests directory has its own conftest.py; the kfp tests use the core's example_runs.py.
+"${MYPY[@]}" clients/kfp/tests clients/python/tests/example_runs.py
 
-echo "== python-ci: pytest clients/python/tests (the core client's and stepcache-kfp's: test_kfp*.py)"
+echo "== python-ci: pytest clients/python/tests clients/kfp/tests"
 # From the repository root, so that the source tree's stepcache/ (which has no
-# generated stubs) cannot shadow the installed package. stepcache-kfp's tests
-# live there too: they share the live-server fixtures of its conftest.py.
-"$PY" -m pytest -q -p no:cacheprovider clients/python/tests
+# generated stubs) cannot shadow the installed package. clients/kfp/tests
+# loads the live-server fixtures of clients/python/tests/conftest.py.
+"$PY" -m pytest -q -p no:cacheprovider clients/python/tests clients/kfp/tests
 
 echo "== python-ci: validate deploy/"
 "$PY" scripts/validate-deploy.py

@@ -20,8 +20,6 @@ from stepcache_kfp.runner import _condition_holds
 from test_kfp import prepare, train_pipeline
 from test_kfp_checks import count_rows
 
-pytest_plugins = ["kfp_fixtures"]
-
 
 def outcomes(run: PipelineRun) -> dict[str, str]:
     return {name: t.outcome.name for name, t in run.tasks.items()}

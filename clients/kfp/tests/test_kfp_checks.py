@@ -20,8 +20,6 @@ from stepcache.v1 import metadata_store_service_pb2, types_pb2
 from stepcache_kfp import check_kfp_version, run_pipeline
 from test_kfp import prepare, train_pipeline
 
-pytest_plugins = ["kfp_fixtures"]
-
 
 def executions(client: Client, **filters: Any) -> list[types_pb2.Execution]:
     request = metadata_store_service_pb2.ListExecutionsRequest(namespace=client.namespace, **filters)

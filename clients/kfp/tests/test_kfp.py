@@ -17,8 +17,6 @@ from stepcache import Client, ExecutionState, Outcome
 from stepcache.v1 import metadata_store_service_pb2
 from stepcache_kfp import PipelineRun, TaskFailedError, component_names, load_pipeline_spec, run_pipeline
 
-pytest_plugins = ["kfp_fixtures"]
-
 
 @component
 def prepare(rows: int, seed: int, data: Output[Dataset]):  # type: ignore[no-untyped-def]

@@ -1,4 +1,4 @@
-"""Shared by the stepcache_kfp tests (test_kfp*.py; their fixtures are in kfp_fixtures.py).
+"""Shared by the stepcache_kfp tests (their fixtures are in conftest.py).
 
 The components are real ``@dsl.component`` lightweight Python components,
 compiled by kfp and executed by kfp.local's SubprocessRunner in this
