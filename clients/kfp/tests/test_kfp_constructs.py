@@ -186,11 +186,26 @@ def test_conditions_as_the_compiler_writes_them(condition: str, value: Any, hold
     assert _condition_holds(condition, {"a": value}) is holds
 
 
-def test_kfp_local_runs_every_branch(root: Path, counter: Callable[[], list[str]]) -> None:
+@pipeline("stepcache-kfp-single-if")
+def single_if(seed: int = 0) -> None:
+    with dsl.If(flip(seed=seed).output == "heads"):
+        shout(word="heads")
+
+
+def test_a_top_level_if(client: Client, root: Path, counter: Callable[[], list[str]]) -> None:
+    assert run_pipeline(client, single_if, pipeline_root=root).executed == ["condition-1/shout", "flip"]
+    assert run_pipeline(client, single_if, {"seed": 1}, pipeline_root=root).executed == ["flip"]
+    assert counter() == ["flip", "shout:heads", "flip"]
+
+
+def test_kfp_local_does_not_evaluate_conditions(root: Path, counter: Callable[[], list[str]]) -> None:
     """Why the branch tests compare with what KFP defines and not with kfp.local:
-    kfp.local 2.16 does not evaluate the conditions of a dsl.If/Elif/Else group."""
+    kfp.local 2.16 runs every branch of a dsl.If/Elif/Else group, and never
+    the body of a dsl.If at the top of a pipeline."""
     run_kfp_local(branches, {"seed": 0}, root)
     assert sorted(counter()) == ["flip", "shout:edge", "shout:heads", "shout:heads-loud", "shout:tails"]
+    run_kfp_local(single_if, {"seed": 0}, root)
+    assert counter()[5:] == ["flip"]
 
 
 # -- dsl.ParallelFor and dsl.Collected -----------------------------------------
