@@ -295,6 +295,21 @@ def test_each_iteration_is_its_own_entry_and_collected_follows(
     assert over_output.executed == ["numbers"]
 
 
+@pipeline("stepcache-kfp-loop-dicts")
+def loop_dicts() -> int:
+    with dsl.ParallelFor([{"x": 1, "y": 10}, {"x": 2, "y": 20}]) as item:
+        total = plus(a=item.x, b=item.y)
+    return add(xs=dsl.Collected(total.output)).output  # type: ignore[no-any-return]
+
+
+def test_a_loop_over_dicts_reads_their_fields(client: Client, root: Path, counter: Callable[[], list[str]]) -> None:
+    first = run_pipeline(client, loop_dicts, pipeline_root=root)
+    assert first.outputs == {"Output": 33}
+    assert [first.tasks[f"for-loop-2/{i}/plus"].parameters["Output"] for i in range(2)] == [11, 22]
+    assert run_pipeline(client, loop_dicts, pipeline_root=root).executed == []
+    assert sorted(counter()) == ["add", "plus", "plus"]
+
+
 @component
 def occupy(x: int, lockdir: str) -> int:
     import os
