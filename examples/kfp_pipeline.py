@@ -4,7 +4,7 @@
 The same pipeline as pipeline_driver.py, written with kfp's own SDK:
 ``@dsl.component`` lightweight Python components passing ``Dataset``, ``Model``
 and ``Metrics`` artifacts, compiled by kfp and executed by kfp.local's
-SubprocessRunner, with ``stepcache.kfp_runner.run_pipeline`` looking every task
+SubprocessRunner, with ``stepcache_kfp.run_pipeline`` looking every task
 up first. It runs the pipeline three times against a running server:
 
 1. a first run: every task misses and runs;
@@ -16,7 +16,7 @@ up first. It runs the pipeline three times against a running server:
 
 It prints a table per run and exits 1 if an outcome differs from the expected.
 
-    pip install './clients/python[kfp]'
+    pip install ./clients/python ./clients/kfp
     stepcache serve --listen 127.0.0.1:50051 --data-dir /tmp/sc &
     python examples/kfp_pipeline.py --addr 127.0.0.1:50051 --pipeline-root /tmp/kfp-demo
 """
@@ -37,7 +37,7 @@ from typing import Any, cast
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 from stepcache import Client, Outcome
-from stepcache.kfp_runner import PipelineRun, content_digest, run_pipeline
+from stepcache_kfp import PipelineRun, content_digest, run_pipeline
 
 
 def component(fn: Callable[..., Any]) -> Any:

@@ -1,12 +1,4 @@
-"""stepcache.kfp_runner: real Kubeflow Pipelines v2 pipelines, run locally behind the test server.
-
-The components are real ``@dsl.component`` lightweight Python components,
-compiled by kfp and executed by kfp.local's SubprocessRunner in this
-interpreter (``use_venv=False``, no pip install inside the task). Each one
-appends its name to the file named by $STEPCACHE_KFP_COUNTER when it executes:
-that file is what says whether a component ran. The process environment is not
-part of a task's interface, so the counter does not change any cache key.
-"""
+"""stepcache_kfp: real Kubeflow Pipelines v2 pipelines, run locally behind the test server (see kfp_support.py)."""
 
 # No `from __future__ import annotations` here: kfp reads the components'
 # annotations (Input[Dataset]...) at decoration time.
@@ -15,25 +7,15 @@ import builtins
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import pytest
 from kfp import compiler, dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp_support import component, pipeline
 from stepcache import Client, ExecutionState, Outcome
-from stepcache.kfp_runner import PipelineRun, TaskFailedError, component_names, load_pipeline_spec, run_pipeline
 from stepcache.v1 import metadata_store_service_pb2
-
-COUNTER_ENV = "STEPCACHE_KFP_COUNTER"
-
-
-def component(fn: Callable[..., Any]) -> Any:
-    """``@dsl.component`` for the current interpreter: kfp is installed here, so no pip install in the task."""
-    return dsl.component(fn, base_image="python:3.11", install_kfp_package=False)
-
-
-def pipeline(name: str) -> Callable[[Callable[..., Any]], Any]:
-    return cast(Callable[[Callable[..., Any]], Any], dsl.pipeline(name=name))
+from stepcache_kfp import PipelineRun, TaskFailedError, component_names, load_pipeline_spec, run_pipeline
 
 
 @component
@@ -113,20 +95,6 @@ def twin_pipeline(rows: int = 50, seed: int = 3) -> None:
 @pipeline("stepcache-kfp-failing")
 def failing_pipeline() -> None:
     boom(data=prepare(rows=5, seed=1).outputs["data"])
-
-
-@pytest.fixture
-def counter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[], list[str]]:
-    """The names of the components executed so far, in order."""
-    path = tmp_path / "executed.txt"
-    path.touch()
-    monkeypatch.setenv(COUNTER_ENV, str(path))
-    return lambda: path.read_text().split()
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "pipeline-root"
 
 
 def artifact_ids(run: PipelineRun) -> dict[str, dict[str, list[int]]]:
