@@ -45,7 +45,9 @@ echo "== python-ci: pytest clients/python/tests clients/kfp/tests"
 # From the repository root, so that the source tree's stepcache/ (which has no
 # generated stubs) cannot shadow the installed package. clients/kfp/tests
 # loads the live-server fixtures of clients/python/tests/conftest.py.
-"$PY" -m pytest -q -p no:cacheprovider clients/python/tests clients/kfp/tests
+# Two runs: each directory's tests import helpers from their own conftest.
+"$PY" -m pytest -q -p no:cacheprovider clients/python/tests
+"$PY" -m pytest -q -p no:cacheprovider clients/kfp/tests
 
 echo "== python-ci: editable install (stubs generated into the source tree), its tests"
 # The contributors' loop: `pip install -e` must import from clients/python and

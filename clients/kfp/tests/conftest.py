@@ -23,6 +23,8 @@ def _core_conftest() -> Any:
     spec = importlib.util.spec_from_file_location("stepcache_core_conftest", CORE_TESTS / "conftest.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    # Registered before it runs: its dataclasses look their module up there.
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
