@@ -15,19 +15,19 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::server::Connected;
 
-/// A TCP connection that reports no vectored writes (see the module).
-pub struct CopyingWrites(TcpStream);
+/// A connection that reports no vectored writes (see the module); reads,
+/// writes and the peer's address are the inner connection's.
+pub struct CopyingWrites<T>(T);
 
-impl CopyingWrites {
-    pub fn new(stream: TcpStream) -> Self {
-        CopyingWrites(stream)
+impl<T> CopyingWrites<T> {
+    pub fn new(inner: T) -> Self {
+        CopyingWrites(inner)
     }
 }
 
-impl AsyncRead for CopyingWrites {
+impl<T: AsyncRead + Unpin> AsyncRead for CopyingWrites<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -37,7 +37,7 @@ impl AsyncRead for CopyingWrites {
     }
 }
 
-impl AsyncWrite for CopyingWrites {
+impl<T: AsyncWrite + Unpin> AsyncWrite for CopyingWrites<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -68,8 +68,8 @@ impl AsyncWrite for CopyingWrites {
     }
 }
 
-impl Connected for CopyingWrites {
-    type ConnectInfo = TcpConnectInfo;
+impl<T: Connected> Connected for CopyingWrites<T> {
+    type ConnectInfo = T::ConnectInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.0.connect_info()
@@ -80,6 +80,7 @@ impl Connected for CopyingWrites {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
 
     /// What h2 asks before it picks its copy threshold, and what a write
     /// through the wrapper delivers, vectored or not.
