@@ -1,4 +1,4 @@
-//! The cache key (spec/KEY.md): a canonical, language-independent encoding of a
+//! The cache key (docs/key.md): a canonical, language-independent encoding of a
 //! [`TaskInterface`], hashed with BLAKE3. Pure: no I/O, no panics on any input.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -77,7 +77,7 @@ pub fn cache_key(ti: &TaskInterface) -> Result<CacheKey, Error> {
     Ok(CacheKey(*blake3::hash(&bytes).as_bytes()))
 }
 
-/// The exact bytes that are hashed (spec/KEY.md "canonical_bytes").
+/// The exact bytes that are hashed (docs/key.md, "The encoding").
 pub fn canonical_bytes(ti: &TaskInterface) -> Result<Vec<u8>, Error> {
     if ti.component.is_empty() {
         return Err(Error::invalid("interface.component must not be empty"));

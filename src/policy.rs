@@ -1,5 +1,6 @@
-//! The cache policy (DESIGN.md "Policy"): whether a lookup may read the cache, and
-//! whether a recorded execution may be served. Pure functions over plain values.
+//! The cache policy (docs/api.md, "The cache policy"): whether a lookup may
+//! read the cache, and whether a recorded execution may be served. Pure
+//! functions over plain values.
 
 use crate::error::Error;
 use crate::proto::{CachePolicy, Trigger};

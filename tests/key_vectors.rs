@@ -1,5 +1,5 @@
-//! Every vector of spec/key-vectors.json, through the library and through the
-//! ComputeCacheKey RPC of a real server.
+//! Every vector of tests/data/key-vectors.json (docs/key.md), through the
+//! library and through the ComputeCacheKey RPC of a real server.
 
 mod common;
 

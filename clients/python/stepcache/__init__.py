@@ -5,7 +5,7 @@
 - Typed errors (``stepcache.errors``): ``StepcacheError`` and ``NotFound``,
   ``InvalidArgument``, ``Unavailable``... raised by both clients.
 - ``RetryPolicy``: gRPC's retries of the calls that are safe to repeat.
-- ``cache_key``: the cache key of an interface, computed offline (spec/KEY.md).
+- ``cache_key``: the cache key of an interface, computed offline (docs/key.md).
 - ``cached_step``: lookup -> run on a miss -> record, in one call.
 
 The generated messages and stubs live in ``stepcache.v1`` (``types_pb2``,

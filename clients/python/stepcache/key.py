@@ -1,4 +1,4 @@
-"""The cache key of a task interface, computed offline (spec/KEY.md, v1).
+"""The cache key of a task interface, computed offline (docs/key.md, v1).
 
 ``cache_key(interface)`` is the lowercase hex BLAKE3-256 of a canonical,
 byte-by-byte encoding of the interface. It matches the server's
@@ -88,7 +88,7 @@ def _value(v: struct_pb2.Value, path: str) -> bytes:
 
 
 def canonical_bytes(interface: InterfaceLike) -> bytes:
-    """The exact bytes that are hashed into the key (spec/KEY.md)."""
+    """The exact bytes that are hashed into the key (docs/key.md)."""
     ti = to_interface(interface)
     if not ti.component:
         raise InvalidInterfaceError("interface.component must not be empty")

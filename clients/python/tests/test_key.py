@@ -1,4 +1,4 @@
-"""Every vector of spec/KEY.md, offline and through the server's ComputeCacheKey."""
+"""Every vector of tests/data/key-vectors.json (docs/key.md), offline and through the server's ComputeCacheKey."""
 
 from __future__ import annotations
 

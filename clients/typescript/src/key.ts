@@ -1,7 +1,7 @@
 // The cache key of a task interface, computed offline: the lowercase hex of
-// BLAKE3-256 over a canonical, byte-by-byte encoding of the interface (the
-// project's KEY spec, v1). It equals the server's ComputeCacheKey, so a driver
-// can log or look keys up without a round trip.
+// BLAKE3-256 over a canonical, byte-by-byte encoding of the interface
+// (docs/key.md in the repository, v1). It equals the server's ComputeCacheKey,
+// so a driver can log or look keys up without a round trip.
 import { fromJson, isMessage, type JsonObject } from "@bufbuild/protobuf";
 import type { Value } from "@bufbuild/protobuf/wkt";
 import { blake3 } from "@noble/hashes/blake3.js";
