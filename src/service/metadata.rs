@@ -35,12 +35,6 @@ fn optional_namespace(caller: &Caller, ns: &str) -> Result<Option<String>> {
     }
 }
 
-fn ids(ids: &[i64], field: &str) -> Result<Vec<i64>> {
-    ids.iter()
-        .map(|id| validate::positive_id(*id, field))
-        .collect()
-}
-
 #[tonic::async_trait]
 impl MetadataStoreService for Metadata {
     async fn put_artifacts(
@@ -74,7 +68,7 @@ impl MetadataStoreService for Metadata {
         let caller = Caller::of(&request);
         let req = request.into_inner();
         let ns = optional_namespace(&caller, &req.namespace)?;
-        let ids = ids(&req.ids, "ids")?;
+        let ids = validate::ids(&req.ids, "ids", &self.shared.limits)?;
         let artifacts = self
             .shared
             .read(move |s| {
@@ -154,7 +148,7 @@ impl MetadataStoreService for Metadata {
         let caller = Caller::of(&request);
         let req = request.into_inner();
         let ns = optional_namespace(&caller, &req.namespace)?;
-        let ids = ids(&req.ids, "ids")?;
+        let ids = validate::ids(&req.ids, "ids", &self.shared.limits)?;
         let executions = self
             .shared
             .read(move |s| {
@@ -240,7 +234,7 @@ impl MetadataStoreService for Metadata {
         request: Request<GetContextsRequest>,
     ) -> Result<Response<GetContextsResponse>, Status> {
         let caller = Caller::of(&request);
-        let ids = ids(&request.into_inner().ids, "ids")?;
+        let ids = validate::ids(&request.into_inner().ids, "ids", &self.shared.limits)?;
         let contexts = self
             .shared
             .read(move |s| {
@@ -323,8 +317,8 @@ impl MetadataStoreService for Metadata {
     ) -> Result<Response<GetEventsResponse>, Status> {
         let caller = Caller::of(&request);
         let req = request.into_inner();
-        let exec_ids = ids(&req.execution_ids, "execution_ids")?;
-        let art_ids = ids(&req.artifact_ids, "artifact_ids")?;
+        let exec_ids = validate::ids(&req.execution_ids, "execution_ids", &self.shared.limits)?;
+        let art_ids = validate::ids(&req.artifact_ids, "artifact_ids", &self.shared.limits)?;
         let events = self
             .shared
             .read(move |s| {
