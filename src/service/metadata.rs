@@ -78,7 +78,7 @@ impl MetadataStoreService for Metadata {
             })
             .await?;
         for a in &artifacts {
-            caller.allow(&a.namespace)?;
+            caller.visible(&a.namespace, "artifact", a.id)?;
         }
         Ok(Response::new(GetArtifactsResponse { artifacts }))
     }
@@ -158,7 +158,7 @@ impl MetadataStoreService for Metadata {
             })
             .await?;
         for e in &executions {
-            caller.allow(&e.namespace)?;
+            caller.visible(&e.namespace, "execution", e.id)?;
         }
         Ok(Response::new(GetExecutionsResponse { executions }))
     }
@@ -244,7 +244,7 @@ impl MetadataStoreService for Metadata {
             })
             .await?;
         for c in &contexts {
-            caller.allow(&c.namespace)?;
+            caller.visible(&c.namespace, "context", c.id)?;
         }
         Ok(Response::new(GetContextsResponse { contexts }))
     }
@@ -295,13 +295,17 @@ impl MetadataStoreService for Metadata {
             .read(move |s| s.lineage(start, &dirs, bounds))
             .await?;
         // Events never cross namespaces, so this checks the start's namespace.
+        let (kind, id) = match start {
+            Node::Artifact(id) => ("artifact", id),
+            Node::Execution(id) => ("execution", id),
+        };
         for ns in l
             .artifacts
             .iter()
             .map(|a| &a.namespace)
             .chain(l.executions.iter().map(|e| &e.namespace))
         {
-            caller.allow(ns)?;
+            caller.visible(ns, kind, id)?;
         }
         Ok(Response::new(GetLineageResponse {
             artifacts: l.artifacts,
@@ -324,11 +328,11 @@ impl MetadataStoreService for Metadata {
             .read(move |s| {
                 let mut events = Vec::new();
                 for id in exec_ids {
-                    caller.allow(&s.execution(id, None)?.namespace)?;
+                    caller.visible(&s.execution(id, None)?.namespace, "execution", id)?;
                     events.extend(s.events_of_execution(id)?);
                 }
                 for id in art_ids {
-                    caller.allow(&s.artifact(id, None)?.namespace)?;
+                    caller.visible(&s.artifact(id, None)?.namespace, "artifact", id)?;
                     events.extend(s.events_of_artifact(id)?);
                 }
                 events.sort_by(|a, b| {
