@@ -513,10 +513,7 @@ mod tests {
         );
         // An update may leave type and name out.
         assert!(context(Context { id: 5, ..unnamed }, "c", &l).is_ok());
-        assert_eq!(
-            ids(&[3, 1, 3], "context_ids", &l).unwrap(),
-            vec![3, 1]
-        );
+        assert_eq!(ids(&[3, 1, 3], "context_ids", &l).unwrap(), vec![3, 1]);
         assert!(
             matches!(ids(&[1, 0], "context_ids", &l), Err(Error::InvalidArgument(m)) if m.contains("context_ids[1]"))
         );

@@ -108,8 +108,7 @@ impl CacheService for Cache {
             }));
         }
         let stats_ns = ns.clone();
-        let context_ids =
-            validate::ids(&req.context_ids, "context_ids", &self.shared.limits)?;
+        let context_ids = validate::ids(&req.context_ids, "context_ids", &self.shared.limits)?;
         // The CACHED execution consumed what the looking-up task names as its
         // inputs (with ignore_inputs, they may differ from the original's).
         let inputs: Option<BTreeMap<String, Vec<i64>>> = match &req.target {
