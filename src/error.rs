@@ -75,8 +75,27 @@ impl From<Error> for Status {
                 "request rejected"
             );
         }
-        Status::new(code, e.to_string())
+        Status::new(code, bounded(e.to_string()))
     }
+}
+
+/// The longest error message sent, in bytes: messages quote inputs (names,
+/// tokens, IDs), and a reply must not echo a large input back whole.
+pub const MAX_MESSAGE_BYTES: usize = 512;
+
+/// `msg` cut to at most `MAX_MESSAGE_BYTES` (at a character boundary), saying
+/// how long it was when cut.
+pub fn bounded(mut msg: String) -> String {
+    if msg.len() > MAX_MESSAGE_BYTES {
+        let len = msg.len();
+        let mut cut = MAX_MESSAGE_BYTES - 40;
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg.truncate(cut);
+        msg.push_str(&format!("... ({len} bytes in all)"));
+    }
+    msg
 }
 
 impl From<sled::Error> for Error {

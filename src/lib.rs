@@ -25,6 +25,7 @@ pub mod validate;
 pub mod proto {
     tonic::include_proto!("stepcache.v1");
 
+    pub mod codec;
     mod decoding;
     mod lookup_reply;
     mod lookup_request;

@@ -116,6 +116,10 @@ enum Command {
         /// e.g. 127.0.0.1:9464.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        /// Label metrics by namespace even with --auth-tokens (the metrics
+        /// listener has no auth; with auth on, they show totals only).
+        #[arg(long)]
+        metrics_namespaces: bool,
     },
     /// Write a backup of a stopped server's store to stdout (or --output).
     Export {
@@ -301,6 +305,7 @@ fn main() -> anyhow::Result<()> {
             tls_key,
             log_format,
             metrics_listen,
+            metrics_namespaces,
         } => {
             init_logs(log_format);
             let mut config = Config::new(data_dir);
@@ -313,6 +318,7 @@ fn main() -> anyhow::Result<()> {
                 None => {}
             }
             config.metrics_listen = metrics_listen;
+            config.metrics_namespaces_with_auth = metrics_namespaces;
             config.store.cache_capacity = cache_capacity_mb * 1024 * 1024;
             config.store.hot_hits = hot_hits;
             config.store.hit_log_bytes = hit_log_mb * 1024 * 1024;

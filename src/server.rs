@@ -40,6 +40,10 @@ pub struct Config {
     pub clock: Arc<dyn Clock>,
     /// Serve Prometheus metrics on this address (None: off).
     pub metrics_listen: Option<SocketAddr>,
+    /// Name namespaces in the metrics even with auth on (they are named
+    /// when auth is off). Off: with auth on, the metrics listener, which
+    /// has no auth of its own, shows no namespace names, only totals.
+    pub metrics_namespaces_with_auth: bool,
     /// Where the metrics listener was bound (set by `run`; useful with port 0).
     pub metrics_addr: Arc<OnceLock<SocketAddr>>,
     pub admission: AdmissionLimits,
@@ -76,8 +80,14 @@ impl Config {
             auth: None,
             tls: None,
             metrics_listen: None,
+            metrics_namespaces_with_auth: false,
             metrics_addr: Arc::default(),
         }
+    }
+
+    /// Whether the metrics name namespaces: with auth off, or when asked to.
+    pub fn metrics_namespaces(&self) -> bool {
+        self.auth.is_none() || self.metrics_namespaces_with_auth
     }
 }
 
@@ -99,7 +109,9 @@ pub async fn run(
     let shared = Shared {
         store,
         limits: Arc::new(config.limits.clone()),
-        stats: Arc::default(),
+        stats: Arc::new(crate::service::stats::Stats::new(
+            config.metrics_namespaces(),
+        )),
         waiters: Arc::new(Waiters::default()),
         shutdown: stopping_rx,
         reads: match config.read_threads {

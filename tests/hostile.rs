@@ -100,3 +100,30 @@ async fn repeated_ids_are_answered_once_and_too_many_are_refused() {
     }
     server.stop().await;
 }
+
+#[tokio::test]
+async fn error_messages_do_not_echo_long_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut meta = server.meta().await;
+    let long = "x".repeat(60_000);
+    let err = meta
+        .list_executions(ListExecutionsRequest {
+            page_token: long.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("page_token"), "{err:?}");
+    assert!(err.message().len() <= 512, "{} bytes", err.message().len());
+    // A name within the string limit, but not a declared output.
+    let ti = iface("train", &[], &[]);
+    let mut put = put_req("ns", &ti, ExecutionState::Complete, "mem://a");
+    put.outputs[0].name = "é".repeat(30_000);
+    let err = meta.put_execution(put).await.unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().len() <= 512, "{} bytes", err.message().len());
+    assert!(err.message().contains("bytes in all"), "{err:?}");
+    server.stop().await;
+}
