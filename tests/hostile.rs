@@ -127,3 +127,57 @@ async fn error_messages_do_not_echo_long_inputs() {
     assert!(err.message().contains("bytes in all"), "{err:?}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_lookup_naming_a_missing_input_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path()).await;
+    let mut cache = server.cache().await;
+    let a = one_execution(&server, "ns").await;
+    let out = a.output_artifact_ids[0];
+    let other_ns = one_execution(&server, "other").await.output_artifact_ids[0];
+    for missing in [out + 1000, other_ns] {
+        let ti = iface("eval", &[], &[("model", vec![out, missing])]);
+        // As the fast path reads it, decoded, and while asking to reserve.
+        let mut reserve = lookup_req("ns", &ti);
+        reserve.reservation = Some(ReservationRequest {
+            owner: "w".into(),
+            lease: None,
+        });
+        let mut record = lookup_req("ns", &ti);
+        record.record_cached_execution = true;
+        for req in [lookup_req("ns", &ti), reserve, record] {
+            let err = cache.get_cached_execution(req).await.unwrap_err();
+            assert_eq!(err.code(), Code::NotFound, "{err:?}");
+            assert!(
+                err.message().contains("input_artifacts.model")
+                    && err.message().contains(&missing.to_string()),
+                "{err:?}"
+            );
+        }
+        // No reservation was taken: another owner gets it at once.
+        let key = cache
+            .compute_cache_key(ComputeCacheKeyRequest {
+                interface: Some(ti.clone()),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .cache_key;
+        let r = cache
+            .wait_for_cached_execution(WaitForCachedExecutionRequest {
+                namespace: "ns".into(),
+                cache_key: key,
+                reservation: Some(ReservationRequest {
+                    owner: format!("other-{missing}"),
+                    lease: None,
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.outcome(), Outcome::Reserved);
+    }
+    server.stop().await;
+}
