@@ -5,6 +5,7 @@ pub mod auth;
 pub mod backend;
 pub mod cli;
 pub mod clock;
+pub mod connections;
 pub mod error;
 pub mod json;
 pub mod key;

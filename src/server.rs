@@ -4,6 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
@@ -15,6 +16,7 @@ use crate::admission::{AdmissionLayer, AdmissionLimits};
 use crate::auth::{Authenticate, Tokens};
 use crate::backend::Backend;
 use crate::clock::{Clock, SystemClock};
+use crate::connections::{self, ConnectionLimits};
 use crate::metrics;
 use crate::pg::PgStore;
 use crate::pool::Pool;
@@ -47,6 +49,7 @@ pub struct Config {
     /// Where the metrics listener was bound (set by `run`; useful with port 0).
     pub metrics_addr: Arc<OnceLock<SocketAddr>>,
     pub admission: AdmissionLimits,
+    pub connections: ConnectionLimits,
     /// Threads of the read pool (see `pool`); 0: each read takes a tokio
     /// blocking thread.
     pub read_threads: usize,
@@ -75,6 +78,7 @@ impl Config {
             limits: Limits::default(),
             clock: Arc::new(SystemClock),
             admission: AdmissionLimits::default(),
+            connections: ConnectionLimits::default(),
             read_threads: Pool::default_read_threads(),
             write_threads: Pool::DEFAULT_WRITE_THREADS,
             auth: None,
@@ -174,8 +178,17 @@ pub async fn run(
     );
     // TCP_NODELAY on accepted connections: without it small replies wait on
     // Nagle + delayed ACK (~40 ms), which showed as wake-up latency.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = Server::builder();
+    let conn = config.connections;
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
+    let incoming = connections::limited(incoming, conn);
+    // The pings keep a live client's connection from going idle.
+    let keepalive = conn.keepalive_interval.min(conn.idle_timeout / 2);
+    let mut builder = Server::builder()
+        .max_concurrent_streams(conn.max_streams_per_connection)
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(tls) = &config.tls {
         builder = builder
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key)))?;

@@ -403,6 +403,7 @@ async fn overload_sheds_quickly_and_health_still_answers() {
     config.admission = AdmissionLimits {
         max_in_flight: 8,
         max_waiters: 4,
+        ..Default::default()
     };
     let server = TestServer::start_with(config).await;
     let channel = server.channel().await;
