@@ -15,7 +15,7 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use crate::admission::{AdmissionLayer, AdmissionLimits};
 use crate::auth::{Authenticate, Tokens};
 use crate::backend::Backend;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, SteadyClock};
 use crate::connections::{self, ConnectionLimits};
 use crate::metrics;
 use crate::pg::PgStore;
@@ -76,7 +76,7 @@ impl Config {
             store: StoreConfig::default(),
             store_url: None,
             limits: Limits::default(),
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(SteadyClock::new()),
             admission: AdmissionLimits::default(),
             connections: ConnectionLimits::default(),
             read_threads: Pool::default_read_threads(),

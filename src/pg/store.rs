@@ -439,15 +439,17 @@ impl PgStore {
     }
 
     /// `n` new IDs and the creation time of the records they name, never
-    /// earlier than that of an ID allocated before by any replica: one
+    /// earlier than that of an ID allocated before by any replica (unless that
+    /// one is far ahead of the clock, as `Store::allocate` says): one
     /// statement takes the `id_clock` row and the sequence values together.
     fn allocate(&self, c: &mut Conn<'_>, n: usize) -> Result<(i64, Ids)> {
         let now = self.clock.now_ms();
         let n = i32::try_from(n).unwrap_or(i32::MAX);
         let row = c.query_one(
-            "WITH t AS (UPDATE id_clock SET last_ms = GREATEST(last_ms, $1) RETURNING last_ms) \
+            "WITH t AS (UPDATE id_clock SET last_ms = CASE WHEN last_ms > $1 + $3 THEN $1 \
+             ELSE GREATEST(last_ms, $1) END RETURNING last_ms) \
              SELECT t.last_ms, ARRAY(SELECT nextval('ids') FROM generate_series(1, $2)) FROM t",
-            &[&now, &n],
+            &[&now, &n, &crate::policy::FUTURE_TOLERANCE_MS],
         )?;
         Ok((
             col(&row, 0)?,

@@ -375,14 +375,15 @@ impl Store {
         dry_run: bool,
         stop_before: Option<usize>,
     ) -> Result<Pruned> {
-        let cutoff = self.now_ms().saturating_sub(older_than_ms);
-        // Oldest first; IDs grow with creation time.
+        let now = self.now_ms();
+        // Oldest first; IDs grow with creation time (one stamped far ahead of
+        // the clock counts as old: `policy::age_ms`).
         let mut victims: Vec<Execution> = Vec::new();
         for prefix in keys::exec_by_ns_prefixes(ns) {
             for item in self.tree.scan_prefix(prefix).rev() {
                 let id = keys::rev_id_suffix(&item?.0)?;
                 let e = self.execution(id, Some(ns))?;
-                if super::create_ms(&e) >= cutoff {
+                if policy::age_ms(now, super::create_ms(&e)) <= older_than_ms {
                     break;
                 }
                 victims.push(e);

@@ -349,7 +349,21 @@ impl Store {
             Some(ms) => ms,
             None => self.newest_create_ms()?,
         };
-        let now = self.now_ms().max(last);
+        let clock = self.now_ms();
+        // A last time far ahead of the clock was stamped while the clock ran
+        // ahead (a glitch): carried forward, it would stamp every record
+        // after it with that time, and keep them young, for as long.
+        let now = if last > clock.saturating_add(crate::policy::FUTURE_TOLERANCE_MS) {
+            tracing::warn!(
+                last_ms = last,
+                clock_ms = clock,
+                "the newest record's creation time is ahead of the clock; \
+                 new records take the clock's time"
+            );
+            clock
+        } else {
+            clock.max(last)
+        };
         g.last_ms = Some(now);
         // Above the floor an import left (a restored store has a fresh generator).
         let floor = match g.floor {
