@@ -289,6 +289,19 @@ pub struct Store {
 
 impl Store {
     pub fn open(path: &Path, config: &StoreConfig, clock: Arc<dyn Clock>) -> Result<Store> {
+        if path.join(backup::IMPORT_MARKER).exists() {
+            return Err(Error::FailedPrecondition(format!(
+                "an import into {} is running or did not complete (killed?): the store \
+                 in it is partial. Run `stepcache import` into it again (it starts over) \
+                 or remove the directory",
+                path.display()
+            )));
+        }
+        Self::open_unchecked(path, config, clock)
+    }
+
+    /// `open` without refusing a partial import (for `import` itself).
+    fn open_unchecked(path: &Path, config: &StoreConfig, clock: Arc<dyn Clock>) -> Result<Store> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(config.cache_capacity)
