@@ -620,13 +620,10 @@ mod tests {
         (w.execution_id, w.output_artifact_ids[0])
     }
 
-    /// Prune leaves no index entry of a pruned execution or artifact behind:
-    /// by namespace, component, key, state, type, context (both ways), events.
-    #[test]
-    fn prune_removes_every_index_entry() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A store on a manual clock with one context in namespace `n`.
+    fn store_with_context(dir: &std::path::Path) -> (Store, Arc<ManualClock>, i64) {
         let clock = Arc::new(ManualClock::new(1_000_000));
-        let store = Store::open(dir.path(), &StoreConfig::default(), clock.clone()).unwrap();
+        let store = Store::open(dir, &StoreConfig::default(), clock.clone()).unwrap();
         let ctx = store
             .put_contexts(vec![Context {
                 namespace: "n".into(),
@@ -635,6 +632,15 @@ mod tests {
                 ..Default::default()
             }])
             .unwrap()[0];
+        (store, clock, ctx)
+    }
+
+    /// Prune leaves no index entry of a pruned execution or artifact behind:
+    /// by namespace, component, key, state, type, context (both ways), events.
+    #[test]
+    fn prune_removes_every_index_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, clock, ctx) = store_with_context(dir.path());
         let (_, a) = put(&store, "a", &[], ctx);
         let (b, _) = put(&store, "b", &[a], ctx);
         // A CACHED execution of b, associated too.
@@ -676,16 +682,7 @@ mod tests {
     #[test]
     fn a_later_prune_deletes_what_a_killed_one_left() {
         let dir = tempfile::tempdir().unwrap();
-        let clock = Arc::new(ManualClock::new(1_000_000));
-        let store = Store::open(dir.path(), &StoreConfig::default(), clock.clone()).unwrap();
-        let ctx = store
-            .put_contexts(vec![Context {
-                namespace: "n".into(),
-                r#type: "run".into(),
-                name: "r1".into(),
-                ..Default::default()
-            }])
-            .unwrap()[0];
+        let (store, clock, ctx) = store_with_context(dir.path());
         // The producer in the first batch, its consumer in the second.
         let (producer, a) = put(&store, "a", &[], ctx);
         for i in 0..PRUNE_BATCH {
