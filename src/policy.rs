@@ -52,6 +52,8 @@ pub enum Ineligible {
     OutputsDeleted,
     /// Invalidated by key, execution, artifact or component.
     Invalidated,
+    /// Written, but its flush has not completed (`store::unflushed`).
+    Unflushed,
 }
 
 impl Ineligible {
@@ -61,6 +63,7 @@ impl Ineligible {
             Ineligible::TtlExpired => "ttl expired (completion + cache_ttl has passed)",
             Ineligible::OutputsDeleted => "outputs deleted (an output artifact is not LIVE)",
             Ineligible::Invalidated => "invalidated",
+            Ineligible::Unflushed => "not yet durable (its write's flush has not completed)",
         }
     }
 }

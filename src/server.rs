@@ -140,6 +140,11 @@ pub async fn run(
     health
         .set_serving::<MetadataStoreServiceServer<Metadata>>()
         .await;
+    tokio::spawn(watch_writable(
+        Arc::downgrade(&shared.store),
+        health.clone(),
+        shared.shutdown.clone(),
+    ));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -211,6 +216,52 @@ pub async fn run(
     tracing::info!("stopped; store flushed");
     Ok(())
 }
+
+/// Health says NOT_SERVING (overall and for both services) while the store
+/// cannot make writes durable (a full or failing disk), SERVING again when
+/// it can; checked every `WRITABLE_EVERY`.
+async fn watch_writable(
+    store: std::sync::Weak<dyn Backend>,
+    health: tonic_health::server::HealthReporter,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(WRITABLE_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+        // Weak: the store closes at shutdown with the last strong handle.
+        let Some(probe) = store.upgrade() else { return };
+        // A check of a flag the write path sets (`Store::writable`).
+        let writable = probe.writable();
+        let status = match (&writable, serving) {
+            (Err(e), true) => {
+                tracing::error!(error = %e, "the store cannot write: health says NOT_SERVING");
+                Some(tonic_health::ServingStatus::NotServing)
+            }
+            (Ok(()), false) => {
+                tracing::info!("the store can write again: health says SERVING");
+                Some(tonic_health::ServingStatus::Serving)
+            }
+            _ => None,
+        };
+        if let Some(status) = status {
+            use tonic::server::NamedService;
+            for service in [
+                "",
+                CacheServiceServer::<Cache>::NAME,
+                MetadataStoreServiceServer::<Metadata>::NAME,
+            ] {
+                health.set_service_status(service, status).await;
+            }
+        }
+        serving = writable.is_ok();
+    }
+}
+
+/// How often health checks that the store can write.
+const WRITABLE_EVERY: Duration = Duration::from_secs(2);
 
 /// Returns to the OS the memory this thread freed but mimalloc kept.
 ///
