@@ -446,8 +446,8 @@ impl PgStore {
         let now = self.clock.now_ms();
         let n = i32::try_from(n).unwrap_or(i32::MAX);
         let row = c.query_one(
-            "WITH t AS (UPDATE id_clock SET last_ms = CASE WHEN last_ms > $1 + $3 THEN $1 \
-             ELSE GREATEST(last_ms, $1) END RETURNING last_ms) \
+            "WITH t AS (UPDATE id_clock SET last_ms = CASE WHEN last_ms > $1::bigint + $3::bigint \
+             THEN $1::bigint ELSE GREATEST(last_ms, $1::bigint) END RETURNING last_ms) \
              SELECT t.last_ms, ARRAY(SELECT nextval('ids') FROM generate_series(1, $2)) FROM t",
             &[&now, &n, &crate::policy::FUTURE_TOLERANCE_MS],
         )?;
@@ -1315,13 +1315,18 @@ impl Backend for PgStore {
     }
 
     fn prune(&self, ns: &str, older_than_ms: i64, dry_run: bool) -> Result<Pruned> {
-        let cutoff = self.clock.now_ms().saturating_sub(older_than_ms);
+        let now = self.clock.now_ms();
+        let cutoff = now.saturating_sub(older_than_ms);
+        // One stamped far ahead of the clock is as old as it is far ahead
+        // (`policy::age_ms`).
+        let ahead = now.saturating_add(older_than_ms.max(crate::policy::FUTURE_TOLERANCE_MS));
         let mut c = self.conn()?;
         let mut tx = c.transaction()?;
         let victims: Vec<i64> = tx
             .query(
-                "SELECT id FROM executions WHERE namespace = $1 AND created_ms < $2 FOR UPDATE",
-                &[&ns, &cutoff],
+                "SELECT id FROM executions WHERE namespace = $1 \
+                 AND (created_ms < $2 OR created_ms > $3) FOR UPDATE",
+                &[&ns, &cutoff, &ahead],
             )?
             .iter()
             .map(|r| col(r, 0))
