@@ -28,7 +28,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     fs::write(out.join("stepcache_descriptor.bin"), fds.encode_to_vec())?;
     let mut build = tonic_prost_build::configure()
         .generate_default_stubs(true)
-        .btree_map(".");
+        .btree_map(".")
+        // Undecodable requests are INVALID_ARGUMENT (src/proto/codec.rs).
+        .codec_path("crate::proto::codec::Codec");
     // Written by hand (the lookup request keeps its interface encoded, a hit's
     // stored bytes are spliced into the replies): the generated ones are
     // compiled out, and the services' code finds the hand-written ones under

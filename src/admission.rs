@@ -4,14 +4,21 @@
 //! thread and have a separate, larger limit. It also reports an oversized
 //! message as RESOURCE_EXHAUSTED, as grpc-go and grpc-java do (tonic's decoder
 //! says OUT_OF_RANGE).
+//!
+//! A request is admitted once its body has been received whole, not when its
+//! headers arrive: a client that sends headers and part of a body, then
+//! nothing, holds no admission capacity, and its request fails with
+//! DEADLINE_EXCEEDED once the body has taken longer than `body_timeout`.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
-use tokio::sync::Semaphore;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 use tower::{Layer, Service};
 
@@ -22,6 +29,8 @@ pub struct AdmissionLimits {
     pub max_in_flight: usize,
     /// WaitForCachedExecution calls waiting at once.
     pub max_waiters: usize,
+    /// Longest a request's body may take to arrive, from its headers.
+    pub body_timeout: Duration,
 }
 
 impl Default for AdmissionLimits {
@@ -29,6 +38,7 @@ impl Default for AdmissionLimits {
         AdmissionLimits {
             max_in_flight: 1024,
             max_waiters: 10_000,
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -80,7 +90,7 @@ fn is_wait(path: &str) -> bool {
 
 impl<S, B, ResBody> Service<Request<B>> for Admission<S>
 where
-    S: Service<Request<B>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S: Service<Request<Admitted<B>>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     ResBody: Default + Send + 'static,
@@ -109,12 +119,20 @@ where
                 "requests in flight",
             )
         };
-        let Ok(permit) = sem.clone().try_acquire_owned() else {
-            let status = Status::resource_exhausted(format!(
-                "server overloaded: {limit} {what} already (max_in_flight/max_waiters); retry with backoff"
-            ));
-            return Box::pin(std::future::ready(Ok(status.into_http())));
+        // The body takes the permit when it ends; the reply keeps it.
+        let permit = Arc::new(OnceLock::new());
+        let gate = Gate {
+            sem: sem.clone(),
+            limit,
+            what,
+            permit: permit.clone(),
         };
+        let req = req.map(|body| Admitted {
+            inner: body,
+            gate: Some(gate),
+            deadline: tokio::time::sleep(self.layer.limits.body_timeout),
+            timeout: self.layer.limits.body_timeout,
+        });
         // Take the ready service, leave a fresh clone for the next call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -124,6 +142,96 @@ where
             oversized_is_resource_exhausted(&mut resp);
             Ok(resp)
         })
+    }
+}
+
+/// Admission of one request, taken when its body ends.
+struct Gate {
+    sem: Arc<Semaphore>,
+    limit: usize,
+    what: &'static str,
+    /// Where the permit goes, held until the reply is ready.
+    permit: Arc<OnceLock<OwnedSemaphorePermit>>,
+}
+
+impl Gate {
+    fn admit(self) -> Result<(), Status> {
+        let permit = self.sem.try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "server overloaded: {} {} already (max_in_flight/max_waiters); retry with backoff",
+                self.limit, self.what
+            ))
+        })?;
+        let _ = self.permit.set(permit);
+        Ok(())
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body that admits its request when it ends (an error then:
+    /// RESOURCE_EXHAUSTED) and fails with DEADLINE_EXCEEDED when it has not
+    /// ended by its deadline. tonic answers a request whose body fails with
+    /// that error's status.
+    pub struct Admitted<B> {
+        #[pin]
+        inner: B,
+        gate: Option<Gate>,
+        #[pin]
+        deadline: tokio::time::Sleep,
+        timeout: Duration,
+    }
+}
+
+impl<B> Body for Admitted<B>
+where
+    B: Body,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Data = B::Data;
+    type Error = tonic::codegen::StdError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        if this.gate.is_none() {
+            return polled.map_err(Into::into);
+        }
+        let ended = match &polled {
+            Poll::Ready(None) => true,
+            Poll::Ready(Some(Ok(frame))) => frame.is_trailers(),
+            Poll::Ready(Some(Err(_))) => false,
+            Poll::Pending => {
+                if this.deadline.poll(cx).is_ready() {
+                    *this.gate = None;
+                    let status = Status::deadline_exceeded(format!(
+                        "the request body did not arrive within {:?} (body_timeout)",
+                        this.timeout
+                    ));
+                    return Poll::Ready(Some(Err(status.into())));
+                }
+                false
+            }
+        };
+        if ended {
+            if let Some(gate) = this.gate.take() {
+                if let Err(status) = gate.admit() {
+                    return Poll::Ready(Some(Err(status.into())));
+                }
+            }
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        // Not before it is admitted: the end must be polled for.
+        self.gate.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

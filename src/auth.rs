@@ -120,6 +120,14 @@ impl Caller {
         }
     }
 
+    /// NOT_FOUND, worded as for an ID that does not exist, unless the caller
+    /// may use `ns`, the namespace of the record (`kind` `id`) it asked for
+    /// by ID.
+    pub fn visible(&self, ns: &str, kind: &str, id: i64) -> Result<()> {
+        self.allow(ns)
+            .map_err(|_| Error::not_found(format!("{kind} {id} does not exist")))
+    }
+
     /// PERMISSION_DENIED unless the caller may use `ns`.
     pub fn allow(&self, ns: &str) -> Result<()> {
         match self.0.as_deref() {

@@ -112,6 +112,11 @@ pub trait Backend: Send + Sync {
     /// Flushes and stops background work; called at shutdown, with the last
     /// handle to the store.
     fn close(self: Arc<Self>) -> Result<()>;
+    /// Ok while the store can make writes durable (health says SERVING);
+    /// called every few seconds.
+    fn writable(&self) -> Result<()> {
+        Ok(())
+    }
     /// Fills the hits file now if it is empty (sled; see
     /// `Store::warm_hits`), for a benchmark that measures a settled server.
     fn fill_hits_file(&self) -> Result<()> {
@@ -126,10 +131,18 @@ impl Backend for Store {
     fn now_ms(&self) -> i64 {
         Store::now_ms(self)
     }
+    // Records of a PutExecution not yet durable are not there yet for
+    // clients (`store::unflushed`).
     fn execution(&self, id: i64, ns: Option<&str>) -> Result<Execution> {
+        if self.unflushed(id) {
+            return Err(crate::store::not_found("execution", id, ns));
+        }
         Store::execution(self, id, ns)
     }
     fn artifact(&self, id: i64, ns: Option<&str>) -> Result<Artifact> {
+        if self.unflushed(id) {
+            return Err(crate::store::not_found("artifact", id, ns));
+        }
         Store::artifact(self, id, ns)
     }
     fn put_artifacts(&self, artifacts: Vec<Artifact>) -> Result<Vec<i64>> {
@@ -256,6 +269,9 @@ impl Backend for Store {
     }
     fn fill_hits_file(&self) -> Result<()> {
         Store::fill_hits_file(self)
+    }
+    fn writable(&self) -> Result<()> {
+        Store::writable(self)
     }
     fn close(self: Arc<Self>) -> Result<()> {
         // Background work (`Store::warm_in_background`) lets go of its handle

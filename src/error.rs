@@ -75,13 +75,59 @@ impl From<Error> for Status {
                 "request rejected"
             );
         }
-        Status::new(code, e.to_string())
+        Status::new(code, bounded(e.to_string()))
     }
+}
+
+/// The longest error message sent, in bytes: messages quote inputs (names,
+/// tokens, IDs), and a reply must not echo a large input back whole.
+pub const MAX_MESSAGE_BYTES: usize = 512;
+
+/// `msg` cut to at most `MAX_MESSAGE_BYTES` (at a character boundary), saying
+/// how long it was when cut.
+pub fn bounded(mut msg: String) -> String {
+    if msg.len() > MAX_MESSAGE_BYTES {
+        let len = msg.len();
+        let mut cut = MAX_MESSAGE_BYTES - 40;
+        while !msg.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        msg.truncate(cut);
+        msg.push_str(&format!("... ({len} bytes in all)"));
+    }
+    msg
 }
 
 impl From<sled::Error> for Error {
     fn from(e: sled::Error) -> Self {
-        Error::Storage(e.to_string())
+        match &e {
+            sled::Error::Io(io) => disk_fault(io).unwrap_or_else(|| Error::Storage(e.to_string())),
+            _ => Error::Storage(e.to_string()),
+        }
+    }
+}
+
+/// A fault of the store's disk that an operator fixes (space, a disk that
+/// cannot be written), as the code that says so: RESOURCE_EXHAUSTED for a
+/// full disk, UNAVAILABLE for one that fails writes. By kind, not errno:
+/// sled hands later callers a copy of its first error, which keeps only the
+/// kind. sled keeps failing writes after such an error until the server
+/// restarts; the message says so.
+pub fn disk_fault(e: &std::io::Error) -> Option<Error> {
+    use std::io::ErrorKind;
+    let fix = "free space or fix the disk, then restart the server \
+               (writes fail until then)";
+    match e.kind() {
+        ErrorKind::StorageFull | ErrorKind::QuotaExceeded => Some(Error::ResourceExhausted(
+            format!("the store's disk is full ({e}): {fix}"),
+        )),
+        ErrorKind::ReadOnlyFilesystem => Some(Error::Unavailable(format!(
+            "the store's disk cannot be written ({e}): {fix}"
+        ))),
+        _ if e.raw_os_error() == Some(libc::EIO) => Some(Error::Unavailable(format!(
+            "the store's disk cannot be written ({e}): {fix}"
+        ))),
+        _ => None,
     }
 }
 
@@ -103,5 +149,40 @@ impl From<prost::DecodeError> for Error {
 impl From<tokio::task::JoinError> for Error {
     fn from(e: tokio::task::JoinError) -> Self {
         Error::Internal(format!("blocking task failed: {e}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disk_faults_have_their_codes() {
+        let sled_io =
+            |errno| Error::from(sled::Error::Io(std::io::Error::from_raw_os_error(errno)));
+        assert_eq!(sled_io(libc::ENOSPC).code(), Code::ResourceExhausted);
+        assert_eq!(sled_io(libc::EROFS).code(), Code::Unavailable);
+        assert_eq!(sled_io(libc::EIO).code(), Code::Unavailable);
+        assert_eq!(sled_io(libc::EBADF).code(), Code::Internal);
+        assert!(sled_io(libc::ENOSPC).to_string().contains("restart"));
+        // sled's copy of its first error keeps only the kind.
+        let copied = std::io::Error::new(std::io::ErrorKind::StorageFull, "Os { code: 28 }");
+        assert_eq!(
+            Error::from(sled::Error::Io(copied)).code(),
+            Code::ResourceExhausted
+        );
+    }
+
+    #[test]
+    fn long_messages_are_cut() {
+        let s = Status::from(Error::invalid("é".repeat(10_000)));
+        assert!(
+            s.message().len() <= MAX_MESSAGE_BYTES,
+            "{}",
+            s.message().len()
+        );
+        assert!(s.message().ends_with("(20000 bytes in all)"));
+        let short = Status::from(Error::invalid("short"));
+        assert_eq!(short.message(), "short");
     }
 }

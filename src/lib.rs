@@ -5,6 +5,7 @@ pub mod auth;
 pub mod backend;
 pub mod cli;
 pub mod clock;
+pub mod connections;
 pub mod error;
 pub mod json;
 pub mod key;
@@ -26,6 +27,7 @@ pub mod validate;
 pub mod proto {
     tonic::include_proto!("stepcache.v1");
 
+    pub mod codec;
     mod decoding;
     mod lookup_reply;
     mod lookup_request;

@@ -37,6 +37,8 @@ enum LogFormat {
     Json,
 }
 
+// Parsed once at start: the size of `Serve`, the largest, does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Run the gRPC server on the embedded sled store (or on PostgreSQL with --store).
@@ -99,6 +101,22 @@ enum Command {
         /// WaitForCachedExecution calls waiting at once.
         #[arg(long, default_value_t = 10_000)]
         max_waiters: usize,
+        /// Longest a request's body may take to arrive (then DEADLINE_EXCEEDED);
+        /// a request is admitted under --max-in-flight only once it has.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        body_timeout: std::time::Duration,
+        /// Connections open at once; more are closed when accepted. Default:
+        /// 3/4 of the open-file limit, at most 10000.
+        #[arg(long)]
+        max_connections: Option<usize>,
+        /// Close a connection that has sent nothing for this long (the server
+        /// pings every connection more often than that, so only a peer that
+        /// does not speak HTTP/2 or has gone silent is closed).
+        #[arg(long, default_value = "120s", value_parser = humantime::parse_duration)]
+        idle_timeout: std::time::Duration,
+        /// Calls open at once on one HTTP/2 connection (MAX_CONCURRENT_STREAMS).
+        #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+        max_streams_per_connection: u32,
         /// Bearer tokens file (lines `TOKEN NS[,NS...]` or `TOKEN *`); auth is off without it.
         #[arg(long)]
         auth_tokens: Option<PathBuf>,
@@ -116,6 +134,10 @@ enum Command {
         /// e.g. 127.0.0.1:9464.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        /// Label metrics by namespace even with --auth-tokens (the metrics
+        /// listener has no auth; with auth on, they show totals only).
+        #[arg(long)]
+        metrics_namespaces: bool,
     },
     /// Write a backup of a stopped server's store to stdout (or --output).
     Export {
@@ -296,11 +318,16 @@ fn main() -> anyhow::Result<()> {
             max_string_bytes,
             max_in_flight,
             max_waiters,
+            body_timeout,
+            max_connections,
+            idle_timeout,
+            max_streams_per_connection,
             auth_tokens,
             tls_cert,
             tls_key,
             log_format,
             metrics_listen,
+            metrics_namespaces,
         } => {
             init_logs(log_format);
             let mut config = Config::new(data_dir);
@@ -313,6 +340,7 @@ fn main() -> anyhow::Result<()> {
                 None => {}
             }
             config.metrics_listen = metrics_listen;
+            config.metrics_namespaces_with_auth = metrics_namespaces;
             config.store.cache_capacity = cache_capacity_mb * 1024 * 1024;
             config.store.hot_hits = hot_hits;
             config.store.hit_log_bytes = hit_log_mb * 1024 * 1024;
@@ -326,6 +354,12 @@ fn main() -> anyhow::Result<()> {
             config.limits.max_string_bytes = max_string_bytes;
             config.admission.max_in_flight = max_in_flight.max(1);
             config.admission.max_waiters = max_waiters.max(1);
+            config.admission.body_timeout = body_timeout;
+            if let Some(n) = max_connections {
+                config.connections.max_connections = n.max(1);
+            }
+            config.connections.idle_timeout = idle_timeout.max(std::time::Duration::from_secs(1));
+            config.connections.max_streams_per_connection = max_streams_per_connection;
             if let Some(path) = auth_tokens {
                 let text = std::fs::read_to_string(&path)
                     .with_context(|| format!("reading {}", path.display()))?;

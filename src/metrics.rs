@@ -50,6 +50,10 @@ pub struct RpcLabels {
     pub code: &'static str,
 }
 
+/// The namespace label of counts over every namespace, when the metrics do
+/// not name namespaces (`Config::metrics_namespaces`).
+pub const ALL_NAMESPACES: &str = "*";
+
 /// Labels of the per-namespace lookup counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct LookupLabels {
@@ -142,6 +146,8 @@ struct Inner {
     store: Weak<dyn Backend>,
     /// One scrape at a time sets the scrape-time gauges.
     scrape: Mutex<()>,
+    /// Whether reservations are counted per namespace (else all as one).
+    label_namespaces: bool,
 }
 
 /// The registry and the metrics the server updates. Cheap to clone.
@@ -151,7 +157,10 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(store: &Arc<dyn Backend>, stats: &Stats) -> Metrics {
+    /// The metrics of a server; `label_namespaces`: whether per-namespace
+    /// counts name their namespace (else one count over all, labelled
+    /// `ALL_NAMESPACES`).
+    pub fn new(store: &Arc<dyn Backend>, stats: &Stats, label_namespaces: bool) -> Metrics {
         let mut registry = Registry::with_prefix("stepcache");
         let requests = Family::<RpcLabels, Counter>::default();
         registry.register(
@@ -198,6 +207,7 @@ impl Metrics {
                 writes,
                 store: Arc::downgrade(store),
                 scrape: Mutex::new(()),
+                label_namespaces,
             }),
         }
     }
@@ -242,10 +252,15 @@ impl Metrics {
                 Ok(held) => {
                     inner.reservations.clear();
                     for (namespace, n) in held {
+                        let namespace = if inner.label_namespaces {
+                            namespace
+                        } else {
+                            ALL_NAMESPACES.to_string()
+                        };
                         inner
                             .reservations
                             .get_or_create(&NamespaceLabels { namespace })
-                            .set(n);
+                            .inc_by(n);
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "metrics: cannot count reservations"),
@@ -301,7 +316,7 @@ pub async fn start(
     config: &Config,
     shared: &Shared,
 ) -> anyhow::Result<(Metrics, Option<JoinHandle<()>>)> {
-    let metrics = Metrics::new(&shared.store, &shared.stats);
+    let metrics = Metrics::new(&shared.store, &shared.stats, config.metrics_namespaces());
     let Some(addr) = config.metrics_listen else {
         return Ok((metrics, None));
     };

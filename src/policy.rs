@@ -53,6 +53,8 @@ pub enum Ineligible {
     OutputsDeleted,
     /// Invalidated by key, execution, artifact or component.
     Invalidated,
+    /// Written, but its flush has not completed (`store::unflushed`).
+    Unflushed,
 }
 
 impl Ineligible {
@@ -62,6 +64,7 @@ impl Ineligible {
             Ineligible::TtlExpired => "ttl expired (completion + cache_ttl has passed)",
             Ineligible::OutputsDeleted => "outputs deleted (an output artifact is not LIVE)",
             Ineligible::Invalidated => "invalidated",
+            Ineligible::Unflushed => "not yet durable (its write's flush has not completed)",
         }
     }
 }
@@ -75,6 +78,23 @@ pub struct Candidate {
     pub invalidated: bool,
 }
 
+/// How far ahead of the clock a recorded time may be and still count as
+/// "now" (clocks of replicas differ a little).
+pub const FUTURE_TOLERANCE_MS: i64 = 60_000;
+
+/// The age at `now_ms` of something recorded at `then_ms`. A time further
+/// ahead than `FUTURE_TOLERANCE_MS` (written while the clock ran ahead) is
+/// as old as it is far ahead, so that it does not stay young, and servable
+/// under any TTL, until the clock catches up.
+pub fn age_ms(now_ms: i64, then_ms: i64) -> i64 {
+    let age = now_ms.saturating_sub(then_ms);
+    if age < -FUTURE_TOLERANCE_MS {
+        age.saturating_neg()
+    } else {
+        age.max(0)
+    }
+}
+
 /// Whether a candidate may be served at `now_ms` under `max_staleness_ms`.
 pub fn eligibility(
     c: &Candidate,
@@ -84,7 +104,7 @@ pub fn eligibility(
     if c.invalidated {
         return Err(Ineligible::Invalidated);
     }
-    let age = now_ms.saturating_sub(c.completed_ms);
+    let age = age_ms(now_ms, c.completed_ms);
     if matches!(max_staleness_ms, Some(max) if age > max) {
         return Err(Ineligible::Stale);
     }

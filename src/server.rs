@@ -4,6 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_stream::StreamExt;
@@ -15,7 +16,8 @@ use tonic::transport::{Identity, Server, ServerTlsConfig};
 use crate::admission::{AdmissionLayer, AdmissionLimits};
 use crate::auth::{Authenticate, Tokens};
 use crate::backend::Backend;
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{Clock, SteadyClock};
+use crate::connections::{self, ConnectionLimits};
 use crate::metrics;
 use crate::pg::PgStore;
 use crate::pool::Pool;
@@ -42,9 +44,14 @@ pub struct Config {
     pub clock: Arc<dyn Clock>,
     /// Serve Prometheus metrics on this address (None: off).
     pub metrics_listen: Option<SocketAddr>,
+    /// Name namespaces in the metrics even with auth on (they are named
+    /// when auth is off). Off: with auth on, the metrics listener, which
+    /// has no auth of its own, shows no namespace names, only totals.
+    pub metrics_namespaces_with_auth: bool,
     /// Where the metrics listener was bound (set by `run`; useful with port 0).
     pub metrics_addr: Arc<OnceLock<SocketAddr>>,
     pub admission: AdmissionLimits,
+    pub connections: ConnectionLimits,
     /// Threads of the read pool (see `pool`); 0: each read takes a tokio
     /// blocking thread.
     pub read_threads: usize,
@@ -71,15 +78,22 @@ impl Config {
             store: StoreConfig::default(),
             store_url: None,
             limits: Limits::default(),
-            clock: Arc::new(SystemClock),
+            clock: Arc::new(SteadyClock::new()),
             admission: AdmissionLimits::default(),
+            connections: ConnectionLimits::default(),
             read_threads: Pool::default_read_threads(),
             write_threads: Pool::DEFAULT_WRITE_THREADS,
             auth: None,
             tls: None,
             metrics_listen: None,
+            metrics_namespaces_with_auth: false,
             metrics_addr: Arc::default(),
         }
+    }
+
+    /// Whether the metrics name namespaces: with auth off, or when asked to.
+    pub fn metrics_namespaces(&self) -> bool {
+        self.auth.is_none() || self.metrics_namespaces_with_auth
     }
 }
 
@@ -101,7 +115,9 @@ pub async fn run(
     let shared = Shared {
         store,
         limits: Arc::new(config.limits.clone()),
-        stats: Arc::default(),
+        stats: Arc::new(crate::service::stats::Stats::new(
+            config.metrics_namespaces(),
+        )),
         waiters: Arc::new(Waiters::default()),
         shutdown: stopping_rx,
         reads: match config.read_threads {
@@ -126,6 +142,11 @@ pub async fn run(
     health
         .set_serving::<MetadataStoreServiceServer<Metadata>>()
         .await;
+    tokio::spawn(watch_writable(
+        Arc::downgrade(&shared.store),
+        health.clone(),
+        shared.shutdown.clone(),
+    ));
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -166,10 +187,18 @@ pub async fn run(
     // Nagle + delayed ACK (~40 ms), which showed as wake-up latency. Each
     // connection reports no vectored writes, so that h2 copies replies below
     // 1 KiB into one write buffer (`transport`).
+    let conn = config.connections;
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
-        .map(|accepted| accepted.map(CopyingWrites::new));
-    let mut builder = Server::builder();
+        .with_keepalive(Some(Duration::from_secs(60)));
+    let incoming =
+        connections::limited(incoming, conn).map(|accepted| accepted.map(CopyingWrites::new));
+    // The pings keep a live client's connection from going idle.
+    let keepalive = conn.keepalive_interval.min(conn.idle_timeout / 2);
+    let mut builder = Server::builder()
+        .max_concurrent_streams(conn.max_streams_per_connection)
+        .http2_keepalive_interval(Some(keepalive))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     if let Some(tls) = &config.tls {
         builder = builder
             .tls_config(ServerTlsConfig::new().identity(Identity::from_pem(&tls.cert, &tls.key)))?;
@@ -192,6 +221,52 @@ pub async fn run(
     tracing::info!("stopped; store flushed");
     Ok(())
 }
+
+/// Health says NOT_SERVING (overall and for both services) while the store
+/// cannot make writes durable (a full or failing disk), SERVING again when
+/// it can; checked every `WRITABLE_EVERY`.
+async fn watch_writable(
+    store: std::sync::Weak<dyn Backend>,
+    health: tonic_health::server::HealthReporter,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut serving = true;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(WRITABLE_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+        // Weak: the store closes at shutdown with the last strong handle.
+        let Some(probe) = store.upgrade() else { return };
+        // A check of a flag the write path sets (`Store::writable`).
+        let writable = probe.writable();
+        let status = match (&writable, serving) {
+            (Err(e), true) => {
+                tracing::error!(error = %e, "the store cannot write: health says NOT_SERVING");
+                Some(tonic_health::ServingStatus::NotServing)
+            }
+            (Ok(()), false) => {
+                tracing::info!("the store can write again: health says SERVING");
+                Some(tonic_health::ServingStatus::Serving)
+            }
+            _ => None,
+        };
+        if let Some(status) = status {
+            use tonic::server::NamedService;
+            for service in [
+                "",
+                CacheServiceServer::<Cache>::NAME,
+                MetadataStoreServiceServer::<Metadata>::NAME,
+            ] {
+                health.set_service_status(service, status).await;
+            }
+        }
+        serving = writable.is_ok();
+    }
+}
+
+/// How often health checks that the store can write.
+const WRITABLE_EVERY: Duration = Duration::from_secs(2);
 
 /// Returns to the OS the memory this thread freed but mimalloc kept.
 ///

@@ -123,14 +123,16 @@ pub fn optional_id(id: i64, field: &str) -> Result<Option<i64>> {
     }
 }
 
-/// Context IDs of a request: positive, at most `max_interface_entries`,
-/// duplicates dropped (first occurrence kept).
-pub fn context_ids(ids: &[i64], field: &str, limits: &Limits) -> Result<Vec<i64>> {
+/// The IDs of a request (context IDs, the IDs of a Get call): positive, at
+/// most `max_interface_entries`, duplicates dropped (first occurrence kept),
+/// so that a request's cost follows its distinct IDs.
+pub fn ids(ids: &[i64], field: &str, limits: &Limits) -> Result<Vec<i64>> {
     count(ids.len(), field, limits)?;
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
     let mut out: Vec<i64> = Vec::with_capacity(ids.len());
     for (i, id) in ids.iter().enumerate() {
         positive_id(*id, format_args!("{field}[{i}]"))?;
-        if !out.contains(id) {
+        if seen.insert(*id) {
             out.push(*id);
         }
     }
@@ -427,7 +429,7 @@ pub fn execution_write(req: PutExecutionRequest, limits: &Limits) -> Result<Exec
     if !req.reservation_owner.is_empty() {
         crate::reservations::owner(&req.reservation_owner, "reservation_owner")?;
     }
-    let context_ids = context_ids(&req.context_ids, "context_ids", limits)?;
+    let context_ids = ids(&req.context_ids, "context_ids", limits)?;
     Ok(ExecutionWrite {
         context_ids,
         execution: e,
@@ -511,12 +513,9 @@ mod tests {
         );
         // An update may leave type and name out.
         assert!(context(Context { id: 5, ..unnamed }, "c", &l).is_ok());
-        assert_eq!(
-            context_ids(&[3, 1, 3], "context_ids", &l).unwrap(),
-            vec![3, 1]
-        );
+        assert_eq!(ids(&[3, 1, 3], "context_ids", &l).unwrap(), vec![3, 1]);
         assert!(
-            matches!(context_ids(&[1, 0], "context_ids", &l), Err(Error::InvalidArgument(m)) if m.contains("context_ids[1]"))
+            matches!(ids(&[1, 0], "context_ids", &l), Err(Error::InvalidArgument(m)) if m.contains("context_ids[1]"))
         );
         let ts = |s| prost_types::Timestamp {
             seconds: s,

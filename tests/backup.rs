@@ -368,3 +368,74 @@ fn damaged_backups_are_refused() {
     assert!(err.contains("no stepcache store"), "{err}");
     assert!(!root.path().join("nothing").exists());
 }
+
+#[test]
+fn a_killed_import_leaves_a_store_nothing_serves_until_imported_again() {
+    if on_postgres("export/import read a sled data directory (PostgreSQL: pg_dump)") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let (a, b) = (root.path().join("a"), root.path().join("b"));
+    // A store of some 30,000 records: more than one batch of an import.
+    {
+        let store = stepcache::store::Store::open(
+            &a,
+            &Default::default(),
+            std::sync::Arc::new(stepcache::clock::SystemClock),
+        )
+        .unwrap();
+        let artifacts = (0..8000)
+            .map(|i| Artifact {
+                namespace: "d".into(),
+                r#type: "system.Dataset".into(),
+                uri: format!("mem://{i}"),
+                ..Default::default()
+            })
+            .collect();
+        store.put_artifacts(artifacts).unwrap();
+        store.close().unwrap();
+    }
+    let (ok, backup, err) = stepcache(&["export", "--data-dir", path(&a)], b"");
+    assert!(ok, "{err}");
+
+    // Killed with most of the backup read.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stepcache"))
+        .args(["import", "--data-dir", path(&b)])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(&backup[..backup.len() * 3 / 4]).unwrap();
+    input.flush().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(input);
+    assert!(b.join(stepcache::store::backup::IMPORT_MARKER).exists());
+
+    // Neither check nor serve takes the directory.
+    let (ok, out, err) = stepcache(&["check", "--data-dir", path(&b)], b"");
+    assert!(!ok, "{}", String::from_utf8_lossy(&out));
+    assert!(err.contains("import"), "{err}");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let opened = rt.block_on(stepcache::server::open_store(
+        &stepcache::server::Config::new(&b),
+    ));
+    let Err(e) = opened else {
+        panic!("serve opened a partial import")
+    };
+    assert!(e.to_string().contains("import"), "{e}");
+
+    // Imported again: whole.
+    let (ok, _, err) = stepcache(&["import", "--data-dir", path(&b)], &backup);
+    assert!(ok, "{err}");
+    assert!(!b.join(stepcache::store::backup::IMPORT_MARKER).exists());
+    let (ok, out, err) = stepcache(&["check", "--data-dir", path(&b)], b"");
+    assert!(ok, "{err}");
+    let out = String::from_utf8_lossy(&out);
+    assert!(
+        out.contains("8000 artifacts") && out.contains("0 problems"),
+        "{out}"
+    );
+}

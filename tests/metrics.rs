@@ -45,23 +45,25 @@ fn rpc(name: &str, method: &str, code: &str) -> String {
     format!("{name}{{method=\"{method}\",code=\"{code}\"}}")
 }
 
-#[tokio::test]
-async fn scrape_after_traffic_counts_every_call() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(dir.path());
+/// A server with metrics on; the metrics listener's address.
+async fn start_with_metrics(mut config: Config) -> (TestServer, SocketAddr) {
     config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
     let bound = config.metrics_addr.clone();
     let server = TestServer::start_with(config).await;
     // The gRPC listener accepts before `run` gets to bind the metrics one.
-    let mut addr = None;
     for _ in 0..500 {
-        addr = bound.get().copied();
-        if addr.is_some() {
-            break;
+        if let Some(addr) = bound.get().copied() {
+            return (server, addr);
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let addr = addr.expect("the metrics listener is bound");
+    panic!("the metrics listener is not bound");
+}
+
+#[tokio::test]
+async fn scrape_after_traffic_counts_every_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, addr) = start_with_metrics(Config::new(dir.path())).await;
     let mut cache = server.cache().await;
     let mut meta = server.meta().await;
 
@@ -202,4 +204,133 @@ async fn metrics_are_off_by_default() {
     let server = TestServer::start_with(config).await;
     assert!(bound.get().is_none());
     server.stop().await;
+}
+
+/// Sends `body` as the request message of `path`, as it is.
+async fn raw_call(server: &TestServer, path: &'static str, body: Vec<u8>) -> tonic::Status {
+    let mut grpc = tonic::client::Grpc::new(server.channel().await);
+    grpc.ready().await.unwrap();
+    let path = http::uri::PathAndQuery::from_static(path);
+    grpc.unary(tonic::Request::new(body), path, RawCodec)
+        .await
+        .unwrap_err()
+}
+
+/// Encodes a request as the bytes given; decodes no reply (none is expected).
+#[derive(Clone, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use prost::bytes::BufMut;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = ();
+    type Encoder = RawEncoder;
+    type Decoder = tonic_prost::ProstDecoder<()>;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> Self::Decoder {
+        Default::default()
+    }
+}
+
+#[tokio::test]
+async fn undecodable_requests_are_invalid_argument_and_no_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, addr) = start_with_metrics(Config::new(dir.path())).await;
+    // A field number 0, a truncated varint, a length past the end.
+    let garbage: [&[u8]; 3] = [&[0x00, 0x01], &[0x08, 0xff], &[0x0a, 0x7f, 0x01]];
+    let methods = [
+        GET_CACHED,
+        PUT_EXECUTION,
+        GET_EXECUTIONS,
+        "/stepcache.v1.MetadataStoreService/ListExecutions",
+        "/stepcache.v1.CacheService/WaitForCachedExecution",
+    ];
+    for path in methods {
+        for body in garbage {
+            let s = raw_call(&server, path, body.to_vec()).await;
+            assert_eq!(s.code(), tonic::Code::InvalidArgument, "{path}: {s:?}");
+            assert!(s.message().contains("undecodable"), "{path}: {s:?}");
+        }
+    }
+    let (_, body) = http_get(addr, "/metrics").await;
+    let s = samples(&body);
+    let req = "stepcache_grpc_requests_total";
+    for path in methods {
+        assert_eq!(
+            s.get(&rpc(req, path, "INVALID_ARGUMENT")),
+            Some(&3.0),
+            "{body}"
+        );
+        assert_eq!(s.get(&rpc(req, path, "INTERNAL")), None, "{body}");
+    }
+    server.stop().await;
+}
+
+/// Lookup counts and reservations held, by namespace label, after one
+/// reserving lookup in team-a through a token.
+async fn namespace_labels(label_with_auth: bool) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = Config::new(dir.path());
+    config.auth = Some(std::sync::Arc::new(
+        stepcache::auth::Tokens::parse("tok-a team-a\n").unwrap(),
+    ));
+    config.metrics_namespaces_with_auth = label_with_auth;
+    let (server, addr) = start_with_metrics(config).await;
+    let mut req = lookup_req("team-a", &iface("train", &[], &[]));
+    req.reservation = Some(ReservationRequest {
+        owner: "w".into(),
+        lease: None,
+    });
+    let mut req = tonic::Request::new(req);
+    req.metadata_mut()
+        .insert("authorization", "Bearer tok-a".parse().unwrap());
+    let r = server
+        .cache()
+        .await
+        .get_cached_execution(req)
+        .await
+        .unwrap();
+    assert_eq!(r.into_inner().outcome, Outcome::Reserved as i32);
+    let (_, body) = http_get(addr, "/metrics").await;
+    server.stop().await;
+    samples(&body)
+        .into_iter()
+        .filter(|(k, _)| k.contains("namespace="))
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn with_auth_on_metrics_name_no_namespace_unless_asked() {
+    assert_eq!(
+        namespace_labels(false).await,
+        [
+            "stepcache_cache_lookups_total{namespace=\"*\",outcome=\"miss\"} 1",
+            "stepcache_reservations_held{namespace=\"*\"} 1",
+        ]
+    );
+    assert_eq!(
+        namespace_labels(true).await,
+        [
+            "stepcache_cache_lookups_total{namespace=\"team-a\",outcome=\"miss\"} 1",
+            "stepcache_reservations_held{namespace=\"team-a\"} 1",
+        ]
+    );
 }

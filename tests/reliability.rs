@@ -403,6 +403,7 @@ async fn overload_sheds_quickly_and_health_still_answers() {
     config.admission = AdmissionLimits {
         max_in_flight: 8,
         max_waiters: 4,
+        ..Default::default()
     };
     let server = TestServer::start_with(config).await;
     let channel = server.channel().await;
@@ -568,18 +569,46 @@ async fn auth_outcomes(channel: Channel) {
         .await
         .unwrap()
         .into_inner();
-    // Records of a namespace the token may not use are denied by ID too.
+    // A record of a namespace the token may not use is NOT_FOUND by ID, as
+    // an ID that does not exist is: IDs do not reveal other namespaces.
+    let missing = put.execution_id + 1000;
+    for (id, other) in [(put.execution_id, missing), (missing, put.execution_id)] {
+        let get = |id| {
+            with_token(
+                GetExecutionsRequest {
+                    ids: vec![id],
+                    ..Default::default()
+                },
+                "tok-b",
+            )
+        };
+        let err = meta.get_executions(get(id)).await.unwrap_err();
+        assert_eq!(err.code(), Code::NotFound);
+        let other_err = meta.get_executions(get(other)).await.unwrap_err();
+        assert_eq!(
+            err.message().replace(&id.to_string(), "ID"),
+            other_err.message().replace(&other.to_string(), "ID"),
+            "the same answer for another namespace's ID and a missing one"
+        );
+    }
+    let artifacts = GetArtifactsRequest {
+        ids: put.output_artifact_ids.clone(),
+        ..Default::default()
+    };
     let err = meta
-        .get_executions(with_token(
-            GetExecutionsRequest {
-                ids: vec![put.execution_id],
-                ..Default::default()
-            },
-            "tok-b",
-        ))
+        .get_artifacts(with_token(artifacts, "tok-b"))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(err.code(), Code::NotFound);
+    let events = GetEventsRequest {
+        execution_ids: vec![put.execution_id],
+        ..Default::default()
+    };
+    let err = meta
+        .get_events(with_token(events, "tok-b"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound);
     let ok = meta
         .get_executions(with_token(
             GetExecutionsRequest {
@@ -599,7 +628,7 @@ async fn auth_outcomes(channel: Channel) {
         .get_lineage(with_token(lineage, "tok-b"))
         .await
         .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(err.code(), Code::NotFound);
     assert!(meta.get_lineage(with_token(lineage, "tok-a")).await.is_ok());
     let list = ListContextsRequest {
         namespace: "team-a".into(),

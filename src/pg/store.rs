@@ -439,15 +439,17 @@ impl PgStore {
     }
 
     /// `n` new IDs and the creation time of the records they name, never
-    /// earlier than that of an ID allocated before by any replica: one
+    /// earlier than that of an ID allocated before by any replica (unless that
+    /// one is far ahead of the clock, as `Store::allocate` says): one
     /// statement takes the `id_clock` row and the sequence values together.
     fn allocate(&self, c: &mut Conn<'_>, n: usize) -> Result<(i64, Ids)> {
         let now = self.clock.now_ms();
         let n = i32::try_from(n).unwrap_or(i32::MAX);
         let row = c.query_one(
-            "WITH t AS (UPDATE id_clock SET last_ms = GREATEST(last_ms, $1) RETURNING last_ms) \
+            "WITH t AS (UPDATE id_clock SET last_ms = CASE WHEN last_ms > $1::bigint + $3::bigint \
+             THEN $1::bigint ELSE GREATEST(last_ms, $1::bigint) END RETURNING last_ms) \
              SELECT t.last_ms, ARRAY(SELECT nextval('ids') FROM generate_series(1, $2)) FROM t",
-            &[&now, &n],
+            &[&now, &n, &crate::policy::FUTURE_TOLERANCE_MS],
         )?;
         Ok((
             col(&row, 0)?,
@@ -1313,13 +1315,18 @@ impl Backend for PgStore {
     }
 
     fn prune(&self, ns: &str, older_than_ms: i64, dry_run: bool) -> Result<Pruned> {
-        let cutoff = self.clock.now_ms().saturating_sub(older_than_ms);
+        let now = self.clock.now_ms();
+        let cutoff = now.saturating_sub(older_than_ms);
+        // One stamped far ahead of the clock is as old as it is far ahead
+        // (`policy::age_ms`).
+        let ahead = now.saturating_add(older_than_ms.max(crate::policy::FUTURE_TOLERANCE_MS));
         let mut c = self.conn()?;
         let mut tx = c.transaction()?;
         let victims: Vec<i64> = tx
             .query(
-                "SELECT id FROM executions WHERE namespace = $1 AND created_ms < $2 FOR UPDATE",
-                &[&ns, &cutoff],
+                "SELECT id FROM executions WHERE namespace = $1 \
+                 AND (created_ms < $2 OR created_ms > $3) FOR UPDATE",
+                &[&ns, &cutoff, &ahead],
             )?
             .iter()
             .map(|r| col(r, 0))

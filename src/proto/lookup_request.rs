@@ -79,22 +79,31 @@ impl Message for GetCachedExecutionRequest {
             1 => string::merge(wire_type, &mut self.namespace, buf, ctx).map_err(at("namespace")),
             2 => {
                 // The bytes, as `bytes::merge` reads a bytes field. A second
-                // interface field merges into the first, as two encodings
-                // concatenated do; one after a cache_key replaces it.
+                // interface field merges into the first, as the generated
+                // type merges it: decoded, each part into the message, so
+                // that a request of many parts decodes in linear time (the
+                // parts' bytes concatenated would copy the whole prefix per
+                // part). One after a cache_key replaces it.
                 let mut more = Bytes::new();
                 bytes::merge(wire_type, &mut more, buf, ctx).map_err(at("target"))?;
                 let earlier = match self.target.take() {
-                    Some(Target::Interface(ti)) => Bytes::from(ti.encode_to_vec()),
-                    _ => std::mem::take(&mut self.interface_bytes),
+                    Some(Target::Interface(ti)) => Some(ti),
+                    _ if self.interface_bytes.is_empty() => None,
+                    _ => Some(
+                        TaskInterface::decode(std::mem::take(&mut self.interface_bytes))
+                            .map_err(at("target"))?,
+                    ),
                 };
-                self.interface_bytes = if earlier.is_empty() {
-                    more
-                } else {
-                    Bytes::from([&earlier[..], &more[..]].concat())
-                };
-                if self.interface_bytes.is_empty() {
+                match earlier {
+                    Some(mut ti) => {
+                        ti.merge(more).map_err(at("target"))?;
+                        self.target = Some(Target::Interface(ti));
+                    }
                     // An empty interface is still the interface target.
-                    self.target = Some(Target::Interface(TaskInterface::default()));
+                    None if more.is_empty() => {
+                        self.target = Some(Target::Interface(TaskInterface::default()));
+                    }
+                    None => self.interface_bytes = more,
                 }
                 Ok(())
             }

@@ -2,12 +2,15 @@
 
 use std::collections::BTreeMap;
 
+use prost::bytes::Bytes;
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use tokio::time::{Duration, Instant};
 
 use super::{Shared, Work};
 use crate::auth::Caller;
+use crate::backend::Backend;
 use crate::clock::timestamp;
 use crate::error::{Error, Result};
 use crate::key::{self, CacheKey};
@@ -21,7 +24,7 @@ use crate::proto::{
     ExtendReservationResponse, GarbageCollectCacheRequest, GarbageCollectCacheResponse,
     GetCacheStatsRequest, GetCacheStatsResponse, GetCachedExecutionRequest,
     GetCachedExecutionResponse, InvalidateCacheRequest, InvalidateCacheResponse, Outcome,
-    ReleaseReservationRequest, ReleaseReservationResponse, Reservation,
+    ReleaseReservationRequest, ReleaseReservationResponse, Reservation, TaskInterface,
     WaitForCachedExecutionRequest, WaitForCachedExecutionResponse,
 };
 use crate::reservations::{self, Holder, Step, Waited};
@@ -108,8 +111,7 @@ impl CacheService for Cache {
             }));
         }
         let stats_ns = ns.clone();
-        let context_ids =
-            validate::context_ids(&req.context_ids, "context_ids", &self.shared.limits)?;
+        let context_ids = validate::ids(&req.context_ids, "context_ids", &self.shared.limits)?;
         // The CACHED execution consumed what the looking-up task names as its
         // inputs (with ignore_inputs, they may differ from the original's).
         let inputs: Option<BTreeMap<String, Vec<i64>>> = match &req.target {
@@ -121,6 +123,8 @@ impl CacheService for Cache {
             ),
             _ => None,
         };
+        // What names the inputs, checked to exist when the lookup does not hit.
+        let (target, encoded) = (req.target.take(), std::mem::take(&mut req.interface_bytes));
         // A hit served from memory needs no thread (unless it records); a
         // lookup that neither records nor reserves only reads.
         let hot = self.shared.store.lookup_hot(&ns, &key, max_staleness);
@@ -141,10 +145,21 @@ impl CacheService for Cache {
                         })?;
                     }
                 }
+                // A hit's inputs existed when it was put; any other answer
+                // first checks that they exist (before a reservation is taken).
                 let claimed = match (hot, &ask) {
                     (Some(Lookup::Hit(hit)), _) => Claimed::Hit(hit),
-                    (_, None) => store.lookup(&ns, &key, max_staleness)?.into(),
-                    (_, Some(ask)) => store.lookup_or_claim(&ns, &key, max_staleness, Some(ask))?,
+                    (_, None) => match store.lookup(&ns, &key, max_staleness)? {
+                        Lookup::Hit(hit) => Claimed::Hit(hit),
+                        miss => {
+                            inputs_exist(store, &ns, &target, &encoded)?;
+                            miss.into()
+                        }
+                    },
+                    (_, Some(ask)) => {
+                        inputs_exist(store, &ns, &target, &encoded)?;
+                        store.lookup_or_claim(&ns, &key, max_staleness, Some(ask))?
+                    }
                 };
                 let (claimed, cached) = match (claimed, record) {
                     (Claimed::Hit(hit), true) => {
@@ -457,3 +472,35 @@ pub fn artifact_lists(
 
 /// How many recent executions of a component ExplainCacheMiss compares.
 const EXPLAIN_WINDOW: usize = 200;
+
+/// NOT_FOUND when a lookup's interface (decoded, or still `encoded`) names an
+/// input artifact that does not exist in `ns`.
+fn inputs_exist(
+    store: &dyn Backend,
+    ns: &str,
+    target: &Option<Target>,
+    encoded: &Bytes,
+) -> Result<()> {
+    let decoded;
+    let ti = match target {
+        Some(Target::Interface(ti)) => ti,
+        Some(Target::CacheKey(_)) => return Ok(()),
+        None if encoded.is_empty() => return Ok(()),
+        None => {
+            decoded = TaskInterface::decode(encoded.clone())
+                .map_err(|e| Error::invalid(format!("interface: {e}")))?;
+            &decoded
+        }
+    };
+    for (name, ids) in &ti.input_artifacts {
+        for id in &ids.ids {
+            store.artifact(*id, Some(ns)).map_err(|e| match e {
+                Error::NotFound(m) => {
+                    Error::NotFound(format!("interface.input_artifacts.{name}: {m}"))
+                }
+                other => other,
+            })?;
+        }
+    }
+    Ok(())
+}

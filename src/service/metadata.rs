@@ -35,12 +35,6 @@ fn optional_namespace(caller: &Caller, ns: &str) -> Result<Option<String>> {
     }
 }
 
-fn ids(ids: &[i64], field: &str) -> Result<Vec<i64>> {
-    ids.iter()
-        .map(|id| validate::positive_id(*id, field))
-        .collect()
-}
-
 #[tonic::async_trait]
 impl MetadataStoreService for Metadata {
     async fn put_artifacts(
@@ -74,7 +68,7 @@ impl MetadataStoreService for Metadata {
         let caller = Caller::of(&request);
         let req = request.into_inner();
         let ns = optional_namespace(&caller, &req.namespace)?;
-        let ids = ids(&req.ids, "ids")?;
+        let ids = validate::ids(&req.ids, "ids", &self.shared.limits)?;
         let artifacts = self
             .shared
             .read(move |s| {
@@ -84,7 +78,7 @@ impl MetadataStoreService for Metadata {
             })
             .await?;
         for a in &artifacts {
-            caller.allow(&a.namespace)?;
+            caller.visible(&a.namespace, "artifact", a.id)?;
         }
         Ok(Response::new(GetArtifactsResponse { artifacts }))
     }
@@ -154,7 +148,7 @@ impl MetadataStoreService for Metadata {
         let caller = Caller::of(&request);
         let req = request.into_inner();
         let ns = optional_namespace(&caller, &req.namespace)?;
-        let ids = ids(&req.ids, "ids")?;
+        let ids = validate::ids(&req.ids, "ids", &self.shared.limits)?;
         let executions = self
             .shared
             .read(move |s| {
@@ -164,7 +158,7 @@ impl MetadataStoreService for Metadata {
             })
             .await?;
         for e in &executions {
-            caller.allow(&e.namespace)?;
+            caller.visible(&e.namespace, "execution", e.id)?;
         }
         Ok(Response::new(GetExecutionsResponse { executions }))
     }
@@ -240,7 +234,7 @@ impl MetadataStoreService for Metadata {
         request: Request<GetContextsRequest>,
     ) -> Result<Response<GetContextsResponse>, Status> {
         let caller = Caller::of(&request);
-        let ids = ids(&request.into_inner().ids, "ids")?;
+        let ids = validate::ids(&request.into_inner().ids, "ids", &self.shared.limits)?;
         let contexts = self
             .shared
             .read(move |s| {
@@ -250,7 +244,7 @@ impl MetadataStoreService for Metadata {
             })
             .await?;
         for c in &contexts {
-            caller.allow(&c.namespace)?;
+            caller.visible(&c.namespace, "context", c.id)?;
         }
         Ok(Response::new(GetContextsResponse { contexts }))
     }
@@ -301,13 +295,17 @@ impl MetadataStoreService for Metadata {
             .read(move |s| s.lineage(start, &dirs, bounds))
             .await?;
         // Events never cross namespaces, so this checks the start's namespace.
+        let (kind, id) = match start {
+            Node::Artifact(id) => ("artifact", id),
+            Node::Execution(id) => ("execution", id),
+        };
         for ns in l
             .artifacts
             .iter()
             .map(|a| &a.namespace)
             .chain(l.executions.iter().map(|e| &e.namespace))
         {
-            caller.allow(ns)?;
+            caller.visible(ns, kind, id)?;
         }
         Ok(Response::new(GetLineageResponse {
             artifacts: l.artifacts,
@@ -323,18 +321,18 @@ impl MetadataStoreService for Metadata {
     ) -> Result<Response<GetEventsResponse>, Status> {
         let caller = Caller::of(&request);
         let req = request.into_inner();
-        let exec_ids = ids(&req.execution_ids, "execution_ids")?;
-        let art_ids = ids(&req.artifact_ids, "artifact_ids")?;
+        let exec_ids = validate::ids(&req.execution_ids, "execution_ids", &self.shared.limits)?;
+        let art_ids = validate::ids(&req.artifact_ids, "artifact_ids", &self.shared.limits)?;
         let events = self
             .shared
             .read(move |s| {
                 let mut events = Vec::new();
                 for id in exec_ids {
-                    caller.allow(&s.execution(id, None)?.namespace)?;
+                    caller.visible(&s.execution(id, None)?.namespace, "execution", id)?;
                     events.extend(s.events_of_execution(id)?);
                 }
                 for id in art_ids {
-                    caller.allow(&s.artifact(id, None)?.namespace)?;
+                    caller.visible(&s.artifact(id, None)?.namespace, "artifact", id)?;
                     events.extend(s.events_of_artifact(id)?);
                 }
                 events.sort_by(|a, b| {

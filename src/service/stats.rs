@@ -21,9 +21,21 @@ pub struct Stats {
     by_namespace: Mutex<HashMap<String, Counts>>,
     /// The same counts for Prometheus (see `metrics`).
     pub lookups: Family<LookupLabels, Counter>,
+    /// Whether `lookups` names namespaces; when not, they are all counted
+    /// under `metrics::ALL_NAMESPACES`.
+    label_namespaces: bool,
 }
 
 impl Stats {
+    /// Counters whose Prometheus family names namespaces, or not (then each
+    /// outcome has one count over all namespaces).
+    pub fn new(label_namespaces: bool) -> Stats {
+        Stats {
+            label_namespaces,
+            ..Default::default()
+        }
+    }
+
     /// Counts one lookup's outcome (RESERVED and IN_PROGRESS count as misses:
     /// the cache had no result to serve).
     pub fn record(&self, ns: &str, outcome: Outcome) {
@@ -33,9 +45,14 @@ impl Stats {
             Outcome::Miss | Outcome::Reserved | Outcome::InProgress => "miss",
             Outcome::Unspecified => return,
         };
+        let namespace = if self.label_namespaces {
+            ns
+        } else {
+            crate::metrics::ALL_NAMESPACES
+        };
         self.lookups
             .get_or_create(&LookupLabels {
-                namespace: ns.to_string(),
+                namespace: namespace.to_string(),
                 outcome: label,
             })
             .inc();
@@ -66,7 +83,7 @@ mod tests {
 
     #[test]
     fn counts_per_namespace() {
-        let s = Stats::default();
+        let s = Stats::new(true);
         s.record("a", Outcome::Hit);
         s.record("a", Outcome::Miss);
         s.record("a", Outcome::Reserved);

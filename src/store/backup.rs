@@ -16,6 +16,12 @@
 //! fails its count or checksum and is refused before the restored store can
 //! be used: `import` clears what it wrote.
 //!
+//! All or nothing: `import_dir` writes `IMPORT_MARKER` into the data
+//! directory before it writes anything else, and removes it only after the
+//! restored store is flushed and closed. `Store::open` (serve, check,
+//! export) refuses a directory holding it, so a killed import leaves a
+//! directory nothing serves from; importing into it again starts over.
+//!
 //! IDs: sled's ID generator is not part of the tree, and a new store's starts
 //! again at 0. `import` therefore stores the backup's ID high-water mark under
 //! `keys::META_ID_FLOOR`, and `Store::allocate` generates above it.
@@ -30,6 +36,8 @@ use super::{keys, Store, StoreConfig};
 use crate::clock::SystemClock;
 
 pub const MAGIC: &[u8] = b"stepcache-backup 1\n";
+/// The file that says an import into its directory has not completed.
+pub const IMPORT_MARKER: &str = "IMPORT-IN-PROGRESS";
 const TAG_IDS: u8 = b'I';
 const TAG_RECORD: u8 = b'K';
 const TAG_END: u8 = b'E';
@@ -127,18 +135,55 @@ pub fn export_dir(data_dir: &Path, out: impl Write) -> anyhow::Result<Summary> {
 }
 
 /// `stepcache import`: restores a backup into a new or empty store at
-/// `data_dir`. A directory it created is removed again when the import fails.
+/// `data_dir`, or into one a killed import left (it starts over). A directory
+/// it created is removed again when the import fails.
 pub fn import_dir(data_dir: &Path, input: impl Read) -> anyhow::Result<Summary> {
     let created = !data_dir.exists();
-    let result = open(data_dir).and_then(|store| {
-        let summary = store.import(input)?;
-        store.close()?;
-        Ok(summary)
-    });
+    let result = import_marked(data_dir, input);
     if result.is_err() && created {
         let _ = std::fs::remove_dir_all(data_dir);
     }
     result.with_context(|| format!("importing into {}", data_dir.display()))
+}
+
+/// The import between its marker's writing and its removal; the marker stays
+/// when the store may hold part of the backup.
+fn import_marked(data_dir: &Path, input: impl Read) -> anyhow::Result<Summary> {
+    let marker = data_dir.join(IMPORT_MARKER);
+    let again = marker.exists();
+    let store = Store::open_unchecked(data_dir, &StoreConfig::default(), Arc::new(SystemClock))?;
+    if again {
+        store
+            .tree
+            .clear()
+            .context("clearing what a killed import left")?;
+    } else {
+        store.ensure_empty()?;
+        mark(data_dir, &marker)?;
+    }
+    let imported = store.import(input);
+    // A failed import clears the store (`Store::import`): whole again if so.
+    let whole = imported.is_ok() || store.tree.is_empty();
+    store.close()?;
+    if whole {
+        std::fs::remove_file(&marker)
+            .and_then(|()| sync_dir(data_dir))
+            .with_context(|| format!("removing {}", marker.display()))?;
+    }
+    imported
+}
+
+/// Writes the import marker into `dir` (created if missing), durably.
+fn mark(dir: &Path, marker: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::File::create(marker)
+        .and_then(|f| f.sync_all())
+        .and_then(|()| sync_dir(dir))
+        .with_context(|| format!("writing {}", marker.display()))
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 impl Store {
@@ -188,14 +233,7 @@ impl Store {
     /// Restores a backup into this store, which must be empty. On any error
     /// (a truncated or corrupted backup included) the store is left empty.
     pub fn import(&self, input: impl Read) -> anyhow::Result<Summary> {
-        if let Some(item) = self.tree.iter().next() {
-            let (k, _) = item?;
-            bail!(
-                "the store is not empty (it holds a record {}): import only into a new \
-                 or empty data directory",
-                hex::encode(&k[..k.len().min(16)])
-            );
-        }
+        self.ensure_empty()?;
         match self.import_records(input) {
             Ok(summary) => {
                 self.db.flush()?;
@@ -207,6 +245,19 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// An error unless the store holds no record.
+    fn ensure_empty(&self) -> anyhow::Result<()> {
+        if let Some(item) = self.tree.iter().next() {
+            let (k, _) = item?;
+            bail!(
+                "the store is not empty (it holds a record {}): import only into a new \
+                 or empty data directory",
+                hex::encode(&k[..k.len().min(16)])
+            );
+        }
+        Ok(())
     }
 
     fn import_records(&self, input: impl Read) -> anyhow::Result<Summary> {

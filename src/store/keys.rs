@@ -30,6 +30,10 @@ pub const META_ID_FLOOR: &[u8] = b"~id-floor";
 /// The epoch of the hits file's index written at the last clean close
 /// (`hitlog`); removed at open.
 pub const META_HIT_LOG_EPOCH: &[u8] = b"~hit-log-epoch";
+/// The artifacts a prune in progress means to delete (u64 BE IDs): written
+/// before its first batch, removed after its last; a prune that finds it
+/// (the last one was killed) deletes those left without events.
+pub const META_PRUNE_PENDING: &[u8] = b"~prune-pending";
 pub const CONTEXT: u8 = b'g';
 /// (namespace, type, name) -> context id.
 pub const CONTEXT_BY_NAME: u8 = b'h';

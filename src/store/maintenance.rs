@@ -363,14 +363,27 @@ impl Store {
     /// remaining event references. Each batch is one transaction, so a crash
     /// leaves every execution either whole or gone.
     pub fn prune(&self, ns: &str, older_than_ms: i64, dry_run: bool) -> Result<Pruned> {
-        let cutoff = self.now_ms().saturating_sub(older_than_ms);
-        // Oldest first; IDs grow with creation time.
+        self.prune_batches(ns, older_than_ms, dry_run, None)
+    }
+
+    /// `prune`, stopping before batch `stop_before` when given (as a kill
+    /// would, for the tests).
+    fn prune_batches(
+        &self,
+        ns: &str,
+        older_than_ms: i64,
+        dry_run: bool,
+        stop_before: Option<usize>,
+    ) -> Result<Pruned> {
+        let now = self.now_ms();
+        // Oldest first; IDs grow with creation time (one stamped far ahead of
+        // the clock counts as old: `policy::age_ms`).
         let mut victims: Vec<Execution> = Vec::new();
         for prefix in keys::exec_by_ns_prefixes(ns) {
             for item in self.tree.scan_prefix(prefix).rev() {
                 let id = keys::rev_id_suffix(&item?.0)?;
                 let e = self.execution(id, Some(ns))?;
-                if super::create_ms(&e) >= cutoff {
+                if policy::age_ms(now, super::create_ms(&e)) <= older_than_ms {
                     break;
                 }
                 victims.push(e);
@@ -441,7 +454,28 @@ impl Store {
             plans.push((doomed, n_events, n_entries));
         }
 
+        // Artifacts die with the batch of their last referencing victim; a
+        // kill between batches can leave one whose producer is gone while a
+        // consumer is not, so its OUTPUT event, the only way a later prune
+        // finds it, is gone. They are written down first, and whichever
+        // prune runs next deletes those then left without events.
+        let pending: Vec<i64> = if dry_run {
+            Vec::new()
+        } else {
+            let mut pending = self.prune_pending()?;
+            pending.extend(dies_with.values().flatten());
+            pending.sort_unstable();
+            pending.dedup();
+            if !pending.is_empty() {
+                let bytes: Vec<u8> = pending.iter().flat_map(|id| id.to_be_bytes()).collect();
+                self.tree.insert(keys::META_PRUNE_PENDING, bytes)?;
+            }
+            pending
+        };
         for (batch_no, batch) in plans.chunks(PRUNE_BATCH).enumerate() {
+            if stop_before == Some(batch_no) {
+                return Ok(total);
+            }
             let first = batch_no * PRUNE_BATCH;
             let mut doomed: Vec<Vec<u8>> = Vec::new();
             for (i, (keys_of, n_events, n_entries)) in batch.iter().enumerate() {
@@ -450,49 +484,93 @@ impl Store {
                 total.events += n_events;
                 total.cache_entries += n_entries;
                 for art_id in dies_with.get(&(first + i)).into_iter().flatten() {
-                    let a = self.artifact(*art_id, None)?;
-                    doomed.push(keys::artifact(a.id));
-                    doomed.push(keys::legacy_artifact_by_ns(&a.namespace, a.id));
-                    doomed.extend(super::artifact_index_keys(&a));
-                    // Its attributions to contexts, both ways.
-                    for item in self
-                        .tree
-                        .scan_prefix(keys::contexts_of_artifact_prefix(a.id))
-                    {
-                        let (k, _) = item?;
-                        let cid = keys::id_suffix(&k)?;
-                        doomed.push(keys::with_rev_id(
-                            &keys::artifact_by_context_prefix(cid),
-                            a.id,
-                        ));
-                        doomed.push(k.to_vec());
-                    }
-                    if !a.external_id.is_empty() {
-                        doomed.push(keys::external_id(
-                            &a.namespace,
-                            keys::KIND_ARTIFACT,
-                            &a.external_id,
-                        ));
-                    }
+                    doomed.extend(self.artifact_keys(*art_id)?);
                     total.artifacts += 1;
                 }
             }
             if !dry_run {
-                self.tree.transaction(|tx| {
-                    for k in &doomed {
-                        tx.remove(k.as_slice())?;
-                    }
-                    Ok(())
-                })?;
+                self.remove_all(&doomed)?;
             }
         }
-        if !dry_run && total.executions > 0 {
+        if !dry_run && (total.executions > 0 || !pending.is_empty()) {
+            // What a killed prune left: pending artifacts without events.
+            let mut doomed = Vec::new();
+            for id in pending {
+                let left = self.tree.get(keys::artifact(id))?.is_some()
+                    && self
+                        .tree
+                        .scan_prefix(keys::events_of_artifact(id))
+                        .next()
+                        .is_none();
+                if left {
+                    doomed.extend(self.artifact_keys(id)?);
+                    total.artifacts += 1;
+                }
+            }
+            self.remove_all(&doomed)?;
+            self.tree.remove(keys::META_PRUNE_PENDING)?;
             for e in &victims {
                 self.evict_execution(e);
             }
             self.durable()?;
         }
         Ok(total)
+    }
+
+    /// The artifacts a killed prune meant to delete (none after a whole one).
+    fn prune_pending(&self) -> Result<Vec<i64>> {
+        Ok(match self.tree.get(keys::META_PRUNE_PENDING)? {
+            Some(b) => b
+                .chunks_exact(8)
+                .filter_map(|c| c.try_into().ok().map(i64::from_be_bytes))
+                .collect(),
+            None => Vec::new(),
+        })
+    }
+
+    /// An artifact's record and every index entry of it.
+    fn artifact_keys(&self, id: i64) -> Result<Vec<Vec<u8>>> {
+        let a = self.artifact(id, None)?;
+        let mut doomed = vec![
+            keys::artifact(a.id),
+            keys::legacy_artifact_by_ns(&a.namespace, a.id),
+        ];
+        doomed.extend(super::artifact_index_keys(&a));
+        // Its attributions to contexts, both ways.
+        for item in self
+            .tree
+            .scan_prefix(keys::contexts_of_artifact_prefix(a.id))
+        {
+            let (k, _) = item?;
+            let cid = keys::id_suffix(&k)?;
+            doomed.push(keys::with_rev_id(
+                &keys::artifact_by_context_prefix(cid),
+                a.id,
+            ));
+            doomed.push(k.to_vec());
+        }
+        if !a.external_id.is_empty() {
+            doomed.push(keys::external_id(
+                &a.namespace,
+                keys::KIND_ARTIFACT,
+                &a.external_id,
+            ));
+        }
+        Ok(doomed)
+    }
+
+    /// Removes `doomed` in one transaction.
+    fn remove_all(&self, doomed: &[Vec<u8>]) -> Result<()> {
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        self.tree.transaction(|tx| {
+            for k in doomed {
+                tx.remove(k.as_slice())?;
+            }
+            Ok(())
+        })?;
+        Ok(())
     }
 }
 
@@ -542,13 +620,10 @@ mod tests {
         (w.execution_id, w.output_artifact_ids[0])
     }
 
-    /// Prune leaves no index entry of a pruned execution or artifact behind:
-    /// by namespace, component, key, state, type, context (both ways), events.
-    #[test]
-    fn prune_removes_every_index_entry() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A store on a manual clock with one context in namespace `n`.
+    fn store_with_context(dir: &std::path::Path) -> (Store, Arc<ManualClock>, i64) {
         let clock = Arc::new(ManualClock::new(1_000_000));
-        let store = Store::open(dir.path(), &StoreConfig::default(), clock.clone()).unwrap();
+        let store = Store::open(dir, &StoreConfig::default(), clock.clone()).unwrap();
         let ctx = store
             .put_contexts(vec![Context {
                 namespace: "n".into(),
@@ -557,6 +632,15 @@ mod tests {
                 ..Default::default()
             }])
             .unwrap()[0];
+        (store, clock, ctx)
+    }
+
+    /// Prune leaves no index entry of a pruned execution or artifact behind:
+    /// by namespace, component, key, state, type, context (both ways), events.
+    #[test]
+    fn prune_removes_every_index_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, clock, ctx) = store_with_context(dir.path());
         let (_, a) = put(&store, "a", &[], ctx);
         let (b, _) = put(&store, "b", &[a], ctx);
         // A CACHED execution of b, associated too.
@@ -589,6 +673,41 @@ mod tests {
             "{} keys before, left: {:?}",
             before,
             left.iter().map(|b| *b as char).collect::<String>()
+        );
+    }
+
+    /// A prune killed between batches, after the one deleting an artifact's
+    /// producer but before the one deleting its consumer, leaves the artifact
+    /// with only an INPUT event; the next prune deletes it all the same.
+    #[test]
+    fn a_later_prune_deletes_what_a_killed_one_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, clock, ctx) = store_with_context(dir.path());
+        // The producer in the first batch, its consumer in the second.
+        let (producer, a) = put(&store, "a", &[], ctx);
+        for i in 0..PRUNE_BATCH {
+            put(&store, &format!("filler{i}"), &[], ctx);
+        }
+        put(&store, "b", &[a], ctx);
+        clock.advance_ms(10_000);
+        store.prune_batches("n", 5_000, false, Some(1)).unwrap();
+        assert!(store.execution(producer, None).is_err());
+        assert!(store.artifact(a, None).is_ok(), "killed before its batch");
+
+        let p = store.prune("n", 5_000, false).unwrap();
+        assert_eq!(p.executions, 2);
+        assert!(store.artifact(a, None).is_err(), "the orphan is gone");
+        let mut kinds: Vec<u8> = store.tree.iter().map(|item| item.unwrap().0[0]).collect();
+        kinds.sort_unstable();
+        kinds.dedup();
+        assert_eq!(
+            kinds,
+            vec![
+                keys::CONTEXT,
+                keys::CONTEXT_BY_NAME,
+                keys::CONTEXT_BY_NS,
+                keys::CONTEXT_BY_TYPE
+            ],
         );
     }
 }

@@ -19,6 +19,7 @@ pub mod os;
 pub mod query;
 pub mod replay;
 pub mod tag_index;
+pub mod unflushed;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -284,12 +285,30 @@ pub struct Store {
     /// IDs and creation times are allocated together under this lock, so
     /// that ID order is creation order.
     ids: Mutex<IdGen>,
+    /// PutExecutions applied and not yet durable, kept from readers.
+    unflushed: unflushed::Unflushed,
+    /// The first failed flush: sled fails every later write until the store
+    /// is opened again (and a flush may then block), so writes fail at once.
+    write_fault: Mutex<Option<(tonic::Code, String)>>,
     /// Set before a close: background work stops (`warm_hits`).
     stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
     pub fn open(path: &Path, config: &StoreConfig, clock: Arc<dyn Clock>) -> Result<Store> {
+        if path.join(backup::IMPORT_MARKER).exists() {
+            return Err(Error::FailedPrecondition(format!(
+                "an import into {} is running or did not complete (killed?): the store \
+                 in it is partial. Run `stepcache import` into it again (it starts over) \
+                 or remove the directory",
+                path.display()
+            )));
+        }
+        Self::open_unchecked(path, config, clock)
+    }
+
+    /// `open` without refusing a partial import (for `import` itself).
+    fn open_unchecked(path: &Path, config: &StoreConfig, clock: Arc<dyn Clock>) -> Result<Store> {
         let db = sled::Config::new()
             .path(path)
             .cache_capacity(config.cache_capacity)
@@ -333,6 +352,8 @@ impl Store {
             hot,
             writes,
             ids: Mutex::new(IdGen::default()),
+            unflushed: Default::default(),
+            write_fault: Mutex::new(None),
             stopping: Default::default(),
         })
     }
@@ -345,12 +366,27 @@ impl Store {
     /// earlier than that of any ID allocated before (a clock that steps back
     /// stamps the last time again), so that a created-time range is an ID range.
     fn allocate(&self, n: usize) -> Result<Alloc> {
+        self.writable()?;
         let mut g = self.id_gen()?;
         let last = match g.last_ms {
             Some(ms) => ms,
             None => self.newest_create_ms()?,
         };
-        let now = self.now_ms().max(last);
+        let clock = self.now_ms();
+        // A last time far ahead of the clock was stamped while the clock ran
+        // ahead (a glitch): carried forward, it would stamp every record
+        // after it with that time, and keep them young, for as long.
+        let now = if last > clock.saturating_add(crate::policy::FUTURE_TOLERANCE_MS) {
+            tracing::warn!(
+                last_ms = last,
+                clock_ms = clock,
+                "the newest record's creation time is ahead of the clock; \
+                 new records take the clock's time"
+            );
+            clock
+        } else {
+            clock.max(last)
+        };
         g.last_ms = Some(now);
         // Above the floor an import left (a restored store has a fresh generator).
         let floor = match g.floor {
@@ -440,13 +476,44 @@ impl Store {
     }
 
     /// Blocks until every write applied so far is on disk.
+    /// An error once a flush has failed: sled fails every write after its
+    /// first IO error until the store is opened again, so writes fail at
+    /// once instead of waiting on flushes that cannot complete.
+    pub fn writable(&self) -> Result<()> {
+        match self.write_fault.lock().as_deref() {
+            Ok(None) => Ok(()),
+            Ok(Some((code, msg))) => Err(match code {
+                tonic::Code::ResourceExhausted => Error::ResourceExhausted(msg.clone()),
+                tonic::Code::Unavailable => Error::Unavailable(msg.clone()),
+                _ => Error::Storage(msg.clone()),
+            }),
+            Err(_) => Err(Error::Internal("write fault state poisoned".into())),
+        }
+    }
+
     pub fn durable(&self) -> Result<()> {
-        self.flush.wait_durable(|| {
-            let started = std::time::Instant::now();
-            self.db.flush()?;
-            self.activity.flush(started.elapsed());
-            Ok(())
-        })
+        self.writable()?;
+        self.flush
+            .wait_durable(|| {
+                let started = std::time::Instant::now();
+                self.db.flush()?;
+                self.activity.flush(started.elapsed());
+                Ok(())
+            })
+            .inspect_err(|e| self.record_fault(e))
+    }
+
+    /// Remembers the first failed write of sled (`writable`).
+    fn record_fault(&self, e: &Error) {
+        if let Ok(mut fault) = self.write_fault.lock() {
+            let message = match e {
+                Error::Storage(m) => {
+                    format!("the store cannot write ({m}): fix the disk, then restart the server")
+                }
+                other => other.to_string(),
+            };
+            fault.get_or_insert((e.code(), message));
+        }
     }
 
     fn get<M: Message + Default>(&self, key: &[u8]) -> Result<Option<M>> {
@@ -535,6 +602,7 @@ impl Store {
             Written::New(written) => {
                 self.evict_published(&w.execution.namespace, &written);
                 self.durable()?;
+                self.flushed(&w.execution.namespace, &written);
                 Ok(written)
             }
             Written::Replayed(id) => self.replay(id, w),
@@ -546,19 +614,33 @@ impl Store {
     pub fn put_executions(&self, writes: &[ExecutionWrite]) -> Result<Vec<ExecutionWritten>> {
         let mut out = Vec::with_capacity(writes.len());
         let mut replayed = Vec::new();
+        let mut failed = None;
         for (i, w) in writes.iter().enumerate() {
-            match self.put_execution_unsynced(w)? {
-                Written::New(written) => {
+            match self.put_execution_unsynced(w) {
+                Ok(Written::New(written)) => {
                     self.evict_published(&w.execution.namespace, &written);
                     out.push(Some(written))
                 }
-                Written::Replayed(id) => {
+                Ok(Written::Replayed(id)) => {
                     out.push(None);
                     replayed.push((i, id));
                 }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
             }
         }
+        // The writes before a failed one stay written: durable, then seen.
         self.durable()?;
+        for (w, written) in writes.iter().zip(&out) {
+            if let Some(written) = written {
+                self.flushed(&w.execution.namespace, written);
+            }
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
         for (i, id) in replayed {
             if let (Some(slot), Some(w)) = (out.get_mut(i), writes.get(i)) {
                 *slot = Some(self.replay(id, w)?);
@@ -594,12 +676,47 @@ impl Store {
         let needed =
             usize::from(w.execution.id == 0) + w.outputs.iter().filter(|(_, a)| a.id == 0).count();
         let alloc = self.allocate(needed)?;
+        // Hidden from readers from before it is applied until it is durable.
+        let created = alloc.ids.clone();
+        let updated = (w.execution.id != 0).then_some(w.execution.id);
+        self.unflushed.add(&created, updated);
         let pending = PendingWrite {
             write: w.clone(),
             alloc,
             earlier_outputs,
         };
-        self.writes.submit(pending)
+        let written = self.writes.submit(pending);
+        // A write refused (a missing input, ...) applied nothing; one that
+        // failed in sled may be applied in memory and stays hidden.
+        match &written {
+            Ok(Written::New(_)) => {}
+            Ok(Written::Replayed(_)) => self.unflushed.remove(&created, updated),
+            Err(e)
+                if e.code() == tonic::Code::Internal
+                    || e.code() == tonic::Code::ResourceExhausted
+                    || e.code() == tonic::Code::Unavailable =>
+            {
+                self.record_fault(e);
+            }
+            Err(_) => self.unflushed.remove(&created, updated),
+        }
+        written
+    }
+
+    /// Whether record `id` was created by a PutExecution not yet durable:
+    /// gets by ID answer NOT_FOUND for it (`Backend`).
+    pub fn unflushed(&self, id: i64) -> bool {
+        self.unflushed.created(id)
+    }
+
+    /// A PutExecution's flush has completed: readers may see it now. The
+    /// key leaves the hot cache again, which may have taken the entry it
+    /// replaces meanwhile.
+    fn flushed(&self, ns: &str, written: &ExecutionWritten) {
+        let mut created = written.output_artifact_ids.clone();
+        created.push(written.execution_id);
+        self.unflushed.remove(&created, None);
+        self.evict_published(ns, written);
     }
 
     /// The answer to a retried PutExecution: the original's IDs, nothing written.
@@ -741,6 +858,9 @@ impl Store {
         newest: bool,
     ) -> Result<std::result::Result<Hit, Ineligible>> {
         let (completed_ms, exec_id) = keys::parse_cache_suffix(&k[j.prefix.len()..])?;
+        if self.unflushed.written(exec_id) {
+            return Ok(Err(Ineligible::Unflushed));
+        }
         let invalidated = entry::is_invalidated(&v);
         // A record with a copy of every output is the whole answer, served
         // as its bytes; the hot cache keeps only such answers.
@@ -1188,7 +1308,7 @@ fn lock_busy(e: &sled::Error) -> bool {
     e.to_string().contains("could not acquire lock")
 }
 
-fn not_found(kind: &str, id: i64, ns: Option<&str>) -> Error {
+pub(crate) fn not_found(kind: &str, id: i64, ns: Option<&str>) -> Error {
     match ns {
         Some(ns) => Error::not_found(format!("{kind} {id} does not exist in namespace {ns:?}")),
         None => Error::not_found(format!("{kind} {id} does not exist")),

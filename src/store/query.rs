@@ -116,6 +116,9 @@ impl Store {
             let Some(e) = self.get::<Execution>(&keys::execution(id))? else {
                 return Ok(None); // pruned meanwhile
             };
+            if self.unflushed.created(id) {
+                return Ok(None);
+            }
             let keep = e.namespace == ns
                 && f.state.is_none_or(|s| e.state == s as i32)
                 && f.component
@@ -159,6 +162,9 @@ impl Store {
             let Some(a) = self.get::<Artifact>(&keys::artifact(id))? else {
                 return Ok(None);
             };
+            if self.unflushed.created(id) {
+                return Ok(None);
+            }
             let keep = a.namespace == ns
                 && f.state.is_none_or(|s| a.state == s as i32)
                 && f.artifact_type.as_ref().is_none_or(|t| &a.r#type == t)
