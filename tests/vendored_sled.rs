@@ -473,7 +473,18 @@ fn transaction_sets_are_atomic_and_isolated() {
 #[test]
 fn checkpoint_child() {
     if let Ok(dir) = std::env::var("VENDORED_SLED_CHECKPOINT") {
-        sled::Config::new().path(dir).checkpoint().unwrap();
+        // The parent's last handle lets go of the file a moment after its
+        // drop (sled's flusher thread): wait for the lock as `open` does.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match sled::Config::new().path(&dir).checkpoint() {
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    assert!(std::time::Instant::now() < deadline, "{e}");
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                done => return done.unwrap(),
+            }
+        }
     }
 }
 
@@ -481,21 +492,16 @@ fn checkpoint_child() {
 /// runs): a checkpoint killed at any moment leaves a store that opens with
 /// everything that was flushed, and one that completes leaves the next
 /// open nothing to replay. Each round writes more (a log to catch up on),
-/// then kills a checkpoint after a random delay; the store is checked
-/// against the model after every round.
+/// then kills a checkpoint at a random moment within the time a whole one
+/// took (measured in the first round); the store is checked against the
+/// model after every round.
 #[test]
 fn a_checkpoint_killed_midway_leaves_a_store_that_opens_whole() {
     let dir = tempfile::tempdir().unwrap();
     let mut rng = StdRng::seed_from_u64(3);
     let mut model = Model::new();
-    let mut killed = 0;
-    for round in 0..8 {
-        {
-            let db = open(dir.path());
-            write(&db, &mut model, &mut rng, 2_000);
-            db.flush().unwrap();
-        }
-        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+    let checkpoint = || {
+        std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
                 "checkpoint_child",
@@ -506,15 +512,29 @@ fn a_checkpoint_killed_midway_leaves_a_store_that_opens_whole() {
             .env("VENDORED_SLED_CHECKPOINT", dir.path())
             .stdout(std::process::Stdio::null())
             .spawn()
-            .unwrap();
-        if round < 7 {
-            std::thread::sleep(std::time::Duration::from_millis(rng.random_range(0..60)));
+            .unwrap()
+    };
+    let mut whole = std::time::Duration::ZERO;
+    let mut killed = 0;
+    for round in 0..9 {
+        {
+            let db = open(dir.path());
+            write(&db, &mut model, &mut rng, 4_000);
+            db.flush().unwrap();
+        }
+        let started = std::time::Instant::now();
+        let mut child = checkpoint();
+        // The first and the last run to their end; the others are killed.
+        if round > 0 && round < 8 {
+            let micros = rng.random_range(0..whole.as_micros().max(1) as u64);
+            std::thread::sleep(std::time::Duration::from_micros(micros));
             killed += usize::from(child.try_wait().unwrap().is_none());
             let _ = child.kill();
         }
         let status = child.wait().unwrap();
-        if round == 7 {
-            assert!(status.success(), "the last checkpoint runs to its end");
+        if round == 0 || round == 8 {
+            assert!(status.success(), "a checkpoint left alone runs to its end");
+            whole = started.elapsed();
         }
         let db = open(dir.path());
         assert_eq!(pairs(db.iter()), owned(model.iter()), "after round {round}");
