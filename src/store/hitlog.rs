@@ -351,7 +351,7 @@ impl Segment {
             return decode(map.get(start..start.checked_add(len)?)?, ns, key, dict);
         }
         let buf = if nowait {
-            read_nowait(&self.file, len, at)?
+            os::read_nowait(&self.file, len, at)?
         } else {
             let mut buf = vec![0; len];
             self.file.read_exact_at(&mut buf, at).ok()?;
@@ -520,11 +520,6 @@ fn le<const N: usize>(b: &[u8], at: usize) -> Option<u64> {
     let mut wide = [0u8; 8];
     wide.get_mut(..N)?.copy_from_slice(&bytes);
     Some(u64::from_le_bytes(wide))
-}
-
-/// `len` bytes at `at` if the page cache holds them all (see `os`).
-pub(super) fn read_nowait(file: &File, len: usize, at: u64) -> Option<Vec<u8>> {
-    os::read_nowait(file, len, at)
 }
 
 /// The hits file, for reading and appending, without access-time updates

@@ -869,7 +869,7 @@ mod tests {
         let path = dir.join("probe");
         std::fs::write(&path, [1u8; 16]).unwrap();
         let file = std::fs::File::open(&path).unwrap();
-        hitlog::read_nowait(&file, 16, 0).is_some()
+        crate::store::os::read_nowait(&file, 16, 0).is_some()
     }
 
     #[test]
