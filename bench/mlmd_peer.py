@@ -83,14 +83,18 @@ class Peer:
 
     def ensure_inputs(self):
         existing = self.store.get_artifacts_by_type("system.Dataset")
-        pool = [a.id for a in existing if a.uri.startswith("gs://bench/inputs/")]
+        pool = [a for a in existing if a.uri.startswith("gs://bench/inputs/")]
         if len(pool) < INPUT_POOL:
             arts = []
             for i in range(len(pool), INPUT_POOL):
                 a = pb.Artifact(type_id=self.art_type, uri=f"gs://bench/inputs/{i}")
                 a.state = pb.Artifact.LIVE
                 arts.append(a)
-            pool += list(self.store.put_artifacts(arts))
+            for a, id_ in zip(arts, self.store.put_artifacts(arts)):
+                a.id = id_
+                pool.append(a)
+        # Whole artifacts: MLMD writes back every artifact put_execution is
+        # given, so one passed as id and type only would lose its URI and state.
         self.inputs = pool[:INPUT_POOL]
 
     def execution_count(self):
@@ -105,8 +109,8 @@ class Peer:
         e.custom_properties["image"].string_value = "python:3.11"
         aes = []
         for j in range(2):
-            a = pb.Artifact(id=self.inputs[(2 * i + j) % len(self.inputs)])
-            a.type_id = self.art_type
+            a = pb.Artifact()
+            a.CopyFrom(self.inputs[(2 * i + j) % len(self.inputs)])
             ev = pb.Event(type=pb.Event.INPUT)
             ev.path.steps.add().key = f"in{j}"
             aes.append((a, ev))
