@@ -6,6 +6,7 @@ pub mod backend;
 pub mod cli;
 pub mod clock;
 pub mod connections;
+pub mod domain;
 pub mod error;
 pub mod json;
 pub mod key;
