@@ -25,9 +25,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use prost::bytes::Bytes;
+use stepcache::bench_support::{HitLog, HotHit, HotHits, LOG_FILE};
 use stepcache::key::CacheKey;
-use stepcache::store::hitlog::HitLog;
-use stepcache::store::hot::{HotHit, HotHits};
 
 use stepcache_bench::Rng;
 
@@ -210,7 +209,7 @@ fn bench(args: &Args, root: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let t = Instant::now();
         fill(&dir, n, args.record_bytes, epoch)?;
-        let mib = std::fs::metadata(dir.join(stepcache::store::hitlog::LOG_FILE))?.len() >> 20;
+        let mib = std::fs::metadata(dir.join(LOG_FILE))?.len() >> 20;
         println!(
             "# {n} keys: hits file of {mib} MiB written in {:.1} s",
             t.elapsed().as_secs_f64()
