@@ -202,7 +202,7 @@ pub async fn run(
         "serving"
     );
     // TCP_NODELAY on accepted connections: without it small replies wait on
-    // Nagle + delayed ACK (~40 ms), which showed as wake-up latency. Each
+    // Nagle + delayed ACK. Each
     // connection reports no vectored writes, so that h2 copies replies below
     // 1 KiB into one write buffer (`transport`).
     let conn = config.connections;
@@ -291,9 +291,8 @@ const WRITABLE_EVERY: Duration = Duration::from_secs(2);
 /// Opening a large sled store reads its whole snapshot (the page table) into
 /// memory and frees most of it again; mimalloc keeps freed pages for reuse by
 /// the thread that freed them, and the opening thread then idles, so without
-/// this an idle server on a 1M-execution store kept ~170 MiB it no longer used
-/// (BENCHMARKS.md, "Memory and startup"). Harmless when mimalloc is not the
-/// global allocator.
+/// this an idle server on a large store keeps memory it no longer uses.
+/// Harmless when mimalloc is not the global allocator.
 pub fn release_freed_memory() {
     // SAFETY: mi_collect takes no pointers; it only walks this thread's heap.
     unsafe { libmimalloc_sys::mi_collect(true) }
