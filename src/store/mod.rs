@@ -5,21 +5,21 @@
 //! calls block, so the service runs them on its read and write thread pools
 //! (`crate::pool`).
 
-pub mod activity;
-pub mod backend;
+pub(crate) mod activity;
+mod backend;
 pub mod backup;
-pub mod combine;
-pub mod entry;
-pub mod events;
-pub mod flush;
-pub mod hitlog;
-pub mod hot;
-pub mod keys;
-pub mod maintenance;
-pub mod os;
-pub mod query;
-pub mod tag_index;
-pub mod unflushed;
+mod combine;
+mod entry;
+mod events;
+mod flush;
+pub(crate) mod hitlog;
+pub(crate) mod hot;
+mod keys;
+mod maintenance;
+mod os;
+mod query;
+mod tag_index;
+mod unflushed;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
