@@ -18,6 +18,7 @@ use crate::proto::{Artifact, Context, Event, Execution};
 use crate::reservations::{Ask, Holder, Waiters};
 use crate::store::maintenance::{Integrity, Pruned, Selector};
 use crate::store::query::{ContextFilter, LineageResult};
+use crate::store::unflushed::{Item, Writing};
 use crate::store::{
     ArtifactFilter, Claimed, ExecutionFilter, ExecutionWrite, ExecutionWritten, Lookup, Page, Store,
 };
@@ -131,19 +132,19 @@ impl Backend for Store {
     fn now_ms(&self) -> i64 {
         Store::now_ms(self)
     }
-    // Records of a PutExecution not yet durable are not there yet for
-    // clients (`store::unflushed`).
+    // Readers see durable writes only (`store::unflushed`): each answer is
+    // checked after its reads; a record created by a write not yet durable
+    // is not there yet, one touched by such a write is answered once a
+    // flush after the read completes.
     fn execution(&self, id: i64, ns: Option<&str>) -> Result<Execution> {
-        if self.unflushed(id) {
-            return Err(crate::store::not_found("execution", id, ns));
-        }
-        Store::execution(self, id, ns)
+        let e = Store::execution(self, id, ns)?;
+        durable_record(self, "execution", id, ns)?;
+        Ok(e)
     }
     fn artifact(&self, id: i64, ns: Option<&str>) -> Result<Artifact> {
-        if self.unflushed(id) {
-            return Err(crate::store::not_found("artifact", id, ns));
-        }
-        Store::artifact(self, id, ns)
+        let a = Store::artifact(self, id, ns)?;
+        durable_record(self, "artifact", id, ns)?;
+        Ok(a)
     }
     fn put_artifacts(&self, artifacts: Vec<Artifact>) -> Result<Vec<i64>> {
         Store::put_artifacts(self, artifacts)
@@ -199,19 +200,28 @@ impl Backend for Store {
         Store::release_reservation(self, ns, key, owner)
     }
     fn outputs_of(&self, exec_id: i64) -> Result<BTreeMap<String, Vec<Artifact>>> {
-        Store::outputs_of(self, exec_id)
+        let mut outputs = Store::outputs_of(self, exec_id)?;
+        for arts in outputs.values_mut() {
+            arts.retain(|a| !self.unflushed(a.id));
+        }
+        outputs.retain(|_, arts| !arts.is_empty());
+        let ids = outputs.values().flatten().map(|a| a.id);
+        self.settle(std::iter::once(exec_id).chain(ids).map(Item::Id))?;
+        Ok(outputs)
     }
     fn events_of_execution(&self, exec_id: i64) -> Result<Vec<Event>> {
-        Store::events_of_execution(self, exec_id)
+        durable_events(self, Store::events_of_execution(self, exec_id)?)
     }
     fn events_of_artifact(&self, artifact_id: i64) -> Result<Vec<Event>> {
-        Store::events_of_artifact(self, artifact_id)
+        durable_events(self, Store::events_of_artifact(self, artifact_id)?)
     }
     fn put_contexts(&self, contexts: Vec<Context>) -> Result<Vec<i64>> {
         Store::put_contexts(self, contexts)
     }
     fn context(&self, id: i64, ns: Option<&str>) -> Result<Context> {
-        Store::context(self, id, ns)
+        let c = Store::context(self, id, ns)?;
+        durable_record(self, "context", id, ns)?;
+        Ok(c)
     }
     fn list_contexts(
         &self,
@@ -219,7 +229,8 @@ impl Backend for Store {
         page_size: usize,
         after: Option<i64>,
     ) -> Result<Page<Context>> {
-        Store::list_contexts(self, f, page_size, after)
+        let page = Store::list_contexts(self, f, page_size, after)?;
+        durable_page(self, page, |c| c.id, None)
     }
     fn list_executions(
         &self,
@@ -227,7 +238,8 @@ impl Backend for Store {
         page_size: usize,
         after: Option<i64>,
     ) -> Result<Page<Execution>> {
-        Store::list_executions(self, f, page_size, after)
+        let page = Store::list_executions(self, f, page_size, after)?;
+        durable_page(self, page, |e| e.id, f.context_id)
     }
     fn list_artifacts(
         &self,
@@ -235,13 +247,25 @@ impl Backend for Store {
         page_size: usize,
         after: Option<i64>,
     ) -> Result<Page<Artifact>> {
-        Store::list_artifacts(self, f, page_size, after)
+        let page = Store::list_artifacts(self, f, page_size, after)?;
+        durable_page(self, page, |a| a.id, f.context_id)
     }
     fn lineage(&self, start: Node, dirs: &[Dir], bounds: Bounds) -> Result<LineageResult> {
-        Store::lineage(self, start, dirs, bounds)
+        let found = Store::lineage(self, start, dirs, bounds)?;
+        // Any write not yet durable: lineage waits for a flush (rare
+        // enough not to check each node).
+        self.settle([Item::All])?;
+        Ok(found)
     }
+    // Maintenance writes are kept from readers until durable: an
+    // invalidation from lookups of its namespace, prune and garbage
+    // collection from every reader.
     fn invalidate(&self, ns: &str, selector: &Selector) -> Result<i64> {
-        Store::invalidate(self, ns, selector)
+        let writing = Writing {
+            created: Vec::new(),
+            touched: vec![Item::namespace(ns)],
+        };
+        self.registered(&writing, || Store::invalidate(self, ns, selector))
     }
     fn count_entries(&self, ns: &str) -> Result<i64> {
         Store::count_entries(self, ns)
@@ -259,10 +283,15 @@ impl Backend for Store {
         Some(Store::write_totals(self))
     }
     fn collect_garbage(&self, ns: Option<&str>) -> Result<i64> {
-        Store::collect_garbage(self, ns)
+        self.registered(&writing_all(), || Store::collect_garbage(self, ns))
     }
     fn prune(&self, ns: &str, older_than_ms: i64, dry_run: bool) -> Result<Pruned> {
-        Store::prune(self, ns, older_than_ms, dry_run)
+        if dry_run {
+            return Store::prune(self, ns, older_than_ms, dry_run);
+        }
+        self.registered(&writing_all(), || {
+            Store::prune(self, ns, older_than_ms, dry_run)
+        })
     }
     fn check(&self) -> Result<Integrity> {
         Store::check(self)
@@ -292,4 +321,47 @@ impl Backend for Store {
             }
         }
     }
+}
+
+/// A write that may touch anything (`store::unflushed`).
+fn writing_all() -> Writing {
+    Writing {
+        created: Vec::new(),
+        touched: vec![Item::All],
+    }
+}
+
+/// After a read of record `id`: NOT_FOUND when a write not yet durable
+/// created it; when one touched it, once a later flush completes.
+fn durable_record(store: &Store, kind: &str, id: i64, ns: Option<&str>) -> Result<()> {
+    if store.unflushed(id) {
+        return Err(crate::store::not_found(kind, id, ns));
+    }
+    store.settle([Item::Id(id)])
+}
+
+/// Events read: without those of records created by writes not yet
+/// durable, once a later flush completes when such a write touched one.
+fn durable_events(store: &Store, mut events: Vec<Event>) -> Result<Vec<Event>> {
+    events.retain(|ev| !store.unflushed(ev.execution_id) && !store.unflushed(ev.artifact_id));
+    let ids = events
+        .iter()
+        .flat_map(|ev| [ev.execution_id, ev.artifact_id]);
+    store.settle(ids.map(Item::Id))?;
+    Ok(events)
+}
+
+/// A page read: without records created by writes not yet durable, once a
+/// later flush completes when such a write touched a record of the page or
+/// the context it lists.
+fn durable_page<T>(
+    store: &Store,
+    mut page: Page<T>,
+    id: impl Fn(&T) -> i64,
+    context_id: Option<i64>,
+) -> Result<Page<T>> {
+    page.items.retain(|r| !store.unflushed(id(r)));
+    let ids = page.items.iter().map(&id).chain(context_id);
+    store.settle(ids.map(Item::Id))?;
+    Ok(page)
 }

@@ -28,6 +28,7 @@ use crate::reservations::Waiters;
 use crate::service::cache::Cache;
 use crate::service::metadata::Metadata;
 use crate::service::Shared;
+use crate::store::reopen::Reopening;
 use crate::store::{Store, StoreConfig};
 use crate::transport::CopyingWrites;
 use crate::validate::Limits;
@@ -292,8 +293,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
             Arc::new(store)
         }
         None => {
-            let data_dir = config.data_dir.clone();
-            let store_config = config.store.clone();
+            let (data_dir, store_config) = (config.data_dir.clone(), config.store.clone());
             let store = tokio::task::spawn_blocking(move || {
                 let store = Store::open(&data_dir, &store_config, clock);
                 release_freed_memory();
@@ -303,7 +303,14 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
             let store = Arc::new(store);
             Store::warm_in_background(&store);
             Store::watch_hits_in_background(&store);
-            store
+            // Opened again in-process after a write fault.
+            let (data_dir, store_config) = (config.data_dir.clone(), config.store.clone());
+            Arc::new(Reopening::new(
+                store,
+                data_dir,
+                store_config,
+                config.clock.clone(),
+            ))
         }
     })
 }

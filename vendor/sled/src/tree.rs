@@ -860,6 +860,16 @@ impl Tree {
         self.context.pagecache.flush()
     }
 
+    // stepcache patch 19 begin
+    /// Marks the database failed, as its first IO error does (a no-op after
+    /// one): later writes and flushes fail with `error`, flushes waiting for
+    /// the log return it (patch 18), and a drop does no more IO, so that the
+    /// database can be dropped and opened again after a write fault.
+    pub fn poison(&self, error: std::io::Error) {
+        self.context.set_global_error(Error::Io(error));
+    }
+    // stepcache patch 19 end
+
     /// Asynchronously flushes all dirty IO buffers
     /// and calls fsync. If this succeeds, it is
     /// guaranteed that all previous writes will
