@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The table of BENCHMARKS.md "Results" from one bench/matrix.sh output dir.
+"""The table of BENCHMARKS.md "Latest results" from one bench/matrix.sh output dir.
 
     python3 bench/matrix-table.py /tmp/bm/out4 [/tmp/bm/matrix4.log]
 

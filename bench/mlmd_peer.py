@@ -13,15 +13,22 @@ Kubeflow Pipelines driver uses it.
   `get_artifacts_by_id` of the OUTPUT events ("lookup+outputs"). The filter
   alone is reported too ("lookup-filter").
 
-One client, in process, sequential (MLMD's embedded store is one connection).
+One client per process, sequential (an MLMD store is one connection); with
+--processes N, N processes share each workload (PostgreSQL, as KFP's drivers
+run: one per task). On PostgreSQL, each result also gives the CPU per
+operation of the peer's processes and of PostgreSQL's (every process named
+`postgres` on this machine, sampled while the peer's connections are open).
 Run with bench/.venv/bin/python (see bench/setup-mlmd.sh).
 
     bench/.venv/bin/python bench/mlmd_peer.py --backend sqlite --db /tmp/mlmd.sqlite \
         --preload 10000 --count 2000
+    bench/.venv/bin/python bench/mlmd_peer.py --backend postgresql \
+        --pg-url postgres://postgres@127.0.0.1:5432/mlmd --processes 8 --preload 10000
 """
 
 import argparse
 import json
+import multiprocessing
 import os
 import random
 import subprocess
@@ -31,8 +38,10 @@ import time
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.metadata_store.metadata_store import ListOptions
 from ml_metadata.proto import metadata_store_pb2 as pb
+from urllib.parse import urlparse
 
 INPUT_POOL = 1000  # input artifacts that tasks read, created once
+BARRIER_S = 120  # how long processes wait for each other beyond the workload
 
 
 def percentile(sorted_xs, p):
@@ -64,11 +73,36 @@ def rss_mib():
     return float("nan")
 
 
+def postgres_cpu_s():
+    """User + system CPU seconds of every live process named `postgres`."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if name == "postgres":
+            total += int(rest[11]) + int(rest[12])
+    return total / tick
+
+
 class Peer:
-    def __init__(self, backend, db_path):
+    def __init__(self, backend, db_path, pg_url=None):
         config = pb.ConnectionConfig()
         if backend == "memory":
             config.fake_database.SetInParent()
+        elif backend == "postgresql":
+            u = urlparse(pg_url)
+            c = config.postgresql
+            c.host = u.hostname or "127.0.0.1"
+            c.port = str(u.port or 5432)
+            c.user = u.username or "postgres"
+            if u.password:
+                c.password = u.password
+            c.dbname = u.path.lstrip("/") or "mlmd"
         else:
             config.sqlite.filename_uri = db_path
             config.sqlite.connection_mode = pb.SqliteMetadataSourceConfig.READWRITE_OPENCREATE
@@ -83,14 +117,18 @@ class Peer:
 
     def ensure_inputs(self):
         existing = self.store.get_artifacts_by_type("system.Dataset")
-        pool = [a.id for a in existing if a.uri.startswith("gs://bench/inputs/")]
+        pool = [a for a in existing if a.uri.startswith("gs://bench/inputs/")]
         if len(pool) < INPUT_POOL:
             arts = []
             for i in range(len(pool), INPUT_POOL):
                 a = pb.Artifact(type_id=self.art_type, uri=f"gs://bench/inputs/{i}")
                 a.state = pb.Artifact.LIVE
                 arts.append(a)
-            pool += list(self.store.put_artifacts(arts))
+            for a, id_ in zip(arts, self.store.put_artifacts(arts)):
+                a.id = id_
+                pool.append(a)
+        # Whole artifacts: MLMD writes back every artifact put_execution is
+        # given, so one passed as id and type only would lose its URI and state.
         self.inputs = pool[:INPUT_POOL]
 
     def execution_count(self):
@@ -105,8 +143,8 @@ class Peer:
         e.custom_properties["image"].string_value = "python:3.11"
         aes = []
         for j in range(2):
-            a = pb.Artifact(id=self.inputs[(2 * i + j) % len(self.inputs)])
-            a.type_id = self.art_type
+            a = pb.Artifact()
+            a.CopyFrom(self.inputs[(2 * i + j) % len(self.inputs)])
             ev = pb.Event(type=pb.Event.INPUT)
             ev.path.steps.add().key = f"in{j}"
             aes.append((a, ev))
@@ -143,6 +181,51 @@ def key_of(i):
     return ("%016x" % (i * 0x9E3779B97F4A7C15 % (1 << 64))) * 4
 
 
+def worker(backend, db, pg_url, workload, items, deadline_s, start, done, sampled, out):
+    """One process's share of a workload (`--processes`)."""
+    peer = Peer(backend, db, pg_url)
+    peer.ensure_inputs()  # made by the parent before the fork: found, not made
+    f = {"put": lambda i: peer.put(i, key_of(i)), "lookup-hit": peer.lookup,
+         "lookup-filter": peer.lookup_filter, "lookup-miss": peer.lookup}[workload]
+    start.wait(BARRIER_S)
+    cpu0 = time.process_time()
+    lat, wall = timed(f, items, deadline_s)
+    cpu = time.process_time() - cpu0
+    done.wait(deadline_s + BARRIER_S)
+    sampled.wait(BARRIER_S)  # the parent has read PostgreSQL's CPU: connections may close
+    out.put((lat, wall, cpu))
+
+
+def parallel(args, workload, items):
+    """`items` shared by --processes processes; (latencies, wall, peer CPU s,
+    PostgreSQL CPU s or None)."""
+    n = args.processes
+    ctx = multiprocessing.get_context("fork")
+    start, done, sampled = (ctx.Barrier(n + 1) for _ in range(3))
+    out = ctx.Queue()
+    procs = [ctx.Process(target=worker, args=(args.backend, args.db, args.pg_url, workload,
+                                              items[k::n], args.max_seconds, start, done,
+                                              sampled, out))
+             for k in range(n)]
+    for p in procs:
+        p.start()
+    # A worker that fails breaks the barriers: the parent fails too, in time.
+    start.wait(BARRIER_S)
+    pg0, t0 = postgres_cpu_s(), time.perf_counter()
+    done.wait(args.max_seconds + BARRIER_S)
+    wall, pg1 = time.perf_counter() - t0, postgres_cpu_s()
+    sampled.wait(BARRIER_S)
+    lat, cpu = [], 0.0
+    for _ in procs:
+        l, _w, c = out.get()
+        lat += l
+        cpu += c
+    for p in procs:
+        p.join()
+    pg = pg1 - pg0 if args.backend == "postgresql" else None
+    return lat, wall, cpu, pg
+
+
 def timed(f, args_list, deadline_s):
     lat = []
     start = time.perf_counter()
@@ -157,7 +240,11 @@ def timed(f, args_list, deadline_s):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--backend", choices=["memory", "sqlite"], default="memory")
+    ap.add_argument("--backend", choices=["memory", "sqlite", "postgresql"], default="memory")
+    ap.add_argument("--pg-url", default="postgres://postgres@127.0.0.1:5432/mlmd",
+                    help="PostgreSQL database (--backend postgresql); MLMD creates it if missing")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="processes sharing each workload and the preload, one connection each")
     ap.add_argument("--db", default="/tmp/stepcache-bench-mlmd.sqlite",
                     help="SQLite file (reused when it already holds the preload)")
     ap.add_argument("--preload", type=int, default=10000, help="executions stored before measuring")
@@ -188,11 +275,16 @@ def main():
                       f"({r['throughput']:.0f}/s)", file=sys.stderr)
     elif args.backend == "sqlite" and os.path.exists(args.db):
         print(f"# reusing {args.db}", file=sys.stderr)
-    peer = Peer(args.backend, args.db)
+    peer = Peer(args.backend, args.db, args.pg_url)
     peer.ensure_inputs()
     have = peer.execution_count()
     results = []
-    if have < args.preload:
+    if have < args.preload and args.processes > 1:
+        _lat, el, _cpu, _pg = parallel(args, "put", list(range(have, args.preload)))
+        results.append({"workload": "preload", "count": args.preload - have,
+                        "throughput": (args.preload - have) / el, "seconds": el})
+        have = args.preload
+    elif have < args.preload:
         t0 = time.perf_counter()
         for i in range(have, args.preload):
             peer.put(i, key_of(i))
@@ -210,23 +302,34 @@ def main():
             # New tasks numbered after everything stored; on the file store this
             # grows it by --count executions (the lookups below ignore them).
             ids = list(range(stored + 10**9, stored + 10**9 + args.count))
-            lat, wall = timed(lambda i: peer.put(i, key_of(i)), ids, args.max_seconds)
+            items, f = ids, (lambda i: peer.put(i, key_of(i)))
         elif w in ("lookup-hit", "lookup-filter"):
             keys = [key_of(rng.randrange(args.preload)) for _ in range(args.count)]
             f = peer.lookup if w == "lookup-hit" else peer.lookup_filter
             # The first call warms caches; correctness check on it.
             assert f(keys[0]), "a preloaded key must hit"
-            lat, wall = timed(f, keys, args.max_seconds)
+            items = keys
         elif w == "lookup-miss":
             keys = [key_of(10**12 + rng.randrange(10**9)) for _ in range(args.count)]
             assert peer.lookup(keys[0]) is None
-            lat, wall = timed(peer.lookup, keys, args.max_seconds)
+            items, f = keys, peer.lookup
         else:
             ap.error(f"unknown workload {w}")
-        results.append(summary(w, lat, wall))
+        if args.processes > 1 or args.backend == "postgresql":
+            lat, wall, cpu, pg = parallel(args, w, items)
+        else:
+            cpu0 = time.process_time()
+            lat, wall = timed(f, items, args.max_seconds)
+            cpu, pg = time.process_time() - cpu0, None
+        r = summary(w, lat, wall)
+        r["peer_cpu_us"] = cpu / max(1, len(lat)) * 1e6
+        if pg is not None:
+            r["postgres_cpu_us"] = pg / max(1, len(lat)) * 1e6
+        results.append(r)
 
     for r in results:
-        r.update({"system": f"mlmd-{args.backend}", "stored": stored, "rss_mib": rss_mib()})
+        r.update({"system": f"mlmd-{args.backend}", "stored": stored, "rss_mib": rss_mib(),
+                  "processes": args.processes})
         if args.json:
             print(json.dumps(r))
         elif r["workload"] == "preload":
@@ -236,7 +339,8 @@ def main():
             print(f"mlmd-{args.backend:6} stored={stored:<8} {r['workload']:<13}"
                   f"{r['throughput']:9.0f}/s  p50 {r['p50_ms']:7.3f} ms  p90 {r['p90_ms']:7.3f} ms  "
                   f"p99 {r['p99_ms']:7.3f} ms  max {r['max_ms']:7.3f} ms  n={r['count']}  "
-                  f"rss {r['rss_mib']:.0f} MiB")
+                  f"rss {r['rss_mib']:.0f} MiB  cpu/op {r['peer_cpu_us']:.0f} us"
+                  + (f" + postgres {r['postgres_cpu_us']:.0f} us" if "postgres_cpu_us" in r else ""))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 """Holds files in the OS page cache (mmap + mlock) until interrupted.
 
 The benchmark VM reclaims page cache within a minute even with most of its
-RAM free (BENCHMARKS.md, "Page cache"), so a large data dir read before a run
+RAM free (BENCHMARKS.md, "Machine"), so a large data dir read before a run
 is partly gone during it, and lookups then measure the virtual disk rather
 than stepcache. Needs root (or an RLIMIT_MEMLOCK as large as the files):
 

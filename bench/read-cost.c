@@ -1,6 +1,6 @@
 // What one read of a hits-file record costs on this machine, by way of
 // reading it: the floor of a 1M lookup that the memory tier does not answer
-// (BENCHMARKS.md, "Huge folios for the hits file").
+// (docs/benchmarks-archive.md, "Huge folios for the hits file").
 //
 //   cc -O2 -o /tmp/read-cost bench/read-cost.c
 //   /tmp/read-cost /tmp/bm/sc1000000/hits.log [reads]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fails when a tracked file points outside the repository for its specs (they
-# live in docs/), or when a relative Markdown link in README.md or docs/ names
-# a file that does not exist. Run from anywhere: bash scripts/check-doc-links.sh
+# live in docs/), or when a relative Markdown link in README.md, BENCHMARKS.md
+# or docs/ names a file that does not exist. Run from anywhere:
+# bash scripts/check-doc-links.sh
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -25,8 +26,8 @@ if search; then
     status=1
 fi
 
-# Relative links of README.md and docs/*.md (fenced code blocks skipped).
-python3 - README.md docs/*.md <<'PY' || status=1
+# Relative links of README.md, BENCHMARKS.md and docs/*.md (fenced code blocks skipped).
+python3 - README.md BENCHMARKS.md docs/*.md <<'PY' || status=1
 import os, re, sys
 
 link = re.compile(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")

@@ -183,10 +183,12 @@ def check_dockerfile(path: Path, c: Checker) -> None:
     c.check(len(stages) >= 2, str(path), "must be multi-stage (a builder and a runtime stage)")
     runtime = lines[stages[-1] :] if stages else []
     # The builder must see every path the build reads besides src/ (patched
-    # crates, the cargo config): a missing COPY only fails in `docker build`.
+    # crates, workspace members, the cargo config): a missing COPY only fails in `docker build`.
     copied = {ln.split()[1].rstrip("/") for ln in lines if ln.upper().startswith("COPY ") and "--from" not in ln}
     manifest = tomllib.loads((path.parent.parent / "Cargo.toml").read_text())
     paths = [dep["path"] for dep in manifest.get("patch", {}).get("crates-io", {}).values() if "path" in dep]
+    # Cargo loads every workspace member's manifest, even to build one binary.
+    paths += manifest.get("workspace", {}).get("members", [])
     for needed in [p.split("/")[0] for p in paths] + [".cargo"]:
         c.check(needed in copied, str(path), f"the builder does not COPY {needed}")
     users = [ln.split()[1] for ln in runtime if ln.upper().startswith("USER ")]

@@ -70,7 +70,7 @@ impl From<Error> for Status {
             tracing::error!(error = %e, "request failed");
         } else {
             tracing::debug!(
-                code = crate::metrics::code_name(code as i32),
+                code = code_name(code as i32),
                 error = %e,
                 "request rejected"
             );
@@ -152,9 +152,47 @@ impl From<tokio::task::JoinError> for Error {
     }
 }
 
+/// The canonical name of a gRPC status code.
+pub fn code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "CANCELLED",
+        2 => "UNKNOWN",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn code_names_match_tonic() {
+        assert_eq!(code_name(tonic::Code::NotFound as i32), "NOT_FOUND");
+        assert_eq!(
+            code_name(tonic::Code::FailedPrecondition as i32),
+            "FAILED_PRECONDITION"
+        );
+        assert_eq!(
+            code_name(tonic::Code::Unauthenticated as i32),
+            "UNAUTHENTICATED"
+        );
+        assert_eq!(code_name(99), "UNKNOWN");
+    }
 
     #[test]
     fn disk_faults_have_their_codes() {

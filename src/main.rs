@@ -1,10 +1,9 @@
 //! The `stepcache` command: a thin CLI over the library.
 
 /// mimalloc instead of glibc's malloc: sled allocates and frees a node's keys
-/// and values on every page-in, and glibc's malloc took ~27 % of the server's
-/// CPU under 64 concurrent lookups on a large store (BENCHMARKS.md "Read path").
-/// Built with lazy arena commit (`.cargo/config.toml`): its eager default held
-/// ~4x glibc's RSS under 64 concurrent writers.
+/// and values on every page-in, which glibc's malloc serves slowly under
+/// concurrent lookups. Built with lazy arena commit (`.cargo/config.toml`):
+/// its eager default holds far more RSS under concurrent writers.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -54,8 +53,8 @@ enum Command {
         #[arg(long, default_value = "./stepcache-data")]
         data_dir: PathBuf,
         /// sled's page cache in MiB (its memory use runs somewhat above it).
-        /// 32 kept a 1M-execution store's server under 512 MiB while serving
-        /// lookups as fast as 64 did (BENCHMARKS.md, "Memory and startup").
+        /// The default keeps a 1M-execution store's server under 512 MiB;
+        /// lookups do not need more.
         #[arg(long, default_value_t = 32)]
         cache_capacity_mb: u64,
         /// Hits kept in memory (the newest servable one per key; 0 = off).
@@ -77,10 +76,8 @@ enum Command {
         #[arg(long, default_value_t = stepcache::pool::Pool::DEFAULT_WRITE_THREADS)]
         write_threads: usize,
         /// Threads that run the gRPC service (tokio workers); default: one per
-        /// core. Fewer leave cores to other processes: on 2 cores shared with
-        /// a load generator, 1 about halved the p99 of lookups
-        /// (BENCHMARKS.md, "Worker threads"). With 1, tokio's current-thread
-        /// scheduler runs the service.
+        /// core. Fewer leave cores to other processes sharing the machine.
+        /// With 1, tokio's current-thread scheduler runs the service.
         #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         worker_threads: Option<u16>,
         /// Largest decoded gRPC message in bytes.
@@ -283,8 +280,7 @@ fn client(f: impl std::future::Future<Output = anyhow::Result<()>>) -> anyhow::R
 
 /// The runtime of the gRPC service. One worker runs tokio's current-thread
 /// scheduler: with a single worker, the multi-thread one only adds its
-/// cross-thread queues and wakeups (about a fifth of the server's CPU per
-/// lookup: BENCHMARKS.md, "One worker on the current-thread scheduler").
+/// cross-thread queues and wakeups.
 /// Blocking work (sled) goes to the blocking pool with either.
 fn service_runtime(workers: Option<u16>) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = match workers {

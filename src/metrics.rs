@@ -5,18 +5,20 @@
 //!   debug line per call. Unary errors come back trailers-only (grpc-status in
 //!   the headers); an OK status comes in the trailers, so the response body is
 //!   wrapped to read them.
-//! - Lookup outcomes per namespace are counted by `service::stats::Stats`.
+//! - Lookup outcomes per namespace are counted by `stats::Stats`.
 //! - Reservations held and the store's size on disk are read at scrape time.
 //!
 //! `serve` answers `GET /metrics` in the OpenMetrics text format (which
 //! Prometheus scrapes natively) on its own HTTP/1 listener.
+
+pub mod stats;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -36,10 +38,10 @@ use tokio::task::JoinHandle;
 use anyhow::Context as _;
 
 use crate::backend::Backend;
-use crate::server::Config;
-use crate::service::stats::Stats;
-use crate::service::Shared;
+use crate::error::code_name;
 use crate::store::activity::WriteTotals;
+use crate::store::Store;
+use stats::Stats;
 
 /// Labels of the per-call metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -144,6 +146,8 @@ struct Inner {
     /// Weak: a scrape connection that outlives the server must not keep the
     /// store (and its directory lock) open.
     store: Weak<dyn Backend>,
+    /// The sled store behind `store`, whose write path counts its batches.
+    sled: Option<Weak<Store>>,
     /// One scrape at a time sets the scrape-time gauges.
     scrape: Mutex<()>,
     /// Whether reservations are counted per namespace (else all as one).
@@ -160,7 +164,13 @@ impl Metrics {
     /// The metrics of a server; `label_namespaces`: whether per-namespace
     /// counts name their namespace (else one count over all, labelled
     /// `ALL_NAMESPACES`).
-    pub fn new(store: &Arc<dyn Backend>, stats: &Stats, label_namespaces: bool) -> Metrics {
+    /// `sled`: the store behind `store` when it is the sled one.
+    pub fn new(
+        store: &Arc<dyn Backend>,
+        sled: Option<&Arc<Store>>,
+        stats: &Stats,
+        label_namespaces: bool,
+    ) -> Metrics {
         let mut registry = Registry::with_prefix("stepcache");
         let requests = Family::<RpcLabels, Counter>::default();
         registry.register(
@@ -194,7 +204,7 @@ impl Metrics {
         );
         // Only a store with a write path of its own has them (sled).
         let writes = WriteCounters::default();
-        if store.write_totals().is_some() {
+        if sled.is_some() {
             writes.register(&mut registry);
         }
         Metrics {
@@ -206,6 +216,7 @@ impl Metrics {
                 store_bytes,
                 writes,
                 store: Arc::downgrade(store),
+                sled: sled.map(Arc::downgrade),
                 scrape: Mutex::new(()),
                 label_namespaces,
             }),
@@ -271,8 +282,8 @@ impl Metrics {
                 }
                 Err(e) => tracing::warn!(error = %e, "metrics: cannot read the store size"),
             }
-            if let Some(t) = store.write_totals() {
-                inner.writes.catch_up(&t);
+            if let Some(sled) = inner.sled.as_ref().and_then(Weak::upgrade) {
+                inner.writes.catch_up(&sled.write_totals());
             }
         }
         let mut out = String::new();
@@ -310,21 +321,22 @@ impl Metrics {
     }
 }
 
-/// The metrics of a server, and when `config.metrics_listen` is set, the task
-/// serving them until the server shuts down (`run` awaits it).
+/// When `listen` is set, the task serving `metrics` until `stop` turns true
+/// (the server awaits it); the bound address goes to `bound`.
 pub async fn start(
-    config: &Config,
-    shared: &Shared,
-) -> anyhow::Result<(Metrics, Option<JoinHandle<()>>)> {
-    let metrics = Metrics::new(&shared.store, &shared.stats, config.metrics_namespaces());
-    let Some(addr) = config.metrics_listen else {
-        return Ok((metrics, None));
+    listen: Option<SocketAddr>,
+    bound: &OnceLock<SocketAddr>,
+    metrics: &Metrics,
+    stop: watch::Receiver<bool>,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
+    let Some(addr) = listen else {
+        return Ok(None);
     };
-    let (bound, task) = serve(addr, metrics.clone(), shared.shutdown.clone())
+    let (addr_bound, task) = serve(addr, metrics.clone(), stop)
         .await
         .with_context(|| format!("binding the metrics listener {addr}"))?;
-    let _ = config.metrics_addr.set(bound);
-    Ok((metrics, Some(task)))
+    let _ = bound.set(addr_bound);
+    Ok(Some(task))
 }
 
 /// Binds `addr` and answers `GET /metrics` until `stop` turns true; open
@@ -521,47 +533,9 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
         .and_then(|s| s.trim().parse().ok())
 }
 
-/// The canonical name of a gRPC status code.
-pub fn code_name(code: i32) -> &'static str {
-    match code {
-        0 => "OK",
-        1 => "CANCELLED",
-        2 => "UNKNOWN",
-        3 => "INVALID_ARGUMENT",
-        4 => "DEADLINE_EXCEEDED",
-        5 => "NOT_FOUND",
-        6 => "ALREADY_EXISTS",
-        7 => "PERMISSION_DENIED",
-        8 => "RESOURCE_EXHAUSTED",
-        9 => "FAILED_PRECONDITION",
-        10 => "ABORTED",
-        11 => "OUT_OF_RANGE",
-        12 => "UNIMPLEMENTED",
-        13 => "INTERNAL",
-        14 => "UNAVAILABLE",
-        15 => "DATA_LOSS",
-        16 => "UNAUTHENTICATED",
-        _ => "UNKNOWN",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn code_names_match_tonic() {
-        assert_eq!(code_name(tonic::Code::NotFound as i32), "NOT_FOUND");
-        assert_eq!(
-            code_name(tonic::Code::FailedPrecondition as i32),
-            "FAILED_PRECONDITION"
-        );
-        assert_eq!(
-            code_name(tonic::Code::Unauthenticated as i32),
-            "UNAUTHENTICATED"
-        );
-        assert_eq!(code_name(99), "UNKNOWN");
-    }
 
     #[test]
     fn grpc_status_reads_headers() {

@@ -3,16 +3,14 @@
 //!
 //! `tokio::task::spawn_blocking` keeps one thread per concurrent call: with 64
 //! lookups in flight it holds ~64 threads, and nearly every call wakes a
-//! sleeping one (a futex wake and a context switch per read; about a third of
-//! the server's CPU per hit in the profile of BENCHMARKS.md). A few threads
+//! sleeping one (a futex wake and a context switch per read). A few threads
 //! sharing one queue take the next call without sleeping while there is work.
 //!
 //! Writes wait on their thread for a shared transaction and a shared flush
-//! (`store::combine`, `store::flush`). With one thread per write, 64 writers
-//! kept ~90 threads, and every thread that allocates keeps its own allocator
-//! heap: RSS during sustained writes grew by ~4 MiB per thread
-//! (BENCHMARKS.md, "Write threads"). A bounded pool queues the writes beyond
-//! its size without a thread.
+//! (`store::combine`, `store::flush`). Every thread that allocates keeps its
+//! own allocator heap, so one thread per write would grow RSS with the
+//! number of writers; a bounded pool queues the writes beyond its size
+//! without a thread.
 //!
 //! Neither pool can deadlock. Reads never wait for other requests (no flush,
 //! no lock held across calls). A write waits only for a batch or a flush run
@@ -56,7 +54,7 @@ impl Pool {
 
     /// The write pool's default size. Puts are applied one batch at a time
     /// (at most 16 writes each), so more threads than two batches' worth add
-    /// memory, not throughput (BENCHMARKS.md, "Write threads").
+    /// memory, not throughput.
     pub const DEFAULT_WRITE_THREADS: usize = 32;
 
     /// The read pool's default size: two threads per core (a read that pages

@@ -18,7 +18,8 @@ use crate::auth::{Authenticate, Tokens};
 use crate::backend::Backend;
 use crate::clock::{Clock, SteadyClock};
 use crate::connections::{self, ConnectionLimits};
-use crate::metrics;
+use crate::metrics::stats::Stats;
+use crate::metrics::{self, Metrics};
 use crate::pg::PgStore;
 use crate::pool::Pool;
 use crate::proto::cache_service_server::CacheServiceServer;
@@ -105,7 +106,8 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let store = open_store(&config).await?;
+    let opened = open(&config).await?;
+    let store = opened.backend();
     // Waiters answer as soon as shutdown starts, so that the graceful shutdown
     // (which waits for in-flight requests) never hangs on them.
     let (stopping, stopping_rx) = tokio::sync::watch::channel(false);
@@ -116,9 +118,7 @@ pub async fn run(
     let shared = Shared {
         store,
         limits: Arc::new(config.limits.clone()),
-        stats: Arc::new(crate::service::stats::Stats::new(
-            config.metrics_namespaces(),
-        )),
+        stats: Arc::new(Stats::new(config.metrics_namespaces())),
         waiters: Arc::new(Waiters::default()),
         shutdown: stopping_rx,
         reads: match config.read_threads {
@@ -130,13 +130,32 @@ pub async fn run(
             n => Some(Pool::new("write", n)?),
         },
     };
-    // Other replicas' publishes wake this one's waiters (PostgreSQL).
-    {
-        let (store, waiters) = (shared.store.clone(), shared.waiters.clone());
-        tokio::task::spawn_blocking(move || store.watch_other_writers(waiters)).await??;
-    }
+    let sled = match opened {
+        // The store open now (its write counters stop at a reopen).
+        Opened::Sled(sled) => sled.current(),
+        // Other replicas' publishes wake this one's waiters.
+        Opened::Pg(pg) => {
+            let waiters = shared.waiters.clone();
+            tokio::task::spawn_blocking(move || pg.watch_other_writers(waiters)).await??;
+            None
+        }
+    };
     let max = config.limits.max_message_bytes;
-    let (metrics, metrics_task) = metrics::start(&config, &shared).await?;
+    let metrics = Metrics::new(
+        &shared.store,
+        sled.as_ref(),
+        &shared.stats,
+        config.metrics_namespaces(),
+    );
+    // The last strong handle goes with `shared`, for `Backend::close`.
+    drop(sled);
+    let metrics_task = metrics::start(
+        config.metrics_listen,
+        &config.metrics_addr,
+        &metrics,
+        shared.shutdown.clone(),
+    )
+    .await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<CacheServiceServer<Cache>>().await;
@@ -185,7 +204,7 @@ pub async fn run(
         "serving"
     );
     // TCP_NODELAY on accepted connections: without it small replies wait on
-    // Nagle + delayed ACK (~40 ms), which showed as wake-up latency. Each
+    // Nagle + delayed ACK. Each
     // connection reports no vectored writes, so that h2 copies replies below
     // 1 KiB into one write buffer (`transport`).
     let conn = config.connections;
@@ -274,23 +293,45 @@ const WRITABLE_EVERY: Duration = Duration::from_secs(2);
 /// Opening a large sled store reads its whole snapshot (the page table) into
 /// memory and frees most of it again; mimalloc keeps freed pages for reuse by
 /// the thread that freed them, and the opening thread then idles, so without
-/// this an idle server on a 1M-execution store kept ~170 MiB it no longer used
-/// (BENCHMARKS.md, "Memory and startup"). Harmless when mimalloc is not the
-/// global allocator.
+/// this an idle server on a large store keeps memory it no longer uses.
+/// Harmless when mimalloc is not the global allocator.
 pub fn release_freed_memory() {
     // SAFETY: mi_collect takes no pointers; it only walks this thread's heap.
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
+/// An open store, as its concrete type: the server wires the abilities only
+/// one backend has.
+pub enum Opened {
+    /// The sled store, opened again after a write fault (`store::reopen`).
+    Sled(Arc<Reopening>),
+    Pg(Arc<PgStore>),
+}
+
+impl Opened {
+    /// The store behind the storage trait.
+    pub fn backend(&self) -> Arc<dyn Backend> {
+        match self {
+            Opened::Sled(s) => s.clone(),
+            Opened::Pg(s) => s.clone(),
+        }
+    }
+}
+
 /// Opens the store the config names: PostgreSQL when `store_url` is set, else
 /// sled under `data_dir`.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
+    Ok(open(config).await?.backend())
+}
+
+/// `open_store`, as the concrete store.
+pub async fn open(config: &Config) -> anyhow::Result<Opened> {
     let clock = config.clock.clone();
     Ok(match &config.store_url {
         Some(url) => {
             let url = url.clone();
             let store = tokio::task::spawn_blocking(move || PgStore::open(&url, clock)).await??;
-            Arc::new(store)
+            Opened::Pg(Arc::new(store))
         }
         None => {
             let (data_dir, store_config) = (config.data_dir.clone(), config.store.clone());
@@ -305,12 +346,12 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Backend>> {
             Store::watch_hits_in_background(&store);
             // Opened again in-process after a write fault.
             let (data_dir, store_config) = (config.data_dir.clone(), config.store.clone());
-            Arc::new(Reopening::new(
+            Opened::Sled(Arc::new(Reopening::new(
                 store,
                 data_dir,
                 store_config,
                 config.clock.clone(),
-            ))
+            )))
         }
     })
 }

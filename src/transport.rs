@@ -8,7 +8,7 @@
 //! vectored socket, and its trailers would go out in the next one. A socket
 //! that reports no vectored writes (`CopyingWrites`) makes h2 copy it
 //! instead, so that the replies of many streams share one write. Payloads of
-//! 1 KiB and more are written from their own buffer, as before.
+//! 1 KiB and more are written from their own buffer.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;

@@ -4,13 +4,13 @@
 use std::fmt;
 
 use crate::clock::timestamp_ms;
+use crate::domain::{content_digest, ExecutionWrite};
 use crate::error::{Error, Result};
 use crate::key::{self, CacheKey};
 use crate::proto::{
     Artifact, ArtifactState, Context, Execution, ExecutionState, PutExecutionRequest, TaskInterface,
 };
 use crate::query::TimeRange;
-use crate::store::{content_digest, ExecutionWrite};
 
 /// Namespace used when a request leaves it empty.
 pub const DEFAULT_NAMESPACE: &str = "default";

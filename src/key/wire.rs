@@ -1,7 +1,6 @@
 //! The cache key straight from an interface's protobuf encoding, for
 //! GetCachedExecution: a lookup's decode into owned messages (a String per
-//! name, a BTreeMap per map) costs more than its key (BENCHMARKS.md, "Keys
-//! from the request's bytes").
+//! name, a BTreeMap per map) costs more than computing its key.
 //!
 //! It reads the encodings clients send: fields in any order, IDs packed or
 //! not, a repeated scalar field (the last one counts, as in decoding). For

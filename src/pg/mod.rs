@@ -19,9 +19,14 @@
 //! Calls block (the sync `postgres` client); the service runs them on
 //! `spawn_blocking` threads, like the sled store's.
 
+mod backend;
+mod lookup;
+mod maintenance;
 mod pool;
+mod query;
+mod rows;
 mod schema;
-mod store;
+mod write;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -75,7 +80,12 @@ impl PgStore {
         })
     }
 
-    fn start_listener(&self, waiters: Arc<Waiters>) -> crate::error::Result<()> {
+    fn conn(&self) -> crate::error::Result<pool::Conn<'_>> {
+        self.pool.get()
+    }
+
+    /// Wakes `waiters` when another replica publishes or releases a key.
+    pub fn watch_other_writers(&self, waiters: Arc<Waiters>) -> crate::error::Result<()> {
         let mut slot = self
             .listener
             .lock()

@@ -2,8 +2,11 @@
 //! decode is answered INVALID_ARGUMENT (the sender's fault) rather than
 //! INTERNAL, so that garbage from a client is neither reported nor counted
 //! as a fault of the server. (Clients built from the same code get the same
-//! code for a reply that does not decode.)
+//! code for a reply that does not decode.) A large message is decoded with
+//! its worker handed over to another thread (`off_worker`), so that health
+//! and small calls on the same worker keep being answered meanwhile.
 
+use prost::bytes::Buf;
 use prost::Message;
 use tonic::codec::{BufferSettings, DecodeBuf};
 use tonic::Status;
@@ -45,7 +48,8 @@ impl<U: Message + Default> tonic::codec::Decoder for Decoder<U> {
     type Error = Status;
 
     fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
-        self.0.decode(buf).map_err(|s| {
+        let len = buf.remaining();
+        off_worker(len, || self.0.decode(buf)).map_err(|s| {
             Status::invalid_argument(crate::error::bounded(format!(
                 "undecodable message: {}",
                 s.message()
@@ -55,5 +59,57 @@ impl<U: Message + Default> tonic::codec::Decoder for Decoder<U> {
 
     fn buffer_settings(&self) -> BufferSettings {
         self.0.buffer_settings()
+    }
+}
+
+/// Messages at least this long are decoded off the async worker.
+const OFF_WORKER_BYTES: usize = 64 * 1024;
+
+/// Runs `decode` (of a message of `len` bytes) where it cannot hold up the
+/// async worker's other tasks: on a multi-thread runtime, a large message is
+/// decoded under `block_in_place`, which first hands the worker's queue to
+/// another thread. A current-thread runtime (`--worker-threads 1`) has no
+/// other thread to hand it to, and decodes in place.
+fn off_worker<R>(len: usize, decode: impl FnOnce() -> R) -> R {
+    let multi_thread = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if len >= OFF_WORKER_BYTES && multi_thread {
+        tokio::task::block_in_place(decode)
+    } else {
+        decode()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// One worker decoding a large message: a task queued on that worker
+    /// still runs before the decode ends (the decode here waits for it, so
+    /// decoding in place would never see it run).
+    #[test]
+    fn a_large_decode_lets_the_workers_other_tasks_run() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let ran = rt.block_on(async {
+            tokio::spawn(async {
+                let (tx, rx) = std::sync::mpsc::channel();
+                // Queued on this worker; it can run only if the decode below
+                // gives the worker up.
+                tokio::spawn(async move {
+                    let _ = tx.send(());
+                });
+                off_worker(OFF_WORKER_BYTES, || {
+                    rx.recv_timeout(Duration::from_secs(10))
+                })
+            })
+            .await
+            .unwrap()
+        });
+        assert!(ran.is_ok(), "the other task waited for the decode to end");
     }
 }

@@ -12,6 +12,7 @@ use super::{Shared, Work};
 use crate::auth::Caller;
 use crate::backend::Backend;
 use crate::clock::timestamp;
+use crate::domain::{Claimed, ExecutionFilter, Hit, Lookup, Selector};
 use crate::error::{Error, Result};
 use crate::key::{self, CacheKey};
 use crate::policy::{self, Decision};
@@ -28,8 +29,6 @@ use crate::proto::{
     WaitForCachedExecutionRequest, WaitForCachedExecutionResponse,
 };
 use crate::reservations::{self, Holder, Step, Waited};
-use crate::store::maintenance::Selector;
-use crate::store::{Claimed, ExecutionFilter, Hit, Lookup};
 use crate::validate;
 
 pub struct Cache {
@@ -127,7 +126,7 @@ impl CacheService for Cache {
         let (target, encoded) = (req.target.take(), std::mem::take(&mut req.interface_bytes));
         // A hit served from memory needs no thread (unless it records); a
         // lookup that neither records nor reserves only reads.
-        let hot = self.shared.store.lookup_hot(&ns, &key, max_staleness);
+        let hot = (self.shared.store.hits()).and_then(|h| h.lookup_hot(&ns, &key, max_staleness));
         let work = match (hot.is_some(), record || ask.is_some()) {
             (_, true) => Work::Write,
             (true, false) => Work::Inline,

@@ -4,6 +4,7 @@ use tonic::{Request, Response, Status};
 
 use super::Shared;
 use crate::auth::Caller;
+use crate::domain::{ArtifactFilter, ContextFilter, ExecutionFilter};
 use crate::error::{Error, Result};
 use crate::lineage::{self, Node};
 use crate::proto::get_lineage_request::Start;
@@ -17,8 +18,6 @@ use crate::proto::{
     PutArtifactsResponse, PutContextsRequest, PutContextsResponse, PutExecutionRequest,
     PutExecutionResponse,
 };
-use crate::store::query::ContextFilter;
-use crate::store::{ArtifactFilter, ExecutionFilter};
 use crate::validate;
 
 pub struct Metadata {

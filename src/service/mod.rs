@@ -2,7 +2,6 @@
 
 pub mod cache;
 pub mod metadata;
-pub mod stats;
 
 use std::sync::Arc;
 
@@ -10,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::backend::Backend;
 use crate::error::Result;
+use crate::metrics::stats::Stats;
 use crate::pool::Pool;
 use crate::reservations::Waiters;
 use crate::validate::Limits;
@@ -19,7 +19,7 @@ use crate::validate::Limits;
 pub struct Shared {
     pub store: Arc<dyn Backend>,
     pub limits: Arc<Limits>,
-    pub stats: Arc<stats::Stats>,
+    pub stats: Arc<Stats>,
     /// Who waits on which key (WaitForCachedExecution); writes wake them.
     pub waiters: Arc<Waiters>,
     /// Turns true when the server starts shutting down: waiters answer then.

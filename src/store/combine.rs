@@ -3,15 +3,12 @@
 //! in one go (one sled transaction) and hands each writer its result. sled
 //! runs one transaction at a time behind a process-wide lock; with one
 //! transaction per write, 64 writers on 2 cores hand that lock around and
-//! the holder is often descheduled while holding it (BENCHMARKS.md, "Durable
-//! puts in shared transactions").
+//! the holder is often descheduled while holding it.
 //!
-//! The batches used to run on whichever writer found none running. One
-//! thread that starts the next batch as soon as the last one ends keeps the
-//! batches full (16 writes, against 4 on average), and sled writes less log
-//! per write in larger transactions: +26% puts at 100k stored (BENCHMARKS.md,
-//! "Write batches on a thread of their own"). Each batch wakes only the
-//! groups of waiting writers its jobs came from (+12%).
+//! One thread that starts the next batch as soon as the last one ends keeps
+//! the batches full, and sled writes less log per write in larger
+//! transactions. Each batch wakes only the groups of waiting writers its jobs
+//! came from, not every writer.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};

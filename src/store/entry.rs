@@ -23,9 +23,6 @@ use prost::Message;
 use crate::error::{Error, Result};
 use crate::proto::{encode_hit_fields, Artifact, ArtifactState, Execution};
 
-/// Output artifacts by output name, in index order.
-pub type Outputs = BTreeMap<String, Vec<Artifact>>;
-
 /// An entry that must never be served again.
 pub const INVALIDATED: u8 = 1;
 pub const VALID: u8 = 0;

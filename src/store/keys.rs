@@ -21,8 +21,8 @@ pub const RESERVATION: u8 = b'r';
 pub const EVENT_BY_EXEC: u8 = b'v';
 pub const EVENT_BY_ARTIFACT: u8 = b'w';
 pub const EXTERNAL_ID: u8 = b'x';
-/// Store-wide settings (see `META_ID_FLOOR`).
-pub const META: u8 = b'~';
+// Store-wide settings are whole keys under the prefix `~`, which no other
+// key uses: the `META_` keys below.
 
 /// Every ID at or below this u64 (BE) was handed out before an import (see
 /// `backup`): new IDs are generated above it.

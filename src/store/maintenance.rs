@@ -5,28 +5,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::{entry, keys, Store, INVALIDATED};
 use prost::Message;
 
+use crate::domain::{Pruned, Selector};
 use crate::error::Result;
 use crate::key::CacheKey;
 use crate::policy;
 use crate::proto::{EventType, Execution};
-
-/// What InvalidateCache selects.
-#[derive(Debug, Clone)]
-pub enum Selector {
-    Key(CacheKey),
-    Execution(i64),
-    Artifact(i64),
-    Component(String),
-}
-
-/// What a prune deleted (or would delete, on a dry run).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Pruned {
-    pub executions: i64,
-    pub events: i64,
-    pub artifacts: i64,
-    pub cache_entries: i64,
-}
 
 /// What an integrity check found.
 #[derive(Debug, Clone, Default)]

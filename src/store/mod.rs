@@ -6,6 +6,7 @@
 //! (`crate::pool`).
 
 pub mod activity;
+pub mod backend;
 pub mod backup;
 pub mod combine;
 pub mod entry;
@@ -18,7 +19,6 @@ pub mod maintenance;
 pub mod os;
 pub mod query;
 pub mod reopen;
-pub mod replay;
 pub mod tag_index;
 pub mod unflushed;
 
@@ -32,11 +32,17 @@ use sled::transaction::{ConflictableTransactionError, TransactionalTree};
 use events::NewEvents;
 
 use crate::clock::{timestamp, timestamp_ms, Clock};
+use crate::domain::replay;
+use crate::domain::{
+    self, check_execution_update, content_digest, create_ms, created_ms, decode, not_found,
+    Claimed, ExecutionWritten, Hit, Lookup, Named, Page,
+};
+// The bench programs still import these from here (until they move out).
+pub use crate::domain::{ArtifactFilter, ExecutionFilter, ExecutionWrite};
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::policy::{self, Candidate, Ineligible};
 use crate::proto::{Artifact, ArtifactState, Context, EventType, Execution, ExecutionState};
-use crate::query::TimeRange;
 use crate::reservations::{self, Ask, Claim, Holder};
 use flush::GroupFlush;
 
@@ -45,10 +51,6 @@ type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
 
 fn abort<T>(e: Error) -> TxResult<T> {
     Err(ConflictableTransactionError::Abort(e))
-}
-
-fn decode<M: Message + Default>(bytes: &[u8]) -> Result<M> {
-    Ok(M::decode(bytes)?)
 }
 
 /// Storage settings.
@@ -72,104 +74,6 @@ impl Default for StoreConfig {
     }
 }
 
-/// A validated PutExecution.
-#[derive(Debug, Clone)]
-pub struct ExecutionWrite {
-    /// The execution as the caller sent it, namespace filled in; id 0 = create.
-    pub execution: Execution,
-    /// The key of `execution.interface`, when it has one.
-    pub key: Option<CacheKey>,
-    /// (output name, artifact): artifact.id 0 = new.
-    pub outputs: Vec<(String, Artifact)>,
-    pub skip_publish: bool,
-    /// Who claims to hold the key's reservation (empty: not said); see
-    /// `reservations::released_by_write`.
-    pub reservation_owner: String,
-    /// A digest of the request, to tell a retry from a reuse of its external_id.
-    pub digest: [u8; 32],
-    /// Contexts to associate the execution with (and attribute its input and
-    /// output artifacts to), deduplicated.
-    pub context_ids: Vec<i64>,
-}
-
-/// What a PutExecution did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ExecutionWritten {
-    pub execution_id: i64,
-    pub output_artifact_ids: Vec<i64>,
-    pub cache_key: String,
-    pub published: bool,
-    /// True when this write released the key's reservation.
-    pub reservation_released: bool,
-}
-
-/// A servable hit: the original execution and its outputs by name.
-#[derive(Debug, Clone)]
-pub enum Hit {
-    Decoded {
-        execution: Box<Execution>,
-        outputs: entry::Outputs,
-    },
-    /// As the lookup reply's fields 3 and 4, built from a stored hit record's
-    /// bytes (`entry::encoded_hit`): a reply carries them as they are.
-    Encoded(prost::bytes::Bytes),
-}
-
-impl Hit {
-    /// The execution and its outputs, decoded.
-    pub fn decoded(self) -> Result<(Execution, entry::Outputs)> {
-        match self {
-            Hit::Decoded { execution, outputs } => Ok((*execution, outputs)),
-            Hit::Encoded(fields) => {
-                let reply = crate::proto::GetCachedExecutionResponse::decode(fields)
-                    .map_err(|e| Error::Internal(format!("an encoded hit does not decode: {e}")))?;
-                let outputs = reply
-                    .output_artifacts
-                    .into_iter()
-                    .map(|(name, list)| (name, list.artifacts))
-                    .collect();
-                Ok((reply.execution.unwrap_or_default(), outputs))
-            }
-        }
-    }
-}
-
-/// The outcome of a cache lookup.
-#[derive(Debug, Clone)]
-pub enum Lookup {
-    Hit(Hit),
-    Miss { reason: String },
-}
-
-/// The outcome of a lookup that settles the key's reservation on a miss.
-#[derive(Debug, Clone)]
-pub enum Claimed {
-    Hit(Hit),
-    /// The caller holds the reservation now (durably); why it missed.
-    Granted {
-        holder: Holder,
-        reason: String,
-    },
-    /// Someone else holds it; why it missed.
-    Held {
-        holder: Holder,
-        reason: String,
-    },
-    /// Nobody holds it, and the caller did not ask for it.
-    Miss {
-        reason: String,
-    },
-}
-
-impl From<Lookup> for Claimed {
-    fn from(l: Lookup) -> Claimed {
-        match l {
-            Lookup::Hit(hit) => Claimed::Hit(hit),
-            Lookup::Miss { reason } => Claimed::Miss { reason },
-        }
-    }
-}
-
 /// Stripes of the lock that orders lookups-that-reserve against publishes.
 /// A PutExecution holds its key's stripe until its batch is applied: with 64,
 /// each of 32 concurrent writers would find its stripe held by another with
@@ -177,34 +81,6 @@ impl From<Lookup> for Claimed {
 /// BENCHMARKS.md, "Sorted commits and more key-lock stripes"). 4096 stripes
 /// cost 16 KiB.
 const KEY_LOCKS: usize = 4096;
-
-/// A page of records, newest first, and the token of the next page.
-#[derive(Debug, Clone)]
-pub struct Page<T> {
-    pub items: Vec<T>,
-    pub next_token: Option<i64>,
-}
-
-/// Filters of ListExecutions.
-#[derive(Debug, Clone, Default)]
-pub struct ExecutionFilter {
-    pub namespace: String,
-    pub component: Option<String>,
-    pub state: Option<ExecutionState>,
-    pub cache_key: Option<CacheKey>,
-    pub context_id: Option<i64>,
-    pub created: TimeRange,
-}
-
-/// Filters of ListArtifacts.
-#[derive(Debug, Clone, Default)]
-pub struct ArtifactFilter {
-    pub namespace: String,
-    pub artifact_type: Option<String>,
-    pub state: Option<ArtifactState>,
-    pub context_id: Option<i64>,
-    pub created: TimeRange,
-}
 
 /// sled generator values fetched at once (see `Store::allocate`).
 const ID_BLOCK: usize = 64;
@@ -1195,7 +1071,7 @@ impl Store {
         ns: &str,
         exec_id: i64,
         v: &[u8],
-    ) -> Result<(Execution, entry::Outputs)> {
+    ) -> Result<(Execution, domain::Outputs)> {
         let rec = match entry::record(v)? {
             Some(rec)
                 if rec
@@ -1481,13 +1357,6 @@ fn lock_busy(e: &sled::Error) -> bool {
     e.to_string().contains("could not acquire lock")
 }
 
-pub(crate) fn not_found(kind: &str, id: i64, ns: Option<&str>) -> Error {
-    match ns {
-        Some(ns) => Error::not_found(format!("{kind} {id} does not exist in namespace {ns:?}")),
-        None => Error::not_found(format!("{kind} {id} does not exist")),
-    }
-}
-
 fn reservation_tx(tx: &Tx, rkey: &[u8]) -> TxResult<Option<Holder>> {
     match tx.get(rkey)? {
         Some(v) => Holder::decode(&v).map(Some).or_else(abort),
@@ -1507,11 +1376,6 @@ fn put<M: Message>(tx: &Tx, key: Vec<u8>, m: &M) -> TxResult<()> {
     Ok(())
 }
 
-/// The digest of a record's content, for external_id idempotency.
-pub fn content_digest<M: Message>(m: &M) -> [u8; 32] {
-    *blake3::hash(&m.encode_to_vec()).as_bytes()
-}
-
 /// Resolves an external_id: Some(original id) when it names a record with the
 /// same content; ALREADY_EXISTS when the content differs.
 fn resolve_external_id(
@@ -1528,18 +1392,14 @@ fn resolve_external_id(
         return Ok(None);
     };
     let id = keys::read_u64(&v, 0).or_else(abort)? as i64;
-    if v.get(8..40) != Some(digest.as_slice()) {
-        let what = if kind == keys::KIND_ARTIFACT {
-            "an artifact"
-        } else {
-            "an execution"
-        };
-        return abort(Error::AlreadyExists(format!(
-            "external_id {external_id:?} already names {what} ({id}) in namespace {ns:?} \
-             with different content"
-        )));
-    }
-    Ok(Some(id))
+    let named = if kind == keys::KIND_ARTIFACT {
+        Named::Artifact
+    } else {
+        Named::Execution
+    };
+    domain::same_content(named, ns, external_id, id, v.get(8..40), digest)
+        .map(Some)
+        .or_else(abort)
 }
 
 fn insert_external_id(
@@ -1578,12 +1438,7 @@ fn put_artifact_tx(
         )? {
             return Ok((id, None));
         }
-        a.id = ids.take()?;
-        if a.state == ArtifactState::Unspecified as i32 {
-            a.state = ArtifactState::Live as i32;
-        }
-        a.create_time = Some(timestamp(now));
-        a.update_time = Some(timestamp(now));
+        domain::new_artifact(&mut a, ids.take()?, now);
         insert_external_id(
             tx,
             &a.namespace,
@@ -1598,33 +1453,12 @@ fn put_artifact_tx(
         put(tx, keys::artifact(a.id), &a)?;
         return Ok((a.id, Some(a)));
     }
-    let Some(old) = tx_get::<Artifact>(tx, &keys::artifact(a.id))? else {
-        return abort(Error::not_found(format!(
-            "{field}.id: artifact {} does not exist",
-            a.id
-        )));
-    };
-    if old.namespace != a.namespace {
-        return abort(Error::not_found(format!(
-            "{field}.id: artifact {} does not exist in namespace {:?}",
-            a.id, a.namespace
-        )));
-    }
-    if a.external_id.is_empty() {
-        a.external_id = old.external_id.clone();
-    } else if a.external_id != old.external_id {
-        return abort(Error::precondition(format!(
-            "{field}.external_id cannot change once set (it is {:?})",
-            old.external_id
-        )));
-    }
-    if a.state == ArtifactState::Unspecified as i32 {
-        a.state = old.state;
-    }
-    a.create_time = old.create_time;
-    a.update_time = Some(timestamp(now));
+    let old = tx_get::<Artifact>(tx, &keys::artifact(a.id))?;
+    let old_keys = old.as_ref().map(artifact_index_keys);
+    domain::updated_artifact(&mut a, old, now, field).or_else(abort)?;
+    let old_keys = old_keys.unwrap_or_default();
     // The type and state indexes follow the record.
-    let (old_keys, new_keys) = (artifact_index_keys(&old), artifact_index_keys(&a));
+    let new_keys = artifact_index_keys(&a);
     for k in old_keys.iter().filter(|k| !new_keys.contains(k)) {
         tx.remove(k.as_slice())?;
     }
@@ -1727,46 +1561,6 @@ fn associate_tx(
     Ok(())
 }
 
-/// May `req` update the stored execution `old` in namespace `ns`? NOT_FOUND
-/// when `old` belongs to another namespace; FAILED_PRECONDITION when it is
-/// terminal or the update changes what is immutable. Every backend asks this.
-pub(crate) fn check_execution_update(old: &Execution, req: &Execution, ns: &str) -> Result<()> {
-    if old.namespace != ns {
-        return Err(not_found("execution.id: execution", req.id, Some(ns)));
-    }
-    if is_terminal(old.state) {
-        return Err(Error::precondition(format!(
-            "execution {} is {} (terminal): it cannot change",
-            old.id,
-            state_name(old.state)
-        )));
-    }
-    if req.interface.is_some() && req.interface != old.interface {
-        return Err(Error::precondition(format!(
-            "execution {}: interface is immutable once set",
-            old.id
-        )));
-    }
-    if !req.external_id.is_empty() && req.external_id != old.external_id {
-        return Err(Error::precondition(format!(
-            "execution {}: external_id cannot change once set",
-            old.id
-        )));
-    }
-    Ok(())
-}
-
-pub(crate) fn is_terminal(state: i32) -> bool {
-    [
-        ExecutionState::Complete,
-        ExecutionState::Failed,
-        ExecutionState::Cached,
-        ExecutionState::Canceled,
-    ]
-    .iter()
-    .any(|s| *s as i32 == state)
-}
-
 /// Most PutExecution writes applied in one transaction (see `combine`): a
 /// batch holds sled's transaction lock, which reads outside the hot cache
 /// wait for, for ~0.5 ms per write on the benchmark machine.
@@ -1821,8 +1615,7 @@ fn put_execution_tx(
     let mut ids = Ids::of(alloc);
     let req = &w.execution;
     let ns = req.namespace.as_str();
-    let cache_key = w.key.map(|k| k.to_string()).unwrap_or_default();
-    let mut exec;
+    let exec;
     let mut events;
     if req.id == 0 {
         if let Some(id) =
@@ -1830,11 +1623,7 @@ fn put_execution_tx(
         {
             return Ok(Written::Replayed(id));
         }
-        exec = req.clone();
-        exec.id = ids.take()?;
-        exec.cache_key = cache_key;
-        exec.create_time = Some(timestamp(now));
-        exec.update_time = Some(timestamp(now));
+        exec = domain::new_execution(w, ids.take()?, now);
         if exec.cached_from_execution_id != 0 {
             let from: Option<Execution> =
                 tx_get(tx, &keys::execution(exec.cached_from_execution_id))?;
@@ -1880,17 +1669,10 @@ fn put_execution_tx(
         if moves {
             tx.remove(exec_state_key(&old))?;
         }
-        exec = old;
-        exec.state = req.state;
+        exec = domain::updated_execution(old, req, now);
         if moves {
             tx.set(exec_state_key(&exec), &[])?;
         }
-        exec.output_parameters.extend(req.output_parameters.clone());
-        exec.properties.extend(req.properties.clone());
-        if req.cache_ttl.is_some() {
-            exec.cache_ttl = req.cache_ttl;
-        }
-        exec.update_time = Some(timestamp(now));
         put(tx, keys::execution(exec.id), &exec)?;
         events = NewEvents::stored(tx, exec.id, now)?;
     }
@@ -1955,10 +1737,8 @@ fn put_execution_tx(
         associate_tx(tx, ns, &w.context_ids, exec.id, &members)?;
     }
 
-    // An update may leave the interface out: the key is the recorded one.
-    let key = w.key.or_else(|| exec.cache_key.parse::<CacheKey>().ok());
-    let published =
-        exec.state == ExecutionState::Complete as i32 && !w.skip_publish && key.is_some();
+    let key = domain::settled_key(w, &exec);
+    let published = domain::publishes(w, &exec, key.as_ref());
     if let (true, Some(key)) = (published, &key) {
         // A new execution's outputs are all in this write: the entry carries
         // its hit record. An update may complete an execution whose earlier
@@ -1978,17 +1758,10 @@ fn put_execution_tx(
     let mut reservation_released = false;
     if let Some(key) = key {
         let rkey = keys::reservation(ns, &key);
-        let ends_task = [
-            ExecutionState::Complete,
-            ExecutionState::Failed,
-            ExecutionState::Canceled,
-        ]
-        .iter()
-        .any(|s| *s as i32 == exec.state);
         let current = reservation_tx(tx, &rkey)?;
         if reservations::released_by_write(
             current.as_ref(),
-            ends_task,
+            domain::ends_task(&exec),
             published,
             &w.reservation_owner,
         ) {
@@ -2025,12 +1798,6 @@ fn insert_new_execution_tx(tx: &Tx, exec: &Execution, _now: i64) -> TxResult<()>
     Ok(())
 }
 
-pub fn state_name(state: i32) -> &'static str {
-    ExecutionState::try_from(state)
-        .map(|s| s.as_str_name())
-        .unwrap_or("an unknown state")
-}
-
 /// The creation time in a record of `kind` (`keys::EXECUTION`,
 /// `keys::ARTIFACT` or `keys::CONTEXT`).
 fn record_create_ms(kind: u8, v: &[u8]) -> Result<i64> {
@@ -2042,21 +1809,12 @@ fn record_create_ms(kind: u8, v: &[u8]) -> Result<i64> {
     Ok(created_ms(t.as_ref()))
 }
 
-/// Creation time of an execution record.
-pub fn create_ms(e: &Execution) -> i64 {
-    created_ms(e.create_time.as_ref())
-}
-
-/// A record's creation time in ms (0 when it has none).
-fn created_ms(t: Option<&prost_types::Timestamp>) -> i64 {
-    t.map(timestamp_ms).unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::clock::SystemClock;
     use crate::proto::{ArtifactIds, OutputArtifact, PutExecutionRequest, TaskInterface};
+    use crate::query::TimeRange;
     use crate::validate::{execution_write, Limits};
 
     fn open(dir: &Path) -> Store {
@@ -2101,7 +1859,7 @@ mod tests {
     }
 
     /// A lookup's execution and outputs, decoded; None on a miss.
-    fn served(lookup: Lookup) -> Option<(Execution, entry::Outputs)> {
+    fn served(lookup: Lookup) -> Option<(Execution, domain::Outputs)> {
         match lookup {
             Lookup::Hit(hit) => Some(hit.decoded().unwrap()),
             Lookup::Miss { .. } => None,
@@ -2508,7 +2266,7 @@ mod tests {
     }
 
     /// The hit of `key` in the hits file, decoded.
-    fn stored_hit(store: &Store, key: &CacheKey) -> Option<(Execution, entry::Outputs)> {
+    fn stored_hit(store: &Store, key: &CacheKey) -> Option<(Execution, domain::Outputs)> {
         let hit = store.hot.get_stored("default", key, store.now_ms(), None)?;
         served(Lookup::Hit(Hit::Encoded(hit.fields.clone())))
     }
@@ -2539,7 +2297,7 @@ mod tests {
         assert_eq!(stored_hit(&store, &ka).unwrap().0.id, second_a);
         // Invalidation forgets it, and only it.
         let n = store
-            .invalidate("default", &maintenance::Selector::Key(kb))
+            .invalidate("default", &domain::Selector::Key(kb))
             .unwrap();
         assert_eq!(n, 1);
         assert!(stored_hit(&store, &kb).is_none());
@@ -2562,7 +2320,7 @@ mod tests {
         store.put_execution(&c).unwrap();
         let kc = c.key.unwrap();
         store
-            .invalidate("default", &maintenance::Selector::Key(kc))
+            .invalidate("default", &domain::Selector::Key(kc))
             .unwrap();
         drop(store);
         let store = open();
@@ -2677,7 +2435,7 @@ mod tests {
 
         // gc of b's invalidated entry, prune of everything: only what went.
         store
-            .invalidate("default", &maintenance::Selector::Key(keys[1]))
+            .invalidate("default", &domain::Selector::Key(keys[1]))
             .unwrap();
         assert_eq!(store.collect_garbage(None).unwrap(), 1);
         assert!(stored_hit(&store, &keys[0]).is_some() && stored_hit(&store, &keys[2]).is_some());

@@ -16,7 +16,9 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::Path;
 
-/// Whether this build takes the Linux path (false: the portable one).
+/// Whether this build takes the Linux path (false: the portable one); the
+/// tests expect what each path does.
+#[cfg(test)]
 pub const LINUX_IO: bool = cfg!(all(target_os = "linux", not(feature = "portable")));
 
 #[cfg(all(target_os = "linux", not(feature = "portable")))]

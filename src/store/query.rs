@@ -8,31 +8,17 @@
 //! entries: a page may come back short, even empty, with a next token.
 
 use super::{created_ms, keys, not_found, put, tx_get, Ids, Page, Store, TxResult};
-use super::{ArtifactFilter, ExecutionFilter};
+use crate::domain::{ArtifactFilter, ExecutionFilter};
+// The bench programs still import these from here (until they move out).
 use crate::clock::timestamp;
+pub use crate::domain::{ContextFilter, LineageResult};
 use crate::error::{Error, Result};
 use crate::lineage::{self, Bounds, Dir, Edges, Graph, Node};
-use crate::proto::{Artifact, Context, Event, Execution};
+use crate::proto::{Artifact, Context, Execution};
 use crate::query::{self, Step, TimeRange};
 
 /// Index seeks one List call may make before it returns what it has.
 pub const EXAMINE_BUDGET: usize = 20_000;
-
-/// Filters of ListContexts.
-#[derive(Debug, Clone, Default)]
-pub struct ContextFilter {
-    pub namespace: String,
-    pub context_type: Option<String>,
-}
-
-/// What GetLineage returns.
-#[derive(Debug, Clone, Default)]
-pub struct LineageResult {
-    pub artifacts: Vec<Artifact>,
-    pub executions: Vec<Execution>,
-    pub events: Vec<Event>,
-    pub truncated: bool,
-}
 
 impl Store {
     /// Creates or updates contexts, all or none. A new context (id 0) whose

@@ -16,19 +16,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, HitsTier};
 use crate::clock::Clock;
+use crate::domain::{
+    ArtifactFilter, Claimed, ContextFilter, ExecutionFilter, ExecutionWrite, ExecutionWritten,
+    LineageResult, Lookup, Page, Pruned, Selector,
+};
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::lineage::{Bounds, Dir, Node};
 use crate::proto::{Artifact, Context, Event, Execution};
-use crate::reservations::{Ask, Holder, Waiters};
-use crate::store::maintenance::{Integrity, Pruned, Selector};
-use crate::store::query::{ContextFilter, LineageResult};
-use crate::store::{
-    ArtifactFilter, Claimed, ExecutionFilter, ExecutionWrite, ExecutionWritten, Lookup, Page,
-    Store, StoreConfig,
-};
+use crate::reservations::{Ask, Holder};
+use crate::store::{Store, StoreConfig};
 
 /// How long a reopen waits for in-flight calls to let go of the old store
 /// (a call stuck on a stalled disk: the reopen is tried again later).
@@ -73,6 +72,11 @@ impl Reopening {
 
     fn store(&self) -> Result<Arc<Store>> {
         self.inner.store()
+    }
+
+    /// The store open now (None while it is being opened again).
+    pub fn current(&self) -> Option<Arc<Store>> {
+        self.inner.store().ok()
     }
 
     /// Starts the recovery thread unless one runs.
@@ -229,16 +233,6 @@ impl Backend for Reopening {
     fn lookup(&self, ns: &str, key: &CacheKey, max_staleness_ms: Option<i64>) -> Result<Lookup> {
         Backend::lookup(self.store()?.as_ref(), ns, key, max_staleness_ms)
     }
-    fn lookup_hot(
-        &self,
-        ns: &str,
-        key: &CacheKey,
-        max_staleness_ms: Option<i64>,
-    ) -> Option<Lookup> {
-        // No clone of the handle on this path: the read guard is enough.
-        let g = self.inner.current.read().ok()?;
-        g.as_ref()?.lookup_hot(ns, key, max_staleness_ms)
-    }
     fn lookup_or_claim(
         &self,
         ns: &str,
@@ -320,23 +314,14 @@ impl Backend for Reopening {
     fn size_on_disk(&self) -> Result<u64> {
         Backend::size_on_disk(self.store()?.as_ref())
     }
-    fn write_totals(&self) -> Option<crate::store::activity::WriteTotals> {
-        Backend::write_totals(self.store().ok()?.as_ref())
-    }
     fn collect_garbage(&self, ns: Option<&str>) -> Result<i64> {
         Backend::collect_garbage(self.store()?.as_ref(), ns)
     }
     fn prune(&self, ns: &str, older_than_ms: i64, dry_run: bool) -> Result<Pruned> {
         Backend::prune(self.store()?.as_ref(), ns, older_than_ms, dry_run)
     }
-    fn check(&self) -> Result<Integrity> {
-        Backend::check(self.store()?.as_ref())
-    }
-    fn watch_other_writers(&self, waiters: Arc<Waiters>) -> Result<()> {
-        Backend::watch_other_writers(self.store()?.as_ref(), waiters)
-    }
-    fn fill_hits_file(&self) -> Result<()> {
-        Backend::fill_hits_file(self.store()?.as_ref())
+    fn hits(&self) -> Option<&dyn HitsTier> {
+        Some(self)
     }
     /// After a write fault, also starts the recovery (`Reopening`).
     fn writable(&self) -> Result<()> {
@@ -357,5 +342,21 @@ impl Backend for Reopening {
             Some(store) => Backend::close(store),
             None => Ok(()),
         }
+    }
+}
+
+impl HitsTier for Reopening {
+    fn lookup_hot(
+        &self,
+        ns: &str,
+        key: &CacheKey,
+        max_staleness_ms: Option<i64>,
+    ) -> Option<Lookup> {
+        // No clone of the handle on this path: the read guard is enough.
+        let g = self.inner.current.read().ok()?;
+        HitsTier::lookup_hot(g.as_ref()?.as_ref(), ns, key, max_staleness_ms)
+    }
+    fn fill_hits_file(&self) -> Result<()> {
+        HitsTier::fill_hits_file(self.store()?.as_ref())
     }
 }

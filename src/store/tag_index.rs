@@ -5,10 +5,9 @@
 //! bucket); this table is open addressing with linear probing over slots of
 //! (tag, packed), so that a probe usually reads one cache line, and a table
 //! of 2 MiB or more asks the kernel for transparent huge pages, so that the
-//! read rarely needs a page walk as well (BENCHMARKS.md, "A flat index for
-//! the hits file"). Tags are uniform hashes (BLAKE3) already: a tag's home
-//! slot is its low bits. A packed value of 0 marks an empty slot (a record
-//! is never empty).
+//! read rarely needs a page walk as well. Tags are uniform hashes (BLAKE3)
+//! already: a tag's home slot is its low bits. A packed value of 0 marks an
+//! empty slot (a record is never empty).
 
 /// A slot: the tag and its packed value; `EMPTY` when free.
 type Slot = [u64; 2];

@@ -31,8 +31,7 @@ use stepcache::store::query::ContextFilter;
 use stepcache::store::{ArtifactFilter, ExecutionFilter, ExecutionWrite, Store, StoreConfig};
 use stepcache::validate::{self, Limits};
 
-mod common;
-use common::Rng;
+use stepcache_bench::Rng;
 
 #[derive(Parser)]
 #[command(about = "Benchmarks list and lineage queries at growing store sizes")]

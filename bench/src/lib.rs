@@ -1,7 +1,4 @@
-//! What the bench binaries share; each includes it with `mod common;`.
-
-// Each binary uses a part of it.
-#![allow(dead_code)]
+//! What the benchmark programs of `stepcache-bench` share.
 
 /// A small, fast PRNG (splitmix64): enough to pick keys, and reproducible
 /// from its seed (any seed, zero included).
@@ -9,7 +6,7 @@
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -22,7 +19,7 @@ impl Rng {
         if n == 0 {
             0
         } else {
-            self.next() % n
+            self.next_u64() % n
         }
     }
 
@@ -33,6 +30,6 @@ impl Rng {
 
     /// True with probability `p`.
     pub fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
+        ((self.next_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
     }
 }

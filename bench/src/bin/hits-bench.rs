@@ -3,8 +3,7 @@
 //! front of it, draws uniform over all keys. No gRPC, no load generator
 //! sharing the cores: the cost of a lookup's cache step, and how it grows
 //! with the number of keys, to a few percent on a machine whose end-to-end
-//! lookups/s swing by 20% from run to run (BENCHMARKS.md, "Admission to
-//! memory").
+//! lookups/s swing far more from run to run.
 //!
 //! `cargo run --release --bin hits-bench -- --sizes 10000,1000000 --memory 20000,0`
 //!
@@ -26,12 +25,10 @@ use anyhow::Context as _;
 use clap::Parser;
 use hdrhistogram::Histogram;
 use prost::bytes::Bytes;
+use stepcache::bench_support::{HitLog, HotHit, HotHits, LOG_FILE};
 use stepcache::key::CacheKey;
-use stepcache::store::hitlog::HitLog;
-use stepcache::store::hot::{HotHit, HotHits};
 
-mod common;
-use common::Rng;
+use stepcache_bench::Rng;
 
 #[derive(Parser)]
 #[command(about = "Times the hot cache's lookups (memory tier, then hits file) by key count")]
@@ -67,7 +64,7 @@ fn key(i: u64) -> CacheKey {
     let mut k = [0u8; 32];
     let mut spread = Rng(i);
     for chunk in k.chunks_mut(8) {
-        chunk.copy_from_slice(&spread.next().to_le_bytes());
+        chunk.copy_from_slice(&spread.next_u64().to_le_bytes());
     }
     CacheKey(k)
 }
@@ -212,7 +209,7 @@ fn bench(args: &Args, root: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let t = Instant::now();
         fill(&dir, n, args.record_bytes, epoch)?;
-        let mib = std::fs::metadata(dir.join(stepcache::store::hitlog::LOG_FILE))?.len() >> 20;
+        let mib = std::fs::metadata(dir.join(LOG_FILE))?.len() >> 20;
         println!(
             "# {n} keys: hits file of {mib} MiB written in {:.1} s",
             t.elapsed().as_secs_f64()

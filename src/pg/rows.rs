@@ -1,0 +1,163 @@
+//! What every part of the PostgreSQL store shares: reading records and
+//! columns, the advisory locks and the NOTIFY of a key, the IDs of a write.
+
+use std::collections::BTreeMap;
+
+use postgres::types::ToSql;
+use postgres::{GenericClient, Row};
+
+use super::{payload, CHANNEL};
+use crate::domain::decode;
+use crate::error::{Error, Result};
+use crate::key::CacheKey;
+use crate::policy;
+use crate::proto::{Artifact, Context, Event, EventType, Execution};
+
+pub(super) type Params = Vec<Box<dyn ToSql + Sync>>;
+
+/// A column of a row, without panicking on a type mismatch.
+pub(super) fn col<'a, T: postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
+    row.try_get(i)
+        .map_err(|e| Error::Storage(format!("PostgreSQL: unexpected column {i}: {e}")))
+}
+
+pub(super) fn field_error(e: Error, field: &str) -> Error {
+    match e {
+        Error::NotFound(m) => Error::NotFound(format!("{field}: {m}")),
+        other => other,
+    }
+}
+
+pub(super) fn nonempty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+pub(super) fn ttl_ms(e: &Execution) -> Option<i64> {
+    policy::duration_ms(e.cache_ttl.as_ref(), "cache_ttl")
+        .ok()
+        .flatten()
+}
+
+/// Advisory-lock keys, one space per kind of name.
+pub(super) const LOCK_KEY: u8 = 1;
+pub(super) const LOCK_EXEC_EXT: u8 = 2;
+pub(super) const LOCK_ARTIFACT_EXT: u8 = 3;
+
+pub(super) fn lock_id(kind: u8, ns: &str, name: &str) -> i64 {
+    let mut h = blake3::Hasher::new();
+    h.update(&[kind]);
+    h.update(&(ns.len() as u64).to_be_bytes());
+    h.update(ns.as_bytes());
+    h.update(name.as_bytes());
+    let b = h.finalize();
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&b.as_bytes()[..8]);
+    i64::from_be_bytes(x)
+}
+
+pub(super) fn key_lock(ns: &str, key: &CacheKey) -> i64 {
+    lock_id(LOCK_KEY, ns, &key.to_string())
+}
+
+/// Takes the advisory locks of a transaction, in one order for everyone.
+pub(super) fn lock(c: &mut impl GenericClient, mut ids: Vec<i64>) -> Result<()> {
+    ids.sort_unstable();
+    ids.dedup();
+    for id in ids {
+        c.execute("SELECT pg_advisory_xact_lock($1)", &[&id])?;
+    }
+    Ok(())
+}
+
+pub(super) fn notify(c: &mut impl GenericClient, ns: &str, key: &CacheKey) -> Result<()> {
+    c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload(ns, key)])?;
+    Ok(())
+}
+
+/// IDs allocated for one write, handed out in order.
+pub(super) struct Ids {
+    pub(super) ids: Vec<i64>,
+    pub(super) next: usize,
+}
+
+impl Ids {
+    pub(super) fn take(&mut self) -> Result<i64> {
+        let id = self.ids.get(self.next).copied();
+        self.next += 1;
+        id.ok_or_else(|| Error::Internal("a write needed more IDs than it allocated".into()))
+    }
+}
+
+pub(super) fn get_execution(c: &mut impl GenericClient, id: i64) -> Result<Option<Execution>> {
+    match c.query_opt("SELECT record FROM executions WHERE id = $1", &[&id])? {
+        Some(r) => Ok(Some(decode(col::<&[u8]>(&r, 0)?)?)),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn get_artifact(c: &mut impl GenericClient, id: i64) -> Result<Option<Artifact>> {
+    match c.query_opt("SELECT record FROM artifacts WHERE id = $1", &[&id])? {
+        Some(r) => Ok(Some(decode(col::<&[u8]>(&r, 0)?)?)),
+        None => Ok(None),
+    }
+}
+
+pub(super) fn get_context(c: &mut impl GenericClient, id: i64) -> Result<Option<Context>> {
+    match c.query_opt("SELECT record FROM contexts WHERE id = $1", &[&id])? {
+        Some(r) => Ok(Some(decode(col::<&[u8]>(&r, 0)?)?)),
+        None => Ok(None),
+    }
+}
+
+/// Whether an artifact exists in the namespace.
+pub(super) fn artifact_in(c: &mut impl GenericClient, id: i64, ns: &str) -> Result<bool> {
+    Ok(c.query_opt(
+        "SELECT 1 FROM artifacts WHERE id = $1 AND namespace = $2",
+        &[&id, &ns],
+    )?
+    .is_some())
+}
+
+pub(super) fn events_of(
+    c: &mut impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Event>> {
+    c.query(sql, params)?
+        .iter()
+        .map(|r| decode(col::<&[u8]>(r, 0)?))
+        .collect()
+}
+
+// The orders of sled's event indexes: by execution (type, name, index,
+// artifact); by artifact (type, execution, name, index). Names sort as sled's
+// length-prefixed keys do: by length, then bytes.
+pub(super) const EVENTS_OF_EXECUTION: &str = "SELECT record FROM events WHERE execution_id = $1 \
+     ORDER BY type, octet_length(name), name COLLATE \"C\", idx, artifact_id";
+pub(super) const EVENTS_OF_EXECUTION_TYPED: &str =
+    "SELECT record FROM events WHERE execution_id = $1 AND type = $2 \
+     ORDER BY octet_length(name), name COLLATE \"C\", idx, artifact_id";
+pub(super) const EVENTS_OF_ARTIFACT: &str = "SELECT record FROM events WHERE artifact_id = $1 \
+     ORDER BY type, execution_id, octet_length(name), name COLLATE \"C\", idx";
+pub(super) const EVENTS_OF_ARTIFACT_TYPED: &str =
+    "SELECT record FROM events WHERE artifact_id = $1 AND type = $2 \
+     ORDER BY execution_id, octet_length(name), name COLLATE \"C\", idx";
+
+pub(super) fn outputs_of(
+    c: &mut impl GenericClient,
+    exec_id: i64,
+) -> Result<BTreeMap<String, Vec<Artifact>>> {
+    let rows = c.query(
+        "SELECT e.name, a.record FROM events e JOIN artifacts a ON a.id = e.artifact_id \
+         WHERE e.execution_id = $1 AND e.type = $2 ORDER BY e.name, e.idx, e.artifact_id",
+        &[&exec_id, &(EventType::Output as i32)],
+    )?;
+    let mut out: BTreeMap<String, Vec<Artifact>> = BTreeMap::new();
+    for r in &rows {
+        let name: String = col(r, 0)?;
+        out.entry(name)
+            .or_default()
+            .push(decode(col::<&[u8]>(r, 1)?)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,527 @@
+//! The writes of records: artifacts, executions with their events and
+//! contexts, the executions a lookup records. Each is one transaction that
+//! first takes the advisory locks of the names and keys it settles.
+
+use std::collections::BTreeMap;
+
+use postgres::GenericClient;
+use prost::Message;
+
+use super::lookup::reservation_of;
+use super::pool::Conn;
+use super::rows::{
+    artifact_in, col, get_execution, key_lock, lock, lock_id, nonempty, notify, ttl_ms, Ids,
+    LOCK_ARTIFACT_EXT, LOCK_EXEC_EXT,
+};
+use super::PgStore;
+use crate::clock::timestamp;
+use crate::domain::{
+    self, content_digest, created_ms, decode, not_found, ExecutionWrite, ExecutionWritten, Named,
+};
+use crate::error::{Error, Result};
+use crate::key::CacheKey;
+use crate::proto::{Artifact, Event, EventType, Execution, ExecutionState};
+use crate::reservations;
+
+/// Some(original id) when `external_id` names a record with the same content;
+/// ALREADY_EXISTS when the content differs.
+pub(super) fn resolve_external_id(
+    c: &mut impl GenericClient,
+    artifact: bool,
+    ns: &str,
+    external_id: &str,
+    digest: &[u8; 32],
+) -> Result<Option<i64>> {
+    if external_id.is_empty() {
+        return Ok(None);
+    }
+    let sql = if artifact {
+        "SELECT id, digest FROM artifacts WHERE namespace = $1 AND external_id = $2"
+    } else {
+        "SELECT id, digest FROM executions WHERE namespace = $1 AND external_id = $2"
+    };
+    let Some(r) = c.query_opt(sql, &[&ns, &external_id])? else {
+        return Ok(None);
+    };
+    let id: i64 = col(&r, 0)?;
+    let stored: Option<&[u8]> = col(&r, 1)?;
+    let named = if artifact {
+        Named::Artifact
+    } else {
+        Named::Execution
+    };
+    domain::same_content(named, ns, external_id, id, stored, digest).map(Some)
+}
+
+pub(super) fn write_artifact(
+    c: &mut impl GenericClient,
+    a: &Artifact,
+    digest: Option<&[u8; 32]>,
+) -> Result<()> {
+    let digest = digest.map(|d| d.to_vec());
+    c.execute(
+        "INSERT INTO artifacts (id, namespace, type, state, external_id, digest, created_ms, record) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+         ON CONFLICT (id) DO UPDATE SET type = EXCLUDED.type, state = EXCLUDED.state, \
+         record = EXCLUDED.record",
+        &[
+            &a.id,
+            &a.namespace,
+            &a.r#type,
+            &a.state,
+            &nonempty(&a.external_id),
+            &digest,
+            &created_ms(a.create_time.as_ref()),
+            &a.encode_to_vec(),
+        ],
+    )?;
+    Ok(())
+}
+
+pub(super) fn put_artifact(
+    c: &mut impl GenericClient,
+    mut a: Artifact,
+    now: i64,
+    field: &str,
+    ids: &mut Ids,
+) -> Result<i64> {
+    if a.id == 0 {
+        let digest = content_digest(&a);
+        if let Some(id) = resolve_external_id(c, true, &a.namespace, &a.external_id, &digest)? {
+            return Ok(id);
+        }
+        domain::new_artifact(&mut a, ids.take()?, now);
+        write_artifact(c, &a, Some(&digest))?;
+        return Ok(a.id);
+    }
+    let old = match c.query_opt(
+        "SELECT record FROM artifacts WHERE id = $1 FOR UPDATE",
+        &[&a.id],
+    )? {
+        Some(r) => Some(decode::<Artifact>(col::<&[u8]>(&r, 0)?)?),
+        None => None,
+    };
+    domain::updated_artifact(&mut a, old, now, field)?;
+    write_artifact(c, &a, None)?;
+    Ok(a.id)
+}
+
+pub(super) fn insert_execution(
+    c: &mut impl GenericClient,
+    e: &Execution,
+    digest: &[u8; 32],
+) -> Result<()> {
+    let component = e.interface.as_ref().map(|i| i.component.as_str());
+    let digest = nonempty(&e.external_id).map(|_| digest.to_vec());
+    c.execute(
+        "INSERT INTO executions (id, namespace, component, state, cache_key, external_id, \
+         digest, cache_ttl_ms, created_ms, record) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            &e.id,
+            &e.namespace,
+            &component,
+            &e.state,
+            &e.cache_key,
+            &nonempty(&e.external_id),
+            &digest,
+            &ttl_ms(e),
+            &created_ms(e.create_time.as_ref()),
+            &e.encode_to_vec(),
+        ],
+    )?;
+    Ok(())
+}
+
+pub(super) fn insert_event(
+    c: &mut impl GenericClient,
+    exec_id: i64,
+    artifact_id: i64,
+    kind: EventType,
+    name: &str,
+    index: usize,
+    now: i64,
+) -> Result<()> {
+    let index = i32::try_from(index).unwrap_or(i32::MAX);
+    let ev = Event {
+        artifact_id,
+        execution_id: exec_id,
+        r#type: kind as i32,
+        name: name.to_string(),
+        index,
+        time: Some(timestamp(now)),
+    };
+    c.execute(
+        "INSERT INTO events (execution_id, artifact_id, type, name, idx, record) \
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            &exec_id,
+            &artifact_id,
+            &(kind as i32),
+            &name,
+            &index,
+            &ev.encode_to_vec(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Associates an execution with contexts of its namespace and attributes
+/// `artifacts` to them.
+pub(super) fn associate(
+    c: &mut impl GenericClient,
+    ns: &str,
+    context_ids: &[i64],
+    exec_id: i64,
+    artifacts: &[i64],
+) -> Result<()> {
+    for (i, cid) in context_ids.iter().enumerate() {
+        let found = c
+            .query_opt(
+                "SELECT 1 FROM contexts WHERE id = $1 AND namespace = $2",
+                &[cid, &ns],
+            )?
+            .is_some();
+        if !found {
+            return Err(not_found(
+                &format!("context_ids[{i}]: context"),
+                *cid,
+                Some(ns),
+            ));
+        }
+        c.execute(
+            "INSERT INTO associations (context_id, execution_id) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING",
+            &[cid, &exec_id],
+        )?;
+        if !artifacts.is_empty() {
+            c.execute(
+                "INSERT INTO attributions (context_id, artifact_id) \
+                 SELECT $1, a FROM unnest($2::bigint[]) AS a ON CONFLICT DO NOTHING",
+                &[cid, &artifacts],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) enum Written {
+    New(ExecutionWritten),
+    Replayed(i64),
+}
+
+impl PgStore {
+    /// `n` new IDs and the creation time of the records they name, never
+    /// earlier than that of an ID allocated before by any replica (unless that
+    /// one is far ahead of the clock, as `Store::allocate` says): one
+    /// statement takes the `id_clock` row and the sequence values together.
+    pub(super) fn allocate(&self, c: &mut Conn<'_>, n: usize) -> Result<(i64, Ids)> {
+        let now = self.clock.now_ms();
+        let n = i32::try_from(n).unwrap_or(i32::MAX);
+        let row = c.query_one(
+            "WITH t AS (UPDATE id_clock SET last_ms = CASE WHEN last_ms > $1::bigint + $3::bigint \
+             THEN $1::bigint ELSE GREATEST(last_ms, $1::bigint) END RETURNING last_ms) \
+             SELECT t.last_ms, ARRAY(SELECT nextval('ids') FROM generate_series(1, $2)) FROM t",
+            &[&now, &n, &crate::policy::FUTURE_TOLERANCE_MS],
+        )?;
+        Ok((
+            col(&row, 0)?,
+            Ids {
+                ids: col(&row, 1)?,
+                next: 0,
+            },
+        ))
+    }
+
+    fn put_execution_once(&self, w: &ExecutionWrite) -> Result<ExecutionWritten> {
+        let mut c = self.conn()?;
+        let needed =
+            usize::from(w.execution.id == 0) + w.outputs.iter().filter(|(_, a)| a.id == 0).count();
+        let (now, mut ids) = self.allocate(&mut c, needed)?;
+        let mut tx = c.transaction()?;
+        let written = put_execution_tx(&mut tx, w, now, &mut ids)?;
+        tx.commit()?;
+        match written {
+            Written::New(w) => Ok(w),
+            Written::Replayed(id) => {
+                drop(c);
+                self.replay(id, w)
+            }
+        }
+    }
+
+    /// The answer to a retried PutExecution: the original's IDs, nothing written.
+    fn replay(&self, id: i64, w: &ExecutionWrite) -> Result<ExecutionWritten> {
+        let exec = self.execution(id, None)?;
+        let events = self.events_of_execution(id)?;
+        domain::replay::replayed(exec, events, w)
+    }
+
+    pub(super) fn put_artifacts(&self, artifacts: Vec<Artifact>) -> Result<Vec<i64>> {
+        let mut c = self.conn()?;
+        let (now, mut ids) =
+            self.allocate(&mut c, artifacts.iter().filter(|a| a.id == 0).count())?;
+        let mut tx = c.transaction()?;
+        let locks = artifacts
+            .iter()
+            .filter(|a| a.id == 0 && !a.external_id.is_empty())
+            .map(|a| lock_id(LOCK_ARTIFACT_EXT, &a.namespace, &a.external_id))
+            .collect();
+        lock(&mut tx, locks)?;
+        let mut out = Vec::with_capacity(artifacts.len());
+        for (i, a) in artifacts.into_iter().enumerate() {
+            out.push(put_artifact(
+                &mut tx,
+                a,
+                now,
+                &format!("artifacts[{i}]"),
+                &mut ids,
+            )?);
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    pub(super) fn put_execution(&self, w: &ExecutionWrite) -> Result<ExecutionWritten> {
+        self.put_execution_once(w)
+    }
+
+    pub(super) fn put_executions(
+        &self,
+        writes: &[ExecutionWrite],
+    ) -> Result<Vec<ExecutionWritten>> {
+        writes.iter().map(|w| self.put_execution_once(w)).collect()
+    }
+
+    pub(super) fn record_cached(
+        &self,
+        original: &Execution,
+        outputs: &BTreeMap<String, Vec<Artifact>>,
+        inputs: &BTreeMap<String, Vec<i64>>,
+        context_ids: &[i64],
+    ) -> Result<Execution> {
+        let mut c = self.conn()?;
+        let (now, mut ids) = self.allocate(&mut c, 1)?;
+        let ns = original.namespace.as_str();
+        let mut tx = c.transaction()?;
+        let exec = Execution {
+            id: ids.take()?,
+            namespace: original.namespace.clone(),
+            external_id: String::new(),
+            interface: original.interface.clone(),
+            cache_key: original.cache_key.clone(),
+            state: ExecutionState::Cached as i32,
+            output_parameters: original.output_parameters.clone(),
+            cached_from_execution_id: original.id,
+            cache_ttl: None,
+            properties: BTreeMap::new(),
+            create_time: Some(timestamp(now)),
+            update_time: Some(timestamp(now)),
+        };
+        insert_execution(&mut tx, &exec, &[0; 32])?;
+        let mut members = Vec::new();
+        for (name, ids) in inputs {
+            for (i, id) in ids.iter().enumerate() {
+                if !artifact_in(&mut tx, *id, ns)? {
+                    return Err(not_found(
+                        &format!("interface.input_artifacts.{name}: artifact"),
+                        *id,
+                        Some(ns),
+                    ));
+                }
+                insert_event(&mut tx, exec.id, *id, EventType::Input, name, i, now)?;
+                members.push(*id);
+            }
+        }
+        for (name, arts) in outputs {
+            for (i, a) in arts.iter().enumerate() {
+                insert_event(&mut tx, exec.id, a.id, EventType::Output, name, i, now)?;
+                members.push(a.id);
+            }
+        }
+        members.sort_unstable();
+        members.dedup();
+        associate(&mut tx, ns, context_ids, exec.id, &members)?;
+        tx.commit()?;
+        Ok(exec)
+    }
+}
+
+pub(super) fn put_execution_tx(
+    tx: &mut postgres::Transaction<'_>,
+    w: &ExecutionWrite,
+    now: i64,
+    ids: &mut Ids,
+) -> Result<Written> {
+    let req = &w.execution;
+    let ns = req.namespace.as_str();
+    // An update may leave the interface out: its key is the stored one.
+    let stored = match req.id {
+        0 => None,
+        id => get_execution(tx, id)?,
+    };
+    let lock_key = match w.key {
+        Some(k) => Some(k),
+        None => stored
+            .as_ref()
+            .and_then(|e| e.cache_key.parse::<CacheKey>().ok()),
+    };
+    let mut locks: Vec<i64> = lock_key.iter().map(|k| key_lock(ns, k)).collect();
+    if req.id == 0 && !req.external_id.is_empty() {
+        locks.push(lock_id(LOCK_EXEC_EXT, ns, &req.external_id));
+    }
+    for (_, a) in &w.outputs {
+        if a.id == 0 && !a.external_id.is_empty() {
+            locks.push(lock_id(LOCK_ARTIFACT_EXT, &a.namespace, &a.external_id));
+        }
+    }
+    lock(tx, locks)?;
+
+    let exec;
+    let mut earlier_outputs = Vec::new();
+    if req.id == 0 {
+        if let Some(id) = resolve_external_id(tx, false, ns, &req.external_id, &w.digest)? {
+            return Ok(Written::Replayed(id));
+        }
+        exec = domain::new_execution(w, ids.take()?, now);
+        if exec.cached_from_execution_id != 0 {
+            let from = get_execution(tx, exec.cached_from_execution_id)?;
+            if from.is_none_or(|f| f.namespace != ns) {
+                return Err(not_found(
+                    "execution.cached_from_execution_id: execution",
+                    exec.cached_from_execution_id,
+                    Some(ns),
+                ));
+            }
+        }
+        insert_execution(tx, &exec, &w.digest)?;
+        if let Some(ti) = &exec.interface {
+            for (name, ids) in &ti.input_artifacts {
+                for (i, id) in ids.ids.iter().enumerate() {
+                    if !artifact_in(tx, *id, ns)? {
+                        return Err(not_found(
+                            &format!("execution.interface.input_artifacts.{name}: artifact"),
+                            *id,
+                            Some(ns),
+                        ));
+                    }
+                    insert_event(tx, exec.id, *id, EventType::Input, name, i, now)?;
+                }
+            }
+        }
+    } else {
+        // Lock the row: concurrent updates of one execution apply one at a time.
+        let old = match tx.query_opt(
+            "SELECT record FROM executions WHERE id = $1 FOR UPDATE",
+            &[&req.id],
+        )? {
+            Some(r) => Some(decode::<Execution>(col::<&[u8]>(&r, 0)?)?),
+            None => None,
+        };
+        let Some(old) = old else {
+            return Err(not_found("execution.id: execution", req.id, Some(ns)));
+        };
+        domain::check_execution_update(&old, req, ns)?;
+        if !w.context_ids.is_empty() {
+            // An update that adds contexts attributes the outputs recorded before.
+            earlier_outputs = tx
+                .query(
+                    "SELECT artifact_id FROM events WHERE execution_id = $1 AND type = $2",
+                    &[&old.id, &(EventType::Output as i32)],
+                )?
+                .iter()
+                .map(|r| col::<i64>(r, 0))
+                .collect::<Result<Vec<i64>>>()?;
+        }
+        exec = domain::updated_execution(old, req, now);
+        tx.execute(
+            "UPDATE executions SET state = $2, cache_ttl_ms = $3, record = $4 WHERE id = $1",
+            &[&exec.id, &exec.state, &ttl_ms(&exec), &exec.encode_to_vec()],
+        )?;
+    }
+
+    let mut output_ids = Vec::with_capacity(w.outputs.len());
+    let mut next_index: BTreeMap<&str, usize> = BTreeMap::new();
+    for (i, (name, art)) in w.outputs.iter().enumerate() {
+        let field = format!("outputs[{i}].artifact");
+        let id = if art.id == 0 {
+            put_artifact(tx, art.clone(), now, &field, ids)?
+        } else {
+            if !artifact_in(tx, art.id, ns)? {
+                return Err(not_found(
+                    &format!("{field}.id: artifact"),
+                    art.id,
+                    Some(ns),
+                ));
+            }
+            art.id
+        };
+        let index = next_index.entry(name.as_str()).or_insert(0);
+        // Outputs added by an update follow those already recorded.
+        let idx = i32::try_from(*index).unwrap_or(i32::MAX);
+        let existing = tx.query_opt(
+            "SELECT 1 FROM events WHERE execution_id = $1 AND type = $2 AND name = $3 \
+             AND idx = $4 AND artifact_id = $5",
+            &[&exec.id, &(EventType::Output as i32), &name, &idx, &id],
+        )?;
+        if existing.is_some() {
+            return Err(Error::precondition(format!(
+                "{field}: output {name:?}[{index}] is already recorded"
+            )));
+        }
+        insert_event(tx, exec.id, id, EventType::Output, name, *index, now)?;
+        *index += 1;
+        output_ids.push(id);
+    }
+
+    if !w.context_ids.is_empty() {
+        let mut members: Vec<i64> = exec
+            .interface
+            .iter()
+            .flat_map(|ti| ti.input_artifacts.values())
+            .flat_map(|ids| ids.ids.iter().copied())
+            .chain(output_ids.iter().copied())
+            .chain(earlier_outputs)
+            .collect();
+        members.sort_unstable();
+        members.dedup();
+        associate(tx, ns, &w.context_ids, exec.id, &members)?;
+    }
+
+    let key = domain::settled_key(w, &exec);
+    let published = domain::publishes(w, &exec, key.as_ref());
+    if let (true, Some(key)) = (published, &key) {
+        tx.execute(
+            "INSERT INTO cache_entries (namespace, cache_key, completed_ms, execution_id) \
+             VALUES ($1, $2, $3, $4)",
+            &[&ns, &key.to_string(), &now, &exec.id],
+        )?;
+    }
+
+    let mut reservation_released = false;
+    if let Some(key) = key {
+        let ks = key.to_string();
+        let current = reservation_of(tx, ns, &ks, true)?;
+        if reservations::released_by_write(
+            current.as_ref(),
+            domain::ends_task(&exec),
+            published,
+            &w.reservation_owner,
+        ) {
+            tx.execute(
+                "DELETE FROM reservations WHERE namespace = $1 AND cache_key = $2",
+                &[&ns, &ks],
+            )?;
+            reservation_released = true;
+        }
+        if published || reservation_released {
+            notify(tx, ns, &key)?;
+        }
+    }
+    Ok(Written::New(ExecutionWritten {
+        execution_id: exec.id,
+        output_artifact_ids: output_ids,
+        cache_key: exec.cache_key.clone(),
+        published,
+        reservation_released,
+    }))
+}
