@@ -29,6 +29,7 @@ use crate::reservations::Waiters;
 use crate::service::cache::Cache;
 use crate::service::metadata::Metadata;
 use crate::service::Shared;
+use crate::store::reopen::Reopening;
 use crate::store::{Store, StoreConfig};
 use crate::transport::CopyingWrites;
 use crate::validate::Limits;
@@ -130,7 +131,8 @@ pub async fn run(
         },
     };
     let sled = match opened {
-        Opened::Sled(sled) => Some(sled),
+        // The store open now (its write counters stop at a reopen).
+        Opened::Sled(sled) => sled.current(),
         // Other replicas' publishes wake this one's waiters.
         Opened::Pg(pg) => {
             let waiters = shared.waiters.clone();
@@ -286,22 +288,11 @@ async fn watch_writable(
 /// How often health checks that the store can write.
 const WRITABLE_EVERY: Duration = Duration::from_secs(2);
 
-/// Returns to the OS the memory this thread freed but mimalloc kept.
-///
-/// Opening a large sled store reads its whole snapshot (the page table) into
-/// memory and frees most of it again; mimalloc keeps freed pages for reuse by
-/// the thread that freed them, and the opening thread then idles, so without
-/// this an idle server on a large store keeps memory it no longer uses.
-/// Harmless when mimalloc is not the global allocator.
-pub fn release_freed_memory() {
-    // SAFETY: mi_collect takes no pointers; it only walks this thread's heap.
-    unsafe { libmimalloc_sys::mi_collect(true) }
-}
-
 /// An open store, as its concrete type: the server wires the abilities only
 /// one backend has.
 pub enum Opened {
-    Sled(Arc<Store>),
+    /// The sled store, opened again after a write fault (`store::reopen`).
+    Sled(Arc<Reopening>),
     Pg(Arc<PgStore>),
 }
 
@@ -331,18 +322,24 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
             Opened::Pg(Arc::new(store))
         }
         None => {
-            let data_dir = config.data_dir.clone();
-            let store_config = config.store.clone();
+            let (data_dir, store_config) = (config.data_dir.clone(), config.store.clone());
             let store = tokio::task::spawn_blocking(move || {
                 let store = Store::open(&data_dir, &store_config, clock);
-                release_freed_memory();
+                crate::store::release_freed_memory();
                 store
             })
             .await??;
             let store = Arc::new(store);
             Store::warm_in_background(&store);
             Store::watch_hits_in_background(&store);
-            Opened::Sled(store)
+            // Opened again in-process after a write fault.
+            let (data_dir, store_config) = (config.data_dir.clone(), config.store.clone());
+            Opened::Sled(Arc::new(Reopening::new(
+                store,
+                data_dir,
+                store_config,
+                config.clock.clone(),
+            )))
         }
     })
 }

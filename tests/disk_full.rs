@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 use common::*;
 use stepcache::proto::cache_service_client::CacheServiceClient;
@@ -47,6 +47,25 @@ impl Drop for Server {
 
 /// `stepcache serve` on `dir`, and a channel to it.
 async fn serve(dir: &Path) -> (Server, Channel) {
+    // The log goes next to the tmpfs, not into it.
+    let log = dir.parent().unwrap().with_extension("log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    match try_serve(dir, log).await {
+        Ok(up) => up,
+        Err(status) => panic!("the server did not come up: {status}"),
+    }
+}
+
+/// `stepcache serve` on `dir` with its log to `log`; the exit status when it
+/// stops before it answers.
+async fn try_serve(
+    dir: &Path,
+    log: std::fs::File,
+) -> Result<(Server, Channel), std::process::ExitStatus> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -61,19 +80,23 @@ async fn serve(dir: &Path) -> (Server, Channel) {
                 "--data-dir",
             ])
             .arg(dir)
-            .env("RUST_LOG", "error")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
             .spawn()
             .unwrap(),
     );
-    for _ in 0..500 {
+    let mut server = server;
+    for _ in 0..1000 {
         if let Ok(c) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
             .unwrap()
             .connect()
             .await
         {
-            return (server, c);
+            return Ok((server, c));
+        }
+        if let Ok(Some(status)) = server.0.try_wait() {
+            return Err(status);
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
@@ -139,55 +162,18 @@ async fn a_full_disk_fails_writes_cleanly_and_keeps_durable_reads() {
         .unwrap()
         .into_inner();
     assert_ne!(r.outcome(), Outcome::Hit, "a failed write served as a HIT");
-    // A list answers with acknowledged writes only, or fails as a storage
-    // fault (sled may refuse a read that pages in once its first write
-    // failed: a list is not yet guaranteed on a full disk), never INTERNAL.
-    let mut listed = Vec::new();
-    let mut token = String::new();
-    let mut list_failed = None;
-    loop {
-        let page = meta
-            .list_executions(ListExecutionsRequest {
-                namespace: "ns".into(),
-                page_size: 10,
-                page_token: token,
-                ..Default::default()
-            })
-            .await;
-        let page = match page {
-            Ok(page) => page.into_inner(),
-            Err(e) => {
-                list_failed = Some(e);
-                break;
-            }
-        };
-        listed.extend(page.executions);
-        token = page.next_page_token;
-        if token.is_empty() {
-            break;
-        }
-    }
-    match list_failed {
-        Some(e) => assert!(
-            matches!(
-                e.code(),
-                tonic::Code::ResourceExhausted | tonic::Code::Unavailable
-            ),
-            "{e:?}"
-        ),
-        None => {
-            assert_eq!(listed.len(), acked, "only acknowledged writes are listed");
-            let newest = listed.iter().map(|e| e.id).max().unwrap();
-            let hidden = meta
-                .get_executions(GetExecutionsRequest {
-                    ids: vec![newest + 1],
-                    ..Default::default()
-                })
-                .await
-                .unwrap_err();
-            assert_eq!(hidden.code(), tonic::Code::NotFound);
-        }
-    }
+    // A list answers, with acknowledged writes only.
+    let listed = list_all(&mut meta, "ns").await;
+    assert_eq!(listed.len(), acked, "only acknowledged writes are listed");
+    let newest = listed.iter().map(|e| e.id).max().unwrap();
+    let hidden = meta
+        .get_executions(GetExecutionsRequest {
+            ids: vec![newest + 1],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(hidden.code(), tonic::Code::NotFound);
 
     // Acknowledged writes keep answering.
     let r = cache
@@ -199,14 +185,288 @@ async fn a_full_disk_fails_writes_cleanly_and_keeps_durable_reads() {
     assert_eq!(r.execution.unwrap().id, first_id);
 
     // Health turns NOT_SERVING (checked every 2 s).
-    let mut status = health_status(&channel).await;
-    for _ in 0..100 {
-        if status == 2 {
-            break;
+    wait_health(&channel, NOT_SERVING).await;
+    drop(server);
+
+    // A restart on the still-full disk serves the durable data, or stops
+    // saying the disk is full, without advising a restore: nothing is corrupt.
+    let log_path = root.path().join("restart.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let exited = match try_serve(&fs.0.join("data"), log).await {
+        Ok((mut server, channel)) => {
+            let lookup = CacheServiceClient::new(channel)
+                .get_cached_execution(lookup_req("ns", &first))
+                .await;
+            match lookup {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    assert_eq!(r.outcome(), Outcome::Hit);
+                    assert_eq!(r.execution.unwrap().id, first_id);
+                    None
+                }
+                // It listens before it opens the store.
+                Err(_) => Some(server.0.wait().unwrap()),
+            }
+        }
+        Err(status) => Some(status),
+    };
+    if let Some(status) = exited {
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        assert!(!status.success(), "{log}");
+        assert!(log.contains("Free space"), "{log}");
+        assert!(!log.contains("backup"), "{log}");
+    }
+}
+
+const SERVING: i32 = 1;
+const NOT_SERVING: i32 = 2;
+
+/// Polls health (checked by the server every 2 s) until it says `want`.
+async fn wait_health(channel: &Channel, want: i32) {
+    let mut status = health_status(channel).await;
+    for _ in 0..600 {
+        if status == want {
+            return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        status = health_status(&channel).await;
+        status = health_status(channel).await;
     }
-    assert_eq!(status, 2, "NOT_SERVING");
+    assert_eq!(status, want, "health status");
+}
+
+/// PutExecutions of 60 KB until one fails (RESOURCE_EXHAUSTED): how many
+/// were acknowledged, and the interface of the failed one.
+async fn fill_with_executions(
+    meta: &mut MetadataStoreServiceClient<Channel>,
+) -> (usize, TaskInterface) {
+    let big = "x".repeat(60_000);
+    for i in 0..2000 {
+        let ti = iface("big", &[("i", num(f64::from(i))), ("pad", text(&big))], &[]);
+        let put = put_req("ns", &ti, ExecutionState::Complete, "mem://b");
+        if let Err(e) = meta.put_execution(put).await {
+            assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+            return (i as usize, ti);
+        }
+    }
+    panic!("the disk did not fill up");
+}
+
+/// Every execution of namespace `ns`, by ListExecutions.
+async fn list_all(meta: &mut MetadataStoreServiceClient<Channel>, ns: &str) -> Vec<Execution> {
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = meta
+            .list_executions(ListExecutionsRequest {
+                namespace: ns.into(),
+                page_size: 20,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        listed.extend(page.executions);
+        token = page.next_page_token;
+        if token.is_empty() {
+            return listed;
+        }
+    }
+}
+
+/// After a write fails on a full disk, freeing space brings the server back
+/// by itself: health SERVING again, writes accepted, the durable data
+/// answered, and the failed write seen by no reader, then or after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_recovers_by_itself_when_space_returns() {
+    if on_postgres("a sled data dir on a small tmpfs") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(root.path(), 24) else {
+        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let filler = fs.0.join("filler");
+    std::fs::write(&filler, vec![1u8; 6 << 20]).unwrap();
+    let data = fs.0.join("data");
+    let (server, channel) = serve(&data).await;
+    let mut meta = MetadataStoreServiceClient::new(channel.clone());
+    let mut cache = CacheServiceClient::new(channel.clone());
+    let first = iface("first", &[], &[]);
+    let first_id = meta
+        .put_execution(put_req("ns", &first, ExecutionState::Complete, "mem://a"))
+        .await
+        .unwrap()
+        .into_inner()
+        .execution_id;
+    let (filled, failed) = fill_with_executions(&mut meta).await;
+    wait_health(&channel, NOT_SERVING).await;
+    // Every durable hit is served on the full disk, though each first
+    // lookup fails to write it to the hits file.
+    let big = "x".repeat(60_000);
+    for i in 0..filled {
+        let ti = iface("big", &[("i", num(i as f64)), ("pad", text(&big))], &[]);
+        let r = cache
+            .get_cached_execution(lookup_req("ns", &ti))
+            .await
+            .unwrap();
+        assert_eq!(r.into_inner().outcome(), Outcome::Hit, "{i}");
+    }
+
+    std::fs::remove_file(&filler).unwrap();
+    wait_health(&channel, SERVING).await;
+    let after = iface("after", &[], &[]);
+    let after_id = meta
+        .put_execution(put_req("ns", &after, ExecutionState::Complete, "mem://c"))
+        .await
+        .expect("a write after the recovery")
+        .into_inner()
+        .execution_id;
+
+    let answered = [(&first, first_id), (&after, after_id)];
+    only_acknowledged(&channel, &answered, &failed, filled + 2).await;
+    drop((meta, cache, channel, server));
+    let (_server, channel) = serve(&data).await;
+    only_acknowledged(&channel, &answered, &failed, filled + 2).await;
+}
+
+/// Lookups of `answered` hit their executions, the `failed` write is no
+/// hit, and the namespace lists `count` executions, none of them `failed`.
+async fn only_acknowledged(
+    channel: &Channel,
+    answered: &[(&TaskInterface, i64)],
+    failed: &TaskInterface,
+    count: usize,
+) {
+    let mut meta = MetadataStoreServiceClient::new(channel.clone());
+    let mut cache = CacheServiceClient::new(channel.clone());
+    for (ti, id) in answered {
+        let r = cache
+            .get_cached_execution(lookup_req("ns", ti))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(r.outcome(), Outcome::Hit);
+        assert_eq!(r.execution.unwrap().id, *id);
+    }
+    let r = cache
+        .get_cached_execution(lookup_req("ns", failed))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(r.outcome(), Outcome::Hit, "the failed write served");
+    let listed = list_all(&mut meta, "ns").await;
+    assert_eq!(listed.len(), count, "acknowledged writes only");
+    assert!(
+        listed.iter().all(|e| e.interface.as_ref() != Some(failed)),
+        "the failed write is listed"
+    );
+}
+
+/// An update of an existing record that fails on a full disk is read by no
+/// one: a get or list answers the last acknowledged version or a storage
+/// fault, and after the recovery the last acknowledged version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_update_is_never_read() {
+    if on_postgres("a sled data dir on a small tmpfs") {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let Some(fs) = Tmpfs::mount(root.path(), 16) else {
+        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let filler = fs.0.join("filler");
+    std::fs::write(&filler, vec![1u8; 4 << 20]).unwrap();
+    let (server, channel) = serve(&fs.0.join("data")).await;
+    let mut meta = MetadataStoreServiceClient::new(channel.clone());
+    let artifact = |id: i64, n: u32, pad: &str| Artifact {
+        id,
+        namespace: "ns".into(),
+        r#type: "t".into(),
+        uri: "mem://a".into(),
+        properties: [
+            ("n".to_string(), num(f64::from(n))),
+            ("pad".to_string(), text(pad)),
+        ]
+        .into(),
+        ..Default::default()
+    };
+    let id = meta
+        .put_artifacts(PutArtifactsRequest {
+            artifacts: vec![artifact(0, 0, "")],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .artifact_ids[0];
+    let big = "x".repeat(60_000);
+    let mut acked = 0;
+    let mut failed = None;
+    for n in 1..2000 {
+        // The update, and a new artifact that fills the disk.
+        let put = PutArtifactsRequest {
+            artifacts: vec![artifact(id, n, ""), artifact(0, n, &big)],
+        };
+        match meta.put_artifacts(put).await {
+            Ok(_) => acked = n,
+            Err(e) => {
+                assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e:?}");
+                failed = Some(n);
+                break;
+            }
+        }
+    }
+    let failed = failed.expect("the disk filled up");
+    let n_of = |a: &Artifact| match a.properties.get("n").and_then(|v| v.kind.clone()) {
+        Some(prost_types::value::Kind::NumberValue(n)) => n as u32,
+        other => panic!("{other:?}"),
+    };
+    let get = GetArtifactsRequest {
+        ids: vec![id],
+        ..Default::default()
+    };
+    match meta.get_artifacts(get.clone()).await {
+        Ok(r) => assert_eq!(
+            n_of(&r.into_inner().artifacts[0]),
+            acked,
+            "failed: {failed}"
+        ),
+        Err(e) => assert!(
+            matches!(
+                e.code(),
+                tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+            ),
+            "{e:?}"
+        ),
+    }
+    wait_health(&channel, NOT_SERVING).await;
+    std::fs::remove_file(&filler).unwrap();
+    wait_health(&channel, SERVING).await;
+    let r = meta.get_artifacts(get).await.unwrap().into_inner();
+    assert_eq!(n_of(&r.artifacts[0]), acked, "failed: {failed}");
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = meta
+            .list_artifacts(ListArtifactsRequest {
+                namespace: "ns".into(),
+                page_size: 20,
+                page_token: token,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        listed.extend(page.artifacts);
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    // The artifacts acknowledged, newest first, and the updated one.
+    assert_eq!(listed.len(), acked as usize + 1);
+    assert!(listed.iter().all(|a| n_of(a) <= acked), "failed: {failed}");
     drop(server);
 }

@@ -326,6 +326,9 @@ pub struct Generation {
 pub struct HotHits {
     inner: Mutex<Inner>,
     log: Option<HitLog>,
+    /// Writes of the hits file that failed (a full or read-only disk): the
+    /// lookups that made them were served all the same.
+    write_failures: std::sync::atomic::AtomicU64,
 }
 
 impl HotHits {
@@ -353,7 +356,14 @@ impl HotHits {
                 tier,
             }),
             log,
+            write_failures: Default::default(),
         }
+    }
+
+    /// How many writes of the hits file failed since the store was opened.
+    pub fn write_failures(&self) -> u64 {
+        self.write_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Read before reading the store; pass to `insert`.
@@ -519,7 +529,16 @@ impl HotHits {
     /// only once they are whole, and only of those whose keys nothing
     /// evicted meanwhile.
     fn write(&self, batch: Batch) {
-        if batch.segment.write(batch.at, &batch.bytes).is_err() {
+        if let Err(e) = batch.segment.write(batch.at, &batch.bytes) {
+            let before = self
+                .write_failures
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if before == 0 {
+                tracing::warn!(
+                    "the hits file cannot be written ({e}): lookups are served from \
+                     the store (logged once)"
+                );
+            }
             return;
         }
         let Ok(mut inner) = self.inner.lock() else {

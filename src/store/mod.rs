@@ -18,6 +18,7 @@ mod keys;
 mod maintenance;
 mod os;
 mod query;
+pub(crate) mod reopen;
 mod tag_index;
 mod unflushed;
 
@@ -193,6 +194,17 @@ impl Store {
                          stepcache server?): stop it first",
                         path.display()
                     ));
+                }
+                // A disk that is full or cannot be written: nothing says the
+                // data is damaged.
+                if let sled::Error::Io(io) = &e {
+                    if crate::error::disk_fault(io).is_some() {
+                        return Error::Unavailable(format!(
+                            "cannot open the store at {}: {io}. Free space or fix the \
+                             disk, then start the server again",
+                            path.display()
+                        ));
+                    }
                 }
                 Error::Storage(format!(
                     "cannot open the store at {}: {e}. If the data is corrupt, stop the \
@@ -376,8 +388,17 @@ impl Store {
             .inspect_err(|e| self.record_fault(e))
     }
 
-    /// Remembers the first failed write of sled (`writable`).
+    /// Remembers the first failed write of sled (`writable`), and marks sled
+    /// failed if it is not yet: a write that failed may leave a flush
+    /// waiting for a log position that never becomes stable, which then
+    /// returns the error (and so does the drop before the store is opened
+    /// again, `reopen`).
     fn record_fault(&self, e: &Error) {
+        let kind = match e.code() {
+            tonic::Code::ResourceExhausted => std::io::ErrorKind::StorageFull,
+            _ => std::io::ErrorKind::Other,
+        };
+        self.db.poison(std::io::Error::new(kind, e.to_string()));
         if let Ok(mut fault) = self.write_fault.lock() {
             let message = match e {
                 Error::Storage(m) => {
@@ -387,6 +408,46 @@ impl Store {
             };
             fault.get_or_insert((e.code(), message));
         }
+    }
+
+    /// Runs a write that registers `w` before it applies anything and keeps
+    /// it registered until `write` (which ends with `durable`) returns: kept
+    /// from readers until then (`unflushed`), for good when it fails in
+    /// storage (until the store is opened again).
+    pub(crate) fn registered<T>(
+        &self,
+        w: &unflushed::Writing,
+        write: impl FnOnce() -> Result<T>,
+    ) -> Result<T> {
+        self.unflushed.add(w);
+        let result = write();
+        self.settled(w, result.as_ref().err());
+        result
+    }
+
+    /// A registered write returned: unregistered, unless it failed in
+    /// storage (it may be applied in memory), which is then the store's fault.
+    fn settled(&self, w: &unflushed::Writing, error: Option<&Error>) {
+        match error {
+            Some(e) if storage_fault(e) => self.record_fault(e),
+            _ => self.unflushed.remove(w),
+        }
+    }
+
+    /// For a reader, after its reads: when a write not yet durable touches
+    /// `items`, waits for a flush that began after the reads (its error when
+    /// it fails), so that the answer holds only durable writes.
+    pub fn settle(&self, items: impl IntoIterator<Item = unflushed::Item>) -> Result<()> {
+        if self.unflushed.touched(items) {
+            self.durable()?;
+        }
+        Ok(())
+    }
+
+    /// Whether record `id` was created by a write not yet durable: readers
+    /// answer as if it did not exist.
+    pub fn unflushed(&self, id: i64) -> bool {
+        self.unflushed.created(id)
     }
 
     fn get<M: Message + Default>(&self, key: &[u8]) -> Result<Option<M>> {
@@ -420,26 +481,41 @@ impl Store {
                 id => self.producers_of(id),
             })
             .collect::<Result<Vec<_>>>()?;
-        let ids = self.tree.transaction(|tx| {
-            let mut pool = Ids::of(&alloc);
-            let mut ids = Vec::with_capacity(artifacts.len());
-            for (i, (a, producers)) in artifacts.iter().zip(&producers).enumerate() {
-                let field = format!("artifacts[{i}]");
-                let (id, written) = put_artifact_tx(tx, a.clone(), alloc.now, &field, &mut pool)?;
-                if let (Some(written), false) = (written, producers.is_empty()) {
-                    refresh_copies_tx(tx, &written, producers)?;
+        // The updated artifacts, and the hits of their producers.
+        let touched = artifacts
+            .iter()
+            .map(|a| a.id)
+            .filter(|id| *id != 0)
+            .chain(producers.iter().flatten().copied())
+            .map(unflushed::Item::Id)
+            .collect();
+        let writing = unflushed::Writing {
+            created: alloc.ids.clone(),
+            touched,
+        };
+        self.registered(&writing, || {
+            let ids = self.tree.transaction(|tx| {
+                let mut pool = Ids::of(&alloc);
+                let mut ids = Vec::with_capacity(artifacts.len());
+                for (i, (a, producers)) in artifacts.iter().zip(&producers).enumerate() {
+                    let field = format!("artifacts[{i}]");
+                    let (id, written) =
+                        put_artifact_tx(tx, a.clone(), alloc.now, &field, &mut pool)?;
+                    if let (Some(written), false) = (written, producers.is_empty()) {
+                        refresh_copies_tx(tx, &written, producers)?;
+                    }
+                    ids.push(id);
                 }
-                ids.push(id);
+                Ok(ids)
+            })?;
+            if artifacts.iter().any(|a| a.id != 0) {
+                // A state change (e.g. DELETED) or a new copy changes the hits
+                // of the executions that output the artifact, and only theirs.
+                self.evict_executions(producers.iter().flatten().copied());
             }
+            self.durable()?;
             Ok(ids)
-        })?;
-        if artifacts.iter().any(|a| a.id != 0) {
-            // A state change (e.g. DELETED) or a new copy changes the hits
-            // of the executions that output the artifact, and only theirs.
-            self.evict_executions(producers.iter().flatten().copied());
-        }
-        self.durable()?;
-        Ok(ids)
+        })
     }
 
     /// After a write that changed the hits of executions `ids`: their keys
@@ -472,13 +548,15 @@ impl Store {
     /// Releases the key's reservation as `reservations::released_by_write` says.
     pub fn put_execution(&self, w: &ExecutionWrite) -> Result<ExecutionWritten> {
         match self.put_execution_unsynced(w)? {
-            Written::New(written) => {
+            (Written::New(written), writing) => {
                 self.evict_published(&w.execution.namespace, &written);
-                self.durable()?;
+                let durable = self.durable();
+                self.settled(&writing, durable.as_ref().err());
+                durable?;
                 self.flushed(&w.execution.namespace, &written);
                 Ok(written)
             }
-            Written::Replayed(id) => self.replay(id, w),
+            (Written::Replayed(id), _) => self.replay(id, w),
         }
     }
 
@@ -488,13 +566,15 @@ impl Store {
         let mut out = Vec::with_capacity(writes.len());
         let mut replayed = Vec::new();
         let mut failed = None;
+        let mut registered = Vec::new();
         for (i, w) in writes.iter().enumerate() {
             match self.put_execution_unsynced(w) {
-                Ok(Written::New(written)) => {
+                Ok((Written::New(written), writing)) => {
                     self.evict_published(&w.execution.namespace, &written);
+                    registered.push(writing);
                     out.push(Some(written))
                 }
-                Ok(Written::Replayed(id)) => {
+                Ok((Written::Replayed(id), _)) => {
                     out.push(None);
                     replayed.push((i, id));
                 }
@@ -505,7 +585,11 @@ impl Store {
             }
         }
         // The writes before a failed one stay written: durable, then seen.
-        self.durable()?;
+        let durable = self.durable();
+        for writing in &registered {
+            self.settled(writing, durable.as_ref().err());
+        }
+        durable?;
         for (w, written) in writes.iter().zip(&out) {
             if let Some(written) = written {
                 self.flushed(&w.execution.namespace, written);
@@ -522,7 +606,9 @@ impl Store {
         Ok(out.into_iter().flatten().collect())
     }
 
-    fn put_execution_unsynced(&self, w: &ExecutionWrite) -> Result<Written> {
+    /// Applies one PutExecution, registered (`unflushed`) until the caller
+    /// has made it durable and passes its registration to `settled`.
+    fn put_execution_unsynced(&self, w: &ExecutionWrite) -> Result<(Written, unflushed::Writing)> {
         // An update may leave the interface out: its key is the stored one.
         let stored = match w.execution.id {
             0 => None,
@@ -549,46 +635,46 @@ impl Store {
         let needed =
             usize::from(w.execution.id == 0) + w.outputs.iter().filter(|(_, a)| a.id == 0).count();
         let alloc = self.allocate(needed)?;
-        // Hidden from readers from before it is applied until it is durable.
-        let created = alloc.ids.clone();
-        let updated = (w.execution.id != 0).then_some(w.execution.id);
-        self.unflushed.add(&created, updated);
+        // Kept from readers from before it is applied until it is durable:
+        // what it creates, the execution it updates, the contexts it
+        // associates with, the reservation it releases.
+        let touched = (w.execution.id != 0)
+            .then_some(w.execution.id)
+            .into_iter()
+            .chain(w.context_ids.iter().copied())
+            .map(unflushed::Item::Id)
+            .chain(
+                lock_key
+                    .as_ref()
+                    .map(|k| unflushed::Item::key(&w.execution.namespace, k)),
+            )
+            .collect();
+        let writing = unflushed::Writing {
+            created: alloc.ids.clone(),
+            touched,
+        };
+        self.unflushed.add(&writing);
         let pending = PendingWrite {
             write: w.clone(),
             alloc,
             earlier_outputs,
         };
         let written = self.writes.submit(pending);
-        // A write refused (a missing input, ...) applied nothing; one that
-        // failed in sled may be applied in memory and stays hidden.
+        // A write refused (a missing input, ...) or replayed applied
+        // nothing; one that failed in sled may be applied in memory and
+        // stays registered.
         match &written {
             Ok(Written::New(_)) => {}
-            Ok(Written::Replayed(_)) => self.unflushed.remove(&created, updated),
-            Err(e)
-                if e.code() == tonic::Code::Internal
-                    || e.code() == tonic::Code::ResourceExhausted
-                    || e.code() == tonic::Code::Unavailable =>
-            {
-                self.record_fault(e);
-            }
-            Err(_) => self.unflushed.remove(&created, updated),
+            Ok(Written::Replayed(_)) => self.unflushed.remove(&writing),
+            Err(e) => self.settled(&writing, Some(e)),
         }
-        written
-    }
-
-    /// Whether record `id` was created by a PutExecution not yet durable:
-    /// gets by ID answer NOT_FOUND for it (`Backend`).
-    pub fn unflushed(&self, id: i64) -> bool {
-        self.unflushed.created(id)
+        Ok((written?, writing))
     }
 
     /// A PutExecution's flush has completed: readers may see it now. The
     /// key leaves the hot cache again, which may have taken the entry it
     /// replaces meanwhile.
     fn flushed(&self, ns: &str, written: &ExecutionWritten) {
-        let mut created = written.output_artifact_ids.clone();
-        created.push(written.execution_id);
-        self.unflushed.remove(&created, None);
         self.evict_published(ns, written);
     }
 
@@ -614,10 +700,31 @@ impl Store {
         context_ids: &[i64],
     ) -> Result<Execution> {
         let alloc = self.allocate(1)?;
+        let writing = unflushed::Writing {
+            created: alloc.ids.clone(),
+            touched: context_ids
+                .iter()
+                .copied()
+                .map(unflushed::Item::Id)
+                .collect(),
+        };
+        self.registered(&writing, || {
+            self.record_cached_tx(&alloc, original, outputs, inputs, context_ids)
+        })
+    }
+
+    fn record_cached_tx(
+        &self,
+        alloc: &Alloc,
+        original: &Execution,
+        outputs: &BTreeMap<String, Vec<Artifact>>,
+        inputs: &BTreeMap<String, Vec<i64>>,
+        context_ids: &[i64],
+    ) -> Result<Execution> {
         let now = alloc.now;
         let ns = original.namespace.as_str();
         let exec = self.tree.transaction(|tx| {
-            let id = Ids::of(&alloc).take()?;
+            let id = Ids::of(alloc).take()?;
             let exec = Execution {
                 id,
                 namespace: original.namespace.clone(),
@@ -665,6 +772,18 @@ impl Store {
 
     /// The newest servable COMPLETE execution of (namespace, key).
     pub fn lookup(
+        &self,
+        ns: &str,
+        key: &CacheKey,
+        max_staleness_ms: Option<i64>,
+    ) -> Result<Lookup> {
+        let found = self.lookup_entries(ns, key, max_staleness_ms)?;
+        // An invalidation not yet durable (`unflushed`).
+        self.settle([unflushed::Item::namespace(ns)])?;
+        Ok(found)
+    }
+
+    fn lookup_entries(
         &self,
         ns: &str,
         key: &CacheKey,
@@ -731,7 +850,7 @@ impl Store {
         newest: bool,
     ) -> Result<std::result::Result<Hit, Ineligible>> {
         let (completed_ms, exec_id) = keys::parse_cache_suffix(&k[j.prefix.len()..])?;
-        if self.unflushed.written(exec_id) {
+        if self.unflushed.created(exec_id) {
             return Ok(Err(Ineligible::Unflushed));
         }
         let invalidated = entry::is_invalidated(&v);
@@ -760,6 +879,16 @@ impl Store {
             outputs_live,
             invalidated,
         };
+        // After every read of this entry: a write not yet durable that
+        // touched the execution or its outputs (`unflushed`).
+        if self.unflushed.pending() {
+            let outputs = match &hit {
+                Hit::Decoded { outputs, .. } => outputs.values().flatten().map(|a| a.id).collect(),
+                Hit::Encoded(_) => Vec::new(),
+            };
+            let touched = std::iter::once(exec_id).chain(outputs);
+            self.settle(touched.map(unflushed::Item::Id))?;
+        }
         if let Err(why) = policy::eligibility(&candidate, j.now, j.max_staleness_ms) {
             return Ok(Err(why));
         }
@@ -986,6 +1115,7 @@ impl Store {
         if let Lookup::Hit(hit) = self.lookup(ns, key, max_staleness_ms)? {
             return Ok(Claimed::Hit(hit));
         }
+        let writing = Self::writing_reservation(ns, key);
         let claim = {
             let _guard = self.key_lock(key)?;
             let reason = match self.lookup(ns, key, max_staleness_ms)? {
@@ -994,31 +1124,53 @@ impl Store {
             };
             let now = self.now_ms();
             let rkey = keys::reservation(ns, key);
+            self.unflushed.add(&writing);
             let claim = self.tree.transaction(|tx| {
                 let claim = reservations::claim(reservation_tx(tx, &rkey)?.as_ref(), ask, now);
                 if let Claim::Grant(h) = &claim {
                     tx.set(rkey.as_slice(), h.encode())?;
                 }
                 Ok(claim)
-            })?;
+            });
+            let claim = match claim {
+                Ok(claim @ Claim::Grant(_)) => claim,
+                Ok(claim) => {
+                    self.unflushed.remove(&writing);
+                    claim
+                }
+                Err(e) => {
+                    let e = Error::from(e);
+                    self.settled(&writing, Some(&e));
+                    return Err(e);
+                }
+            };
             (claim, reason)
         };
         match claim {
             (Claim::Grant(holder), reason) => {
-                self.durable()?;
+                let durable = self.durable();
+                self.settled(&writing, durable.as_ref().err());
+                durable?;
                 Ok(Claimed::Granted { holder, reason })
             }
-            (Claim::Held(holder), reason) => Ok(Claimed::Held { holder, reason }),
+            (Claim::Held(holder), reason) => {
+                // The holder's grant is answered once durable.
+                self.settle([unflushed::Item::key(ns, key)])?;
+                Ok(Claimed::Held { holder, reason })
+            }
             (Claim::Free, reason) => Ok(Claimed::Miss { reason }),
         }
     }
 
     /// The reservation record of a key as stored (it may have expired).
     pub fn reservation(&self, ns: &str, key: &CacheKey) -> Result<Option<Holder>> {
-        self.tree
+        let holder = self
+            .tree
             .get(keys::reservation(ns, key))?
             .map(|v| Holder::decode(&v))
-            .transpose()
+            .transpose()?;
+        self.settle([unflushed::Item::key(ns, key)])?;
+        Ok(holder)
     }
 
     /// A heartbeat: the lease of `owner` restarts from now. FAILED_PRECONDITION
@@ -1032,19 +1184,29 @@ impl Store {
     ) -> Result<Holder> {
         let now = self.now_ms();
         let rkey = keys::reservation(ns, key);
-        let holder = self.tree.transaction(|tx| {
-            let current = reservation_tx(tx, &rkey)?;
-            reservations::held_by(current.as_ref(), owner, now, "extend the reservation")
-                .or_else(abort)?;
-            let h = Holder {
-                owner: owner.to_string(),
-                expire_ms: now.saturating_add(lease_ms),
-            };
-            tx.set(rkey.as_slice(), h.encode())?;
-            Ok(h)
-        })?;
-        self.durable()?;
-        Ok(holder)
+        self.registered(&Self::writing_reservation(ns, key), || {
+            let holder = self.tree.transaction(|tx| {
+                let current = reservation_tx(tx, &rkey)?;
+                reservations::held_by(current.as_ref(), owner, now, "extend the reservation")
+                    .or_else(abort)?;
+                let h = Holder {
+                    owner: owner.to_string(),
+                    expire_ms: now.saturating_add(lease_ms),
+                };
+                tx.set(rkey.as_slice(), h.encode())?;
+                Ok(h)
+            })?;
+            self.durable()?;
+            Ok(holder)
+        })
+    }
+
+    /// A write of the reservation of (ns, key).
+    fn writing_reservation(ns: &str, key: &CacheKey) -> unflushed::Writing {
+        unflushed::Writing {
+            created: Vec::new(),
+            touched: vec![unflushed::Item::key(ns, key)],
+        }
     }
 
     /// Gives the reservation up. FAILED_PRECONDITION when `owner` does not hold
@@ -1052,14 +1214,16 @@ impl Store {
     pub fn release_reservation(&self, ns: &str, key: &CacheKey, owner: &str) -> Result<()> {
         let now = self.now_ms();
         let rkey = keys::reservation(ns, key);
-        self.tree.transaction(|tx| {
-            let current = reservation_tx(tx, &rkey)?;
-            reservations::held_by(current.as_ref(), owner, now, "release the reservation")
-                .or_else(abort)?;
-            tx.remove(rkey.as_slice())?;
-            Ok(())
-        })?;
-        self.durable()
+        self.registered(&Self::writing_reservation(ns, key), || {
+            self.tree.transaction(|tx| {
+                let current = reservation_tx(tx, &rkey)?;
+                reservations::held_by(current.as_ref(), owner, now, "release the reservation")
+                    .or_else(abort)?;
+                tx.remove(rkey.as_slice())?;
+                Ok(())
+            })?;
+            self.durable()
+        })
     }
 
     /// The output artifacts of an execution by output name, in index order.
@@ -1132,6 +1296,7 @@ impl Store {
 }
 
 pub use entry::{INVALIDATED, VALID};
+pub(crate) use os::release_freed_memory;
 
 /// The hits file of the store at `path`, with its saved index when the
 /// store has not changed since it was written; None when off or unusable.
@@ -1176,6 +1341,15 @@ fn close_epoch(path: &Path) -> u64 {
 }
 
 /// sled could not take the store's file lock: another handle has it open.
+/// An error of the storage itself (not of the request): a write that ends
+/// with one may be applied in memory without being durable.
+fn storage_fault(e: &Error) -> bool {
+    matches!(
+        e.code(),
+        tonic::Code::Internal | tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+    )
+}
+
 fn lock_busy(e: &sled::Error) -> bool {
     e.to_string().contains("could not acquire lock")
 }

@@ -162,3 +162,15 @@ pub fn advise_huge_pages(start: usize, len: usize) {
 pub fn lower_thread_priority() {
     imp::lower_thread_priority()
 }
+
+/// Returns to the OS the memory this thread freed but mimalloc kept.
+///
+/// Opening a large sled store reads its whole snapshot (the page table) into
+/// memory and frees most of it again; mimalloc keeps freed pages for reuse by
+/// the thread that freed them, and the opening thread then idles, so without
+/// this an idle server on a large store keeps memory it no longer uses.
+/// Harmless when mimalloc is not the global allocator.
+pub fn release_freed_memory() {
+    // SAFETY: mi_collect takes no pointers; it only walks this thread's heap.
+    unsafe { libmimalloc_sys::mi_collect(true) }
+}

@@ -25,16 +25,27 @@ impl Store {
     /// leaves it as it is; an update (id != 0) replaces its properties.
     pub fn put_contexts(&self, contexts: Vec<Context>) -> Result<Vec<i64>> {
         let alloc = self.allocate(contexts.iter().filter(|c| c.id == 0).count())?;
-        let ids = self.tree.transaction(|tx| {
-            let mut pool = Ids::of(&alloc);
-            let mut out = Vec::with_capacity(contexts.len());
-            for (i, c) in contexts.iter().enumerate() {
-                out.push(put_context_tx(tx, c, alloc.now, i, &mut pool)?);
-            }
-            Ok(out)
-        })?;
-        self.durable()?;
-        Ok(ids)
+        // Kept from readers until durable (`unflushed`).
+        let writing = super::unflushed::Writing {
+            created: alloc.ids.clone(),
+            touched: contexts
+                .iter()
+                .filter(|c| c.id != 0)
+                .map(|c| super::unflushed::Item::Id(c.id))
+                .collect(),
+        };
+        self.registered(&writing, || {
+            let ids = self.tree.transaction(|tx| {
+                let mut pool = Ids::of(&alloc);
+                let mut out = Vec::with_capacity(contexts.len());
+                for (i, c) in contexts.iter().enumerate() {
+                    out.push(put_context_tx(tx, c, alloc.now, i, &mut pool)?);
+                }
+                Ok(out)
+            })?;
+            self.durable()?;
+            Ok(ids)
+        })
     }
 
     /// A context of the namespace (any namespace when `ns` is None).

@@ -2,71 +2,139 @@
 //!
 //! sled makes a write visible as soon as it is applied, before the flush that
 //! makes it durable; a reader could then act on a record that a crash, or a
-//! failed flush, loses (a HIT whose execution is gone after the restart). A
-//! PutExecution registers its IDs here before it is applied and removes them
-//! once its flush has completed; lookups pass over cache entries of the
-//! executions here, and gets and lists do not return records created by a
-//! write here. A write whose flush fails stays here, hidden until the store
-//! is opened again (sled fails every write after such an error until then).
+//! failed flush, loses (a HIT whose execution is gone after the restart).
+//! Every write registers what it touches here before it is applied and
+//! removes it once its flush has completed: the records it creates (by ID),
+//! the records it changes (by ID), the cache keys whose reservation it
+//! changes, the namespaces it invalidates in, or everything (prune, garbage
+//! collection). A reader checks after its reads, so that any write it may
+//! have seen is still registered: a record created by a write here is not
+//! there yet (NOT_FOUND, not listed, no HIT); one touched by a write here is
+//! answered only after a flush that began after the read (`Store::durable`),
+//! or with that flush's error. With nothing registered, the check is one
+//! atomic load.
 //!
-//! What it does not cover: other writes (PutArtifacts, PutContexts, CACHED
-//! executions, reservations, invalidations) are visible before their flush
-//! as before, and an update of an existing execution shows its new fields to
-//! gets and lists before its flush (its new cache entry is hidden from
-//! lookups). After a restart, sled may recover a write whose flush reported
-//! an error, if its bytes reached the disk.
+//! A write whose flush fails stays here until the store is opened again
+//! (`Reopening`), which also discards it from memory. After a restart, sled
+//! may recover a write whose flush reported an error, if its bytes reached
+//! the disk.
 
 use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-/// IDs of writes not yet durable: `true` for a record the write creates.
+use crate::key::CacheKey;
+
+/// What a write touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Item {
+    /// A record (execution, artifact or context: one ID space).
+    Id(i64),
+    /// The reservation of a cache key in a namespace (a hash: a collision
+    /// only makes a reader wait for a flush).
+    Key(u64),
+    /// The cache entries of a namespace (invalidations).
+    Namespace(u64),
+    /// Anything (prune, garbage collection).
+    All,
+}
+
+impl Item {
+    pub fn key(ns: &str, key: &CacheKey) -> Item {
+        let mut h = DefaultHasher::new();
+        (ns, key.as_bytes()).hash(&mut h);
+        Item::Key(h.finish())
+    }
+
+    pub fn namespace(ns: &str) -> Item {
+        let mut h = DefaultHasher::new();
+        ns.hash(&mut h);
+        Item::Namespace(h.finish())
+    }
+}
+
+/// One write's registration: the records it creates, the items it touches.
+#[derive(Debug, Clone, Default)]
+pub struct Writing {
+    pub created: Vec<i64>,
+    pub touched: Vec<Item>,
+}
+
+/// Registrations per item: (by creating writes, by touching writes). Counts,
+/// since concurrent writes may touch one item.
 #[derive(Default)]
 pub struct Unflushed {
-    /// How many IDs `ids` holds: readers skip the lock when none.
+    /// How many items `items` holds: readers skip the lock when none.
     count: AtomicUsize,
-    ids: Mutex<HashMap<i64, bool>>,
+    items: Mutex<HashMap<Item, (u32, u32)>>,
 }
 
 impl Unflushed {
-    /// Registers a write: the records it creates, the one it updates.
-    pub fn add(&self, created: &[i64], updated: Option<i64>) {
-        let Ok(mut ids) = self.ids.lock() else { return };
-        for id in created {
-            ids.insert(*id, true);
+    /// Registers a write, before it is applied.
+    pub fn add(&self, w: &Writing) {
+        let Ok(mut items) = self.items.lock() else {
+            return;
+        };
+        for id in &w.created {
+            items.entry(Item::Id(*id)).or_default().0 += 1;
         }
-        if let Some(id) = updated {
-            ids.entry(id).or_insert(false);
+        for item in &w.touched {
+            items.entry(*item).or_default().1 += 1;
         }
-        self.count.store(ids.len(), Ordering::SeqCst);
+        self.count.store(items.len(), Ordering::SeqCst);
     }
 
-    /// A write's flush completed (or nothing was written).
-    pub fn remove(&self, created: &[i64], updated: Option<i64>) {
-        let Ok(mut ids) = self.ids.lock() else { return };
-        for id in created.iter().chain(updated.iter()) {
-            ids.remove(id);
+    /// A write's flush completed, or it applied nothing.
+    pub fn remove(&self, w: &Writing) {
+        let Ok(mut items) = self.items.lock() else {
+            return;
+        };
+        let created = w.created.iter().map(|id| (Item::Id(*id), true));
+        for (item, creates) in created.chain(w.touched.iter().map(|i| (*i, false))) {
+            if let Some(n) = items.get_mut(&item) {
+                let c = if creates { &mut n.0 } else { &mut n.1 };
+                *c = c.saturating_sub(1);
+                if *n == (0, 0) {
+                    items.remove(&item);
+                }
+            }
         }
-        self.count.store(ids.len(), Ordering::SeqCst);
+        self.count.store(items.len(), Ordering::SeqCst);
     }
 
-    /// Whether a write of execution `id` is not yet durable (lookups).
-    pub fn written(&self, id: i64) -> bool {
-        self.get(id).is_some()
+    /// Whether any write is registered.
+    pub fn pending(&self) -> bool {
+        self.count.load(Ordering::SeqCst) != 0
     }
 
-    /// Whether the record `id` was created by a write not yet durable
-    /// (gets and lists).
+    /// Whether record `id` was created by a write not yet durable.
     pub fn created(&self, id: i64) -> bool {
-        self.get(id) == Some(true)
+        self.get(Item::Id(id)).is_some_and(|(c, _)| c > 0)
     }
 
-    fn get(&self, id: i64) -> Option<bool> {
-        if self.count.load(Ordering::SeqCst) == 0 {
+    /// Whether a write not yet durable touches any of `items` (`Item::All`
+    /// among them: whether any write is registered).
+    pub fn touched(&self, items: impl IntoIterator<Item = Item>) -> bool {
+        if !self.pending() {
+            return false;
+        }
+        let Ok(map) = self.items.lock() else {
+            // A poisoned lock: say touched, the reader waits for a flush.
+            return true;
+        };
+        map.contains_key(&Item::All)
+            || items
+                .into_iter()
+                .any(|i| i == Item::All || map.contains_key(&i))
+    }
+
+    fn get(&self, item: Item) -> Option<(u32, u32)> {
+        if !self.pending() {
             return None;
         }
         // A poisoned lock hides nothing more than it did.
-        self.ids.lock().ok()?.get(&id).copied()
+        self.items.lock().ok()?.get(&item).copied()
     }
 }
 
@@ -75,13 +143,48 @@ mod tests {
     use super::*;
 
     #[test]
-    fn created_and_updated_ids() {
+    fn created_and_touched_items_until_every_write_is_removed() {
         let u = Unflushed::default();
-        u.add(&[5, 6], Some(2));
-        assert!(u.created(5) && u.written(5));
-        assert!(!u.created(2) && u.written(2));
-        assert!(!u.written(7));
-        u.remove(&[5, 6], Some(2));
-        assert!(!u.written(5) && !u.written(2));
+        assert!(!u.pending());
+        let a = Writing {
+            created: vec![5, 6],
+            touched: vec![Item::Id(2)],
+        };
+        let b = Writing {
+            created: vec![],
+            touched: vec![Item::Id(2), Item::namespace("ns")],
+        };
+        u.add(&a);
+        u.add(&b);
+        assert!(u.created(5) && u.touched([Item::Id(5)]));
+        assert!(!u.created(2) && u.touched([Item::Id(2)]));
+        assert!(!u.touched([Item::Id(7), Item::namespace("other")]));
+        assert!(u.touched([Item::namespace("ns")]));
+        u.remove(&a);
+        // Another write still touches 2.
+        assert!(!u.created(5) && u.touched([Item::Id(2)]));
+        u.remove(&b);
+        assert!(!u.pending() && !u.touched([Item::Id(2)]));
+        // A removal of what was never added changes nothing.
+        u.remove(&a);
+        assert!(!u.pending());
+    }
+
+    #[test]
+    fn a_write_of_everything_touches_every_item() {
+        let u = Unflushed::default();
+        let all = Writing {
+            created: vec![],
+            touched: vec![Item::All],
+        };
+        u.add(&all);
+        assert!(u.touched([Item::Id(1)]) && !u.created(1));
+        u.remove(&all);
+        assert!(!u.touched([Item::Id(1)]));
+        u.add(&Writing {
+            created: vec![3],
+            touched: vec![],
+        });
+        assert!(u.touched([Item::All]) && !u.touched([Item::Id(1)]));
     }
 }

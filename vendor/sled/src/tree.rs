@@ -860,6 +860,16 @@ impl Tree {
         self.context.pagecache.flush()
     }
 
+    // stepcache patch 19 begin
+    /// Marks the database failed, as its first IO error does (a no-op after
+    /// one): later writes and flushes fail with `error`, flushes waiting for
+    /// the log return it (patch 18), and a drop does no more IO, so that the
+    /// database can be dropped and opened again after a write fault.
+    pub fn poison(&self, error: std::io::Error) {
+        self.context.set_global_error(Error::Io(error));
+    }
+    // stepcache patch 19 end
+
     /// Asynchronously flushes all dirty IO buffers
     /// and calls fsync. If this succeeds, it is
     /// guaranteed that all previous writes will
@@ -1731,7 +1741,15 @@ impl Tree {
                 retry!();
             }
 
-            if view.should_split() {
+            // stepcache patch 20 begin
+            // After the first IO error nothing more can be logged: the
+            // traversal reads nodes as they are instead of completing
+            // splits and starting merges (each a log write that would fail,
+            // and the read with it). A node due to split is read whole, a
+            // half-done split is passed through its right sibling.
+            let failed = self.context.global_error().is_err();
+            if view.should_split() && !failed {
+                // stepcache patch 20 end
                 self.split_node(&view, &parent_view, root_pid, guard)?;
                 retry!();
             }
@@ -1744,7 +1762,9 @@ impl Tree {
                 ).get();
                 if unsplit_parent.is_none() && parent_view.is_some() {
                     unsplit_parent = parent_view.clone();
-                } else if parent_view.is_none() && view.lo.is_empty() {
+                // stepcache patch 20 begin
+                } else if parent_view.is_none() && view.lo.is_empty() && !failed {
+                    // stepcache patch 20 end
                     assert!(unsplit_parent.is_none());
                     assert_eq!(view.pid, root_pid);
                     // we have found a partially-split root
@@ -1759,7 +1779,11 @@ impl Tree {
                     }
                 }
                 continue;
-            } else if let Some(unsplit_parent) = unsplit_parent.take() {
+            // stepcache patch 20 begin
+            } else if let Some(unsplit_parent) =
+                unsplit_parent.take().filter(|_| !failed)
+            {
+                // stepcache patch 20 end
                 // we have found the proper page for
                 // our cooperative parent split
                 let mut parent: Node = unsplit_parent.deref().clone();
@@ -1793,7 +1817,9 @@ impl Tree {
             // would be merged into a different index, which
             // would add considerable complexity to this already
             // fairly complex implementation.
-            if view.should_merge() && !took_leftmost_branch {
+            // stepcache patch 20 begin
+            if view.should_merge() && !took_leftmost_branch && !failed {
+                // stepcache patch 20 end
                 if let Some(ref mut parent) = parent_view {
                     assert!(parent.merging_child.is_none());
                     if parent.can_merge_child() {

@@ -989,7 +989,16 @@ pub(in crate::pagecache) fn make_stable_inner(
                     );
                 }
             } else {
-                iobufs.interval_updated.wait(&mut waiter);
+                // stepcache patch 18 begin
+                // A timed wait: a writer that fails may set the global
+                // error without a notify (`exit_reservation`), which left
+                // this wait, and a drop of the database, hanging for good.
+                // The loop checks the error and the stable LSN again.
+                let _timeout = iobufs.interval_updated.wait_for(
+                    &mut waiter,
+                    std::time::Duration::from_millis(100),
+                );
+                // stepcache patch 18 end
             }
         } else {
             debug!("make_stable({}) returning", lsn);
