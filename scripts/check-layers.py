@@ -3,7 +3,7 @@
 or a module imports one from a layer above its own.
 
 Reads every `crate::...` path (in `use` lines and in code) of the files under
-src/ (the library; src/main.rs and src/bin/ are programs on top of it), maps
+src/ (the library; src/main.rs is a program on top of it, as bench/ is), maps
 each file to its top-level module (src/store/hot.rs -> store), and checks the
 graph of those modules against LAYERS below: a module may use modules of its
 own layer or of lower layers, and no two modules may reach each other.

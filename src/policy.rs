@@ -117,6 +117,44 @@ pub fn eligibility(
     Ok(())
 }
 
+/// The newest-first scan of a key's entries: the first servable one is the
+/// hit; a stale one ends the scan (every older one is staler); the others are
+/// passed over and, on a miss, say why.
+#[derive(Debug, Default)]
+pub struct Scan {
+    passed_over: Vec<Ineligible>,
+}
+
+/// What a scan does with the entry just judged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Serve,
+    Skip,
+    Stop,
+}
+
+impl Scan {
+    /// Takes the verdict on the next entry (`eligibility`).
+    pub fn next(&mut self, verdict: Result<(), Ineligible>) -> Next {
+        match verdict {
+            Ok(()) => Next::Serve,
+            Err(Ineligible::Stale) => {
+                self.passed_over.push(Ineligible::Stale);
+                Next::Stop
+            }
+            Err(why) => {
+                self.passed_over.push(why);
+                Next::Skip
+            }
+        }
+    }
+
+    /// Why nothing was served.
+    pub fn miss_reason(&self) -> String {
+        miss_reason(&self.passed_over)
+    }
+}
+
 /// The reason of a miss given why each recorded execution was passed over.
 pub fn miss_reason(passed_over: &[Ineligible]) -> String {
     if passed_over.is_empty() {
@@ -225,6 +263,19 @@ mod tests {
             ..c
         };
         assert_eq!(eligibility(&inv, 1_000, None), Err(Ineligible::Invalidated));
+    }
+
+    #[test]
+    fn a_scan_serves_the_first_servable_and_stops_at_the_first_stale() {
+        let mut scan = Scan::default();
+        assert_eq!(scan.next(Err(Ineligible::Invalidated)), Next::Skip);
+        assert_eq!(scan.next(Ok(())), Next::Serve);
+        let mut scan = Scan::default();
+        assert_eq!(scan.next(Err(Ineligible::TtlExpired)), Next::Skip);
+        assert_eq!(scan.next(Err(Ineligible::Stale)), Next::Stop);
+        let r = scan.miss_reason();
+        assert!(r.contains("2 recorded") && r.contains("stale"), "{r}");
+        assert!(Scan::default().miss_reason().starts_with("no entry"));
     }
 
     #[test]

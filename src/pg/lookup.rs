@@ -8,7 +8,7 @@ use super::PgStore;
 use crate::domain::{decode, not_found, Claimed, Hit, Lookup};
 use crate::error::Result;
 use crate::key::CacheKey;
-use crate::policy::{self, Candidate, Ineligible};
+use crate::policy::{self, Candidate, Next, Scan};
 use crate::proto::{ArtifactState, Execution};
 use crate::reservations::{self, Ask, Claim, Holder};
 
@@ -63,7 +63,7 @@ impl PgStore {
              ORDER BY c.completed_ms DESC, c.execution_id DESC",
             &[&ns, &key.to_string()],
         )?;
-        let mut passed_over: Vec<Ineligible> = Vec::new();
+        let mut scan = Scan::default();
         for r in &rows {
             let completed_ms: i64 = col(r, 0)?;
             let invalidated: bool = col(r, 1)?;
@@ -81,22 +81,19 @@ impl PgStore {
                     .all(|a| a.state == ArtifactState::Live as i32),
                 invalidated,
             };
-            match policy::eligibility(&candidate, now, max_staleness_ms) {
-                Ok(()) => {
+            match scan.next(policy::eligibility(&candidate, now, max_staleness_ms)) {
+                Next::Serve => {
                     return Ok(Lookup::Hit(Hit::Decoded {
                         execution: Box::new(execution),
                         outputs,
                     }))
                 }
-                Err(Ineligible::Stale) => {
-                    passed_over.push(Ineligible::Stale);
-                    break;
-                }
-                Err(why) => passed_over.push(why),
+                Next::Skip => {}
+                Next::Stop => break,
             }
         }
         Ok(Lookup::Miss {
-            reason: policy::miss_reason(&passed_over),
+            reason: scan.miss_reason(),
         })
     }
 

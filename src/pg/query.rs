@@ -161,15 +161,7 @@ impl PgStore {
             conds.push(format!("cache_key = {}", param(&mut params, k.to_string())));
         }
         if let Some(cid) = f.context_id {
-            match get_context(&mut *c, cid)? {
-                Some(ctx) if ctx.namespace == ns => {}
-                _ => {
-                    return Err(field_error(
-                        not_found("context", cid, Some(ns)),
-                        "context_id",
-                    ))
-                }
-            }
+            context_in(&mut *c, cid, ns)?;
             conds.push(format!(
                 "id IN (SELECT execution_id FROM associations WHERE context_id = {})",
                 param(&mut params, cid)
@@ -199,15 +191,7 @@ impl PgStore {
             param(&mut params, ns.to_string())
         )];
         if let Some(cid) = f.context_id {
-            match get_context(&mut *c, cid)? {
-                Some(ctx) if ctx.namespace == ns => {}
-                _ => {
-                    return Err(field_error(
-                        not_found("context", cid, Some(ns)),
-                        "context_id",
-                    ))
-                }
-            }
+            context_in(&mut *c, cid, ns)?;
             conds.push(format!(
                 "id IN (SELECT artifact_id FROM attributions WHERE context_id = {})",
                 param(&mut params, cid)
@@ -289,6 +273,17 @@ impl PgStore {
             items,
             next_token: if more { last } else { None },
         })
+    }
+}
+
+/// NOT_FOUND (naming `context_id`) unless context `cid` exists in `ns`.
+fn context_in(c: &mut impl GenericClient, cid: i64, ns: &str) -> Result<()> {
+    match get_context(c, cid)? {
+        Some(ctx) if ctx.namespace == ns => Ok(()),
+        _ => Err(field_error(
+            not_found("context", cid, Some(ns)),
+            "context_id",
+        )),
     }
 }
 

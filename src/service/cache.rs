@@ -1,34 +1,26 @@
 //! CacheService.
 
-use std::collections::BTreeMap;
-
-use prost::bytes::Bytes;
-use prost::Message;
 use tonic::{Request, Response, Status};
 
 use tokio::time::{Duration, Instant};
 
+use super::lookup::{self, reservation, Asked};
 use super::{Shared, Work};
 use crate::auth::Caller;
-use crate::backend::Backend;
-use crate::clock::timestamp;
-use crate::domain::{Claimed, ExecutionFilter, Hit, Lookup, Selector};
+use crate::domain::{Claimed, ExecutionFilter, Selector};
 use crate::error::{Error, Result};
-use crate::key::{self, CacheKey};
-use crate::policy::{self, Decision};
+use crate::key;
 use crate::proto::cache_service_server::CacheService;
-use crate::proto::get_cached_execution_request::Target;
 use crate::proto::invalidate_cache_request::Selector as ProtoSelector;
 use crate::proto::{
-    ArtifactList, ComputeCacheKeyRequest, ComputeCacheKeyResponse, Execution, ExecutionState,
-    ExplainCacheMissRequest, ExplainCacheMissResponse, ExtendReservationRequest,
-    ExtendReservationResponse, GarbageCollectCacheRequest, GarbageCollectCacheResponse,
-    GetCacheStatsRequest, GetCacheStatsResponse, GetCachedExecutionRequest,
-    GetCachedExecutionResponse, InvalidateCacheRequest, InvalidateCacheResponse, Outcome,
-    ReleaseReservationRequest, ReleaseReservationResponse, Reservation, TaskInterface,
-    WaitForCachedExecutionRequest, WaitForCachedExecutionResponse,
+    ComputeCacheKeyRequest, ComputeCacheKeyResponse, ExecutionState, ExplainCacheMissRequest,
+    ExplainCacheMissResponse, ExtendReservationRequest, ExtendReservationResponse,
+    GarbageCollectCacheRequest, GarbageCollectCacheResponse, GetCacheStatsRequest,
+    GetCacheStatsResponse, GetCachedExecutionRequest, GetCachedExecutionResponse,
+    InvalidateCacheRequest, InvalidateCacheResponse, Outcome, ReleaseReservationRequest,
+    ReleaseReservationResponse, WaitForCachedExecutionRequest, WaitForCachedExecutionResponse,
 };
-use crate::reservations::{self, Holder, Step, Waited};
+use crate::reservations::{self, Step, Waited};
 use crate::validate;
 
 pub struct Cache {
@@ -61,134 +53,26 @@ impl CacheService for Cache {
         request: Request<GetCachedExecutionRequest>,
     ) -> Result<Response<GetCachedExecutionResponse>, Status> {
         let caller = Caller::of(&request);
-        let mut req = request.into_inner();
+        let req = request.into_inner();
         let ns = caller.namespace(&req.namespace)?;
-        let record = req.record_cached_execution;
-        // The key from the interface's bytes, when they allow it and nothing
-        // else needs the interface decoded (recording reads its inputs).
-        let fast = if record || req.interface_bytes.is_empty() {
-            None
-        } else {
-            validate::interface_bytes(&req.interface_bytes, &self.shared.limits)
-        };
-        let key: CacheKey = match fast {
-            Some(key) => key,
-            None => {
-                req.decode_interface()
-                    .map_err(|e| Error::invalid(format!("interface: {e}")))?;
-                match &req.target {
-                    Some(Target::Interface(ti)) => {
-                        validate::interface(ti, "interface", &self.shared.limits)?
-                    }
-                    Some(Target::CacheKey(k)) => validate::cache_key_hex(k, "cache_key")?,
-                    None => {
-                        return Err(
-                            Error::invalid("one of interface or cache_key is required").into()
-                        )
-                    }
-                }
+        let q = match Asked::try_from((req, &*self.shared.limits))? {
+            Asked::Disabled { key, reason } => {
+                self.shared.stats.record(&ns, Outcome::Disabled);
+                return Ok(Response::new(lookup::disabled(&key, reason)));
             }
+            Asked::Lookup(q) => *q,
         };
-        let decision = policy::decide(req.policy.as_ref())?;
-        let max_staleness = policy::duration_ms(
-            req.policy.as_ref().and_then(|p| p.max_staleness.as_ref()),
-            "policy.max_staleness",
-        )?;
-        let ask = req
-            .reservation
-            .as_ref()
-            .map(|r| reservations::ask(r, "reservation"))
-            .transpose()?;
-        if let Decision::Disabled(reason) = decision {
-            self.shared.stats.record(&ns, Outcome::Disabled);
-            // DISABLED never reserves.
-            return Ok(Response::new(GetCachedExecutionResponse {
-                outcome: Outcome::Disabled as i32,
-                cache_key: key.to_string(),
-                reason,
-                ..Default::default()
-            }));
-        }
-        let stats_ns = ns.clone();
-        let context_ids = validate::ids(&req.context_ids, "context_ids", &self.shared.limits)?;
-        // The CACHED execution consumed what the looking-up task names as its
-        // inputs (with ignore_inputs, they may differ from the original's).
-        let inputs: Option<BTreeMap<String, Vec<i64>>> = match &req.target {
-            Some(Target::Interface(ti)) if record => Some(
-                ti.input_artifacts
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.ids.clone()))
-                    .collect(),
-            ),
-            _ => None,
-        };
-        // What names the inputs, checked to exist when the lookup does not hit.
-        let (target, encoded) = (req.target.take(), std::mem::take(&mut req.interface_bytes));
-        // A hit served from memory needs no thread (unless it records); a
-        // lookup that neither records nor reserves only reads.
-        let hot = (self.shared.store.hits()).and_then(|h| h.lookup_hot(&ns, &key, max_staleness));
-        let work = match (hot.is_some(), record || ask.is_some()) {
-            (_, true) => Work::Write,
-            (true, false) => Work::Inline,
-            (false, false) => Work::Read,
-        };
+        let (key, stats_ns) = (q.key, ns.clone());
+        let hits = self.shared.store.hits();
+        let hot = hits.and_then(|h| h.lookup_hot(&ns, &key, q.max_staleness_ms));
+        let work = q.work(hot.is_some());
         let (claimed, cached) = self
             .shared
-            .run(work, move |store| {
-                if record {
-                    // Fail before the lookup, not after it.
-                    for (i, id) in context_ids.iter().enumerate() {
-                        store.context(*id, Some(&ns)).map_err(|e| match e {
-                            Error::NotFound(m) => Error::NotFound(format!("context_ids[{i}]: {m}")),
-                            other => other,
-                        })?;
-                    }
-                }
-                // A hit's inputs existed when it was put; any other answer
-                // first checks that they exist (before a reservation is taken).
-                let claimed = match (hot, &ask) {
-                    (Some(Lookup::Hit(hit)), _) => Claimed::Hit(hit),
-                    (_, None) => match store.lookup(&ns, &key, max_staleness)? {
-                        Lookup::Hit(hit) => Claimed::Hit(hit),
-                        miss => {
-                            inputs_exist(store, &ns, &target, &encoded)?;
-                            miss.into()
-                        }
-                    },
-                    (_, Some(ask)) => {
-                        inputs_exist(store, &ns, &target, &encoded)?;
-                        store.lookup_or_claim(&ns, &key, max_staleness, Some(ask))?
-                    }
-                };
-                let (claimed, cached) = match (claimed, record) {
-                    (Claimed::Hit(hit), true) => {
-                        let (execution, outputs) = hit.decoded()?;
-                        let inputs = inputs.unwrap_or_else(|| {
-                            execution
-                                .interface
-                                .iter()
-                                .flat_map(|ti| ti.input_artifacts.iter())
-                                .map(|(k, v)| (k.clone(), v.ids.clone()))
-                                .collect()
-                        });
-                        let cached =
-                            store.record_cached(&execution, &outputs, &inputs, &context_ids)?;
-                        let execution = Box::new(execution);
-                        (
-                            Claimed::Hit(Hit::Decoded { execution, outputs }),
-                            Some(cached),
-                        )
-                    }
-                    (claimed, _) => (claimed, None),
-                };
-                Ok((claimed, cached))
-            })
+            .run(work, move |store| lookup::decide(store, &ns, hot, q))
             .await?;
-        let resp = respond(&key, claimed, cached);
-        self.shared.stats.record(
-            &stats_ns,
-            Outcome::try_from(resp.outcome).unwrap_or_default(),
-        );
+        let resp = lookup::respond(&key, claimed, cached);
+        let outcome = Outcome::try_from(resp.outcome).unwrap_or_default();
+        self.shared.stats.record(&stats_ns, outcome);
         Ok(Response::new(resp))
     }
 
@@ -242,7 +126,7 @@ impl CacheService for Cache {
         .await?;
         drop(sub);
         let resp = match waited {
-            Waited::Done(claimed) => respond(&key, claimed, None),
+            Waited::Done(claimed) => lookup::respond(&key, claimed, None),
             Waited::TimedOut(holder) => GetCachedExecutionResponse {
                 outcome: Outcome::InProgress as i32,
                 cache_key: key.to_string(),
@@ -413,93 +297,5 @@ impl CacheService for Cache {
     }
 }
 
-fn reservation(h: &Holder) -> Reservation {
-    Reservation {
-        owner: h.owner.clone(),
-        expire_time: Some(timestamp(h.expire_ms)),
-    }
-}
-
-/// The answer to a lookup (GetCachedExecution and WaitForCachedExecution).
-fn respond(
-    key: &CacheKey,
-    claimed: Claimed,
-    cached: Option<Execution>,
-) -> GetCachedExecutionResponse {
-    let mut resp = GetCachedExecutionResponse {
-        cache_key: key.to_string(),
-        ..Default::default()
-    };
-    match claimed {
-        Claimed::Hit(hit) => {
-            resp.outcome = Outcome::Hit as i32;
-            match hit {
-                Hit::Decoded { execution, outputs } => {
-                    resp.execution = Some(*execution);
-                    resp.output_artifacts = artifact_lists(outputs);
-                }
-                Hit::Encoded(fields) => resp.encoded_hit = fields,
-            }
-            resp.cached_execution = cached;
-        }
-        Claimed::Miss { reason } => {
-            resp.outcome = Outcome::Miss as i32;
-            resp.reason = reason;
-        }
-        Claimed::Granted { holder, reason } => {
-            resp.outcome = Outcome::Reserved as i32;
-            resp.reason = format!("{reason}; reserved for {:?}", holder.owner);
-            resp.reservation = Some(reservation(&holder));
-        }
-        Claimed::Held { holder, reason } => {
-            resp.outcome = Outcome::InProgress as i32;
-            resp.reason = format!("{reason}; an identical task runs under {:?}", holder.owner);
-            resp.reservation = Some(reservation(&holder));
-        }
-    }
-    resp
-}
-
-pub fn artifact_lists(
-    outputs: BTreeMap<String, Vec<crate::proto::Artifact>>,
-) -> BTreeMap<String, ArtifactList> {
-    outputs
-        .into_iter()
-        .map(|(name, artifacts)| (name, ArtifactList { artifacts }))
-        .collect()
-}
-
 /// How many recent executions of a component ExplainCacheMiss compares.
 const EXPLAIN_WINDOW: usize = 200;
-
-/// NOT_FOUND when a lookup's interface (decoded, or still `encoded`) names an
-/// input artifact that does not exist in `ns`.
-fn inputs_exist(
-    store: &dyn Backend,
-    ns: &str,
-    target: &Option<Target>,
-    encoded: &Bytes,
-) -> Result<()> {
-    let decoded;
-    let ti = match target {
-        Some(Target::Interface(ti)) => ti,
-        Some(Target::CacheKey(_)) => return Ok(()),
-        None if encoded.is_empty() => return Ok(()),
-        None => {
-            decoded = TaskInterface::decode(encoded.clone())
-                .map_err(|e| Error::invalid(format!("interface: {e}")))?;
-            &decoded
-        }
-    };
-    for (name, ids) in &ti.input_artifacts {
-        for id in &ids.ids {
-            store.artifact(*id, Some(ns)).map_err(|e| match e {
-                Error::NotFound(m) => {
-                    Error::NotFound(format!("interface.input_artifacts.{name}: {m}"))
-                }
-                other => other,
-            })?;
-        }
-    }
-    Ok(())
-}

@@ -1,6 +1,7 @@
 //! Thin tonic handlers: validate -> store (on a blocking thread) -> map errors.
 
 pub mod cache;
+pub mod lookup;
 pub mod metadata;
 
 use std::sync::Arc;

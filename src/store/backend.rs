@@ -1,4 +1,7 @@
-//! `Backend` on the sled store: every method is the store's own.
+//! `Backend` on the sled store: the store's own methods, with the reads
+//! checked for writes not yet durable (`store::unflushed`) and maintenance
+//! writes registered; written out rather than through `implement_backend`,
+//! since most methods differ from the store's own.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

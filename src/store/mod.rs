@@ -5,22 +5,22 @@
 //! calls block, so the service runs them on its read and write thread pools
 //! (`crate::pool`).
 
-pub mod activity;
-pub mod backend;
+pub(crate) mod activity;
+mod backend;
 pub mod backup;
-pub mod combine;
-pub mod entry;
-pub mod events;
-pub mod flush;
-pub mod hitlog;
-pub mod hot;
-pub mod keys;
-pub mod maintenance;
-pub mod os;
-pub mod query;
-pub mod reopen;
-pub mod tag_index;
-pub mod unflushed;
+mod combine;
+mod entry;
+mod events;
+mod flush;
+pub(crate) mod hitlog;
+pub(crate) mod hot;
+mod keys;
+mod maintenance;
+mod os;
+mod query;
+pub(crate) mod reopen;
+mod tag_index;
+mod unflushed;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -35,10 +35,8 @@ use crate::clock::{timestamp, timestamp_ms, Clock};
 use crate::domain::replay;
 use crate::domain::{
     self, check_execution_update, content_digest, create_ms, created_ms, decode, not_found,
-    Claimed, ExecutionWritten, Hit, Lookup, Named, Page,
+    Claimed, ExecutionWrite, ExecutionWritten, Hit, Lookup, Named, Page,
 };
-// The bench programs still import these from here (until they move out).
-pub use crate::domain::{ArtifactFilter, ExecutionFilter, ExecutionWrite};
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::policy::{self, Candidate, Ineligible};
@@ -1813,6 +1811,7 @@ fn record_create_ms(kind: u8, v: &[u8]) -> Result<i64> {
 mod tests {
     use super::*;
     use crate::clock::SystemClock;
+    use crate::domain::{ArtifactFilter, ExecutionFilter};
     use crate::proto::{ArtifactIds, OutputArtifact, PutExecutionRequest, TaskInterface};
     use crate::query::TimeRange;
     use crate::validate::{execution_write, Limits};

@@ -8,10 +8,9 @@
 //! entries: a page may come back short, even empty, with a next token.
 
 use super::{created_ms, keys, not_found, put, tx_get, Ids, Page, Store, TxResult};
-use crate::domain::{ArtifactFilter, ExecutionFilter};
-// The bench programs still import these from here (until they move out).
 use crate::clock::timestamp;
-pub use crate::domain::{ContextFilter, LineageResult};
+use crate::domain::{ArtifactFilter, ExecutionFilter};
+use crate::domain::{ContextFilter, LineageResult};
 use crate::error::{Error, Result};
 use crate::lineage::{self, Bounds, Dir, Edges, Graph, Node};
 use crate::proto::{Artifact, Context, Execution};

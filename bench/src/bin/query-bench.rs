@@ -24,11 +24,13 @@ use clap::Parser;
 use prost_types::value::Kind;
 use prost_types::Value;
 use stepcache::clock::SystemClock;
+use stepcache::domain::{
+    ArtifactFilter, ContextFilter, ExecutionFilter, ExecutionWrite, LineageResult,
+};
 use stepcache::lineage::{self, Dir, Node};
 use stepcache::proto::*;
 use stepcache::query::TimeRange;
-use stepcache::store::query::ContextFilter;
-use stepcache::store::{ArtifactFilter, ExecutionFilter, ExecutionWrite, Store, StoreConfig};
+use stepcache::store::{Store, StoreConfig};
 use stepcache::validate::{self, Limits};
 
 use stepcache_bench::Rng;
@@ -385,7 +387,7 @@ fn bench(store: &Store, b: &Built, queries: usize, rng: &mut Rng) -> anyhow::Res
         let after = b.runs[rng.index(b.runs.len())];
         Ok(store.list_contexts(&f, 100, Some(after))?.items.len())
     })?;
-    let nodes = |l: stepcache::store::query::LineageResult| l.artifacts.len() + l.executions.len();
+    let nodes = |l: LineageResult| l.artifacts.len() + l.executions.len();
     run(
         "GetLineage UPSTREAM from a C output (7 nodes)",
         &mut |rng| {

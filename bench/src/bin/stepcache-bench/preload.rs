@@ -11,10 +11,11 @@ use anyhow::{anyhow, bail, Context};
 use serde::{Deserialize, Serialize};
 use stepcache::backend::Backend;
 use stepcache::clock::SystemClock;
+use stepcache::domain::ExecutionFilter;
 use stepcache::pg::PgStore;
 use stepcache::proto::metadata_store_service_client::MetadataStoreServiceClient;
 use stepcache::proto::PutArtifactsRequest;
-use stepcache::store::{ExecutionFilter, Store, StoreConfig};
+use stepcache::store::{Store, StoreConfig};
 use stepcache::validate::{self, Limits};
 use tonic::transport::Channel;
 
