@@ -28,7 +28,6 @@ LAYERS = [
 ]
 
 ROOT = Path(__file__).resolve().parent.parent
-SRC = ROOT / "src"
 
 
 def strip(text: str) -> str:
@@ -75,8 +74,8 @@ def group_heads(text: str, start: int) -> list[str]:
     return out
 
 
-def module_of(path: Path) -> str | None:
-    rel = path.relative_to(SRC)
+def module_of(src: Path, path: Path) -> str | None:
+    rel = path.relative_to(src)
     if rel.parts[0] == "bin" or rel.name in ("main.rs", "lib.rs"):
         return None
     return rel.parts[0].removesuffix(".rs")
@@ -122,19 +121,20 @@ def sccs(graph: dict[str, set[str]]) -> list[list[str]]:
     return out
 
 
-def main() -> int:
-    rank = {m: i for i, layer in enumerate(LAYERS) for m in layer}
+def problems_in(src: Path, layers: list[list[str]]) -> list[str]:
+    """What breaks the layering of the tree under `src`."""
+    rank = {m: i for i, layer in enumerate(layers) for m in layer}
     graph: dict[str, set[str]] = {}
     why: dict[tuple[str, str], str] = {}
-    for path in sorted(SRC.rglob("*.rs")):
-        mod = module_of(path)
+    for path in sorted(src.rglob("*.rs")):
+        mod = module_of(src, path)
         if mod is None:
             continue
         graph.setdefault(mod, set())
         for dep in imports(path):
             if dep != mod and dep not in ("self", "super"):
                 graph[mod].add(dep)
-                why.setdefault((mod, dep), str(path.relative_to(ROOT)))
+                why.setdefault((mod, dep), str(path.relative_to(src.parent)))
     problems = []
     for mod in sorted(graph):
         if mod not in rank:
@@ -157,6 +157,44 @@ def main() -> int:
                 if b in comp
             ]
             problems.append("import circle: " + ", ".join(edges))
+    return problems
+
+
+def self_test() -> None:
+    """The check fails on a circle, on an upward import and on a module in
+    no layer, and passes a tree that goes down (test modules ignored)."""
+    import tempfile
+
+    def tree(files: dict[str, str]) -> Path:
+        src = Path(tempfile.mkdtemp()) / "src"
+        for name, text in files.items():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            (src / name).write_text(text)
+        return src
+
+    layers = [["low"], ["mid", "side"], ["top"]]
+    good = tree({
+        "low.rs": "// crate::top in a comment\nconst S: &str = \"crate::top\";\n"
+                  "#[cfg(test)]\nmod tests { use crate::top::T; }\n",
+        "mid.rs": "use crate::{low::{A, B}, side};\n",
+        "side.rs": "fn f() { crate::low::g() }\n",
+        "top/mod.rs": "use crate::mid::X;\n",
+        "main.rs": "use crate::top;\n",
+    })
+    assert problems_in(good, layers) == [], problems_in(good, layers)
+    circle = tree({"mid.rs": "use crate::side::Y;\n", "side/x.rs": "use crate::{mid};\n"})
+    assert any("circle" in p for p in problems_in(circle, layers))
+    upward = tree({"low.rs": "fn f() { crate::mid::g() }\n", "mid.rs": ""})
+    assert any("imports mid" in p for p in problems_in(upward, layers))
+    unknown = tree({"new.rs": ""})
+    assert any("not in any layer" in p for p in problems_in(unknown, layers))
+
+
+def main() -> int:
+    if sys.argv[1:] == ["--self-test"]:
+        self_test()
+        return 0
+    problems = problems_in(ROOT / "src", LAYERS)
     for p in problems:
         print(p, file=sys.stderr)
     return 1 if problems else 0

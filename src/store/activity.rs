@@ -2,8 +2,7 @@
 //! how many write batches ran and for how long, how many writes they held,
 //! and the same for group flushes. PutExecution writes are applied one batch
 //! at a time (`combine`), so the batch seconds per second of wall time is how
-//! busy that one thread is: near 1, puts are bound by it (BENCHMARKS.md, "The
-//! thread that applies puts").
+//! busy that one thread is: near 1, puts are bound by it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

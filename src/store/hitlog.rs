@@ -1,9 +1,8 @@
 //! The hits file: the hot cache's second tier (`hot`). It holds the newest
 //! servable hit of every key the hot cache was given, as the reply's encoded
 //! fields, appended to `hits.log` in the data dir; an in-memory index maps a
-//! key's tag to the record's offset. A hit from it reads its ~0.25 KB
-//! record, where a hit from sled reads the whole leaf the entry is in
-//! (~9 KB) (BENCHMARKS.md, "Hits from the hits file").
+//! key's tag to the record's offset. A hit from it reads one small record,
+//! where a hit from sled reads the whole leaf the entry is in.
 //!
 //! A fill of the file (`Store::warm_in_background`) writes it in aligned
 //! chunks of 2 MiB (`hot::FILL_CHUNK`), so that the page cache holds it in
@@ -11,14 +10,13 @@
 //!
 //! A record's fields are compressed (LZ4) against a dictionary: the fields
 //! of the file's first records, up to 16 KiB (`Dict`), which the index file
-//! keeps with the index. A record of ~0.6 KB of fields then takes ~0.25 KB,
-//! so that the file of 1M hits fits in ~250 MiB, and the file is read
-//! through a mapping, without a system call (a read ~0.2 us plus ~0.2 us to
-//! decompress, where a `preadv2` cost ~0.9-1.2 us): what was read or
+//! keeps with the index. A record then takes well under half of its fields'
+//! size, so that the file of a large store stays small enough to map, and
+//! the file is read through a mapping, without a system call: what was read or
 //! written through the file (and is therefore in the page cache) is marked
 //! and read through the mapping from then on; the rest is read with
 //! `preadv2` first, so that a read on the async threads never waits for the
-//! disk unknowingly (BENCHMARKS.md, "The hits file mapped and compressed").
+//! disk unknowingly.
 //!
 //! The file is derived from the store, never the answer of record: whatever
 //! goes wrong with it (a torn record, a lost index, a collision of tags) costs
@@ -50,8 +48,7 @@ const INDEX_MAGIC: &[u8; 8] = b"SCHITS02";
 /// key, the fields' length u32 when compressed (0: stored as they are).
 const HEADER: usize = 4 + 4 + 8 + 8 + 2 + 32 + 4;
 /// The dictionary: the first fields given to a file, up to this many bytes
-/// (a larger one compresses little better and costs each compression more:
-/// ~3.5 us at 16 KiB, ~6.6 us at 32 KiB).
+/// (a larger one compresses little better and costs each compression more).
 const DICT_BYTES: usize = 16 << 10;
 /// Files up to this limit are mapped (the mapping covers the limit, so that
 /// it need not grow with the file); larger limits read with `preadv2` only.

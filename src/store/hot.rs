@@ -2,8 +2,8 @@
 //! repeated lookup costs a hash, a mutex and a reference count instead of a
 //! read on a pool thread (a page-in, on a store larger than sled's cache).
 //! Behind the memory tier, the hits file (`hitlog`) keeps every hit the
-//! cache is given, at ~0.25 KB per key on disk (compressed) and 32-64 bytes
-//! of index in memory (`tag_index`: 16-byte slots, the table a quarter to
+//! cache is given, compressed on disk, with 32-64 bytes per key of index in
+//! memory (`tag_index`: 16-byte slots, the table a quarter to
 //! half full): a hit that is not in memory is one small record, read through
 //! a mapping of the file, instead of a sled leaf.
 //! Hits enter both at their first read from sled, and the file also from
@@ -11,8 +11,8 @@
 //! (`Store::warm_in_background`); a hit read from the file goes into memory
 //! at its second read within a while (`Doorkeeper`). The cache holds each hit as the reply's
 //! encoded fields (`entry::encoded_hit`), which a reply carries as they are:
-//! nothing is decoded or encoded again, and 20,000 entries take ~20 MiB, not
-//! the ~120 MiB their decoded executions and artifacts did (BENCHMARKS.md).
+//! nothing is decoded or encoded again, and an entry takes a fraction of the
+//! memory of its decoded execution and artifacts.
 //! It only ever holds what the store would
 //! serve: every write that could change an answer (a publish of the key, an
 //! artifact update, invalidation, gc, prune) evicts after it commits, and a
@@ -122,9 +122,8 @@ struct Tier {
 
 /// A fill (`Store::warm_in_background`) writes the hits file in aligned
 /// chunks of this size: the kernel then keeps it in the page cache as huge
-/// folios, where one record per small write left it in 4 KiB pages, and a
-/// read of a record costs ~0.17 us less (BENCHMARKS.md, "Huge folios for
-/// the hits file").
+/// folios, where one record per small write leaves it in 4 KiB pages, and a
+/// read of a record needs fewer page walks.
 pub const FILL_CHUNK: u64 = 2 << 20;
 
 /// Records reserved in the hits file, from `at` on, and not yet written;
@@ -205,9 +204,9 @@ impl Pending {
 /// about `window` first reads, not at its first. Under draws spread over far
 /// more keys than memory holds, almost every read would otherwise put a hit
 /// in memory only to evict another before either is asked for again: an
-/// allocation kept, an eviction and the CPU cache lines they take, ~0.9 us
-/// of a ~3 us read at 1M keys (`hits-bench`; BENCHMARKS.md, "Admission to
-/// memory"). A key asked for again soon, as a pipeline's repeated runs do,
+/// allocation kept, an eviction and the CPU cache lines they take, a large
+/// part of the cost of a read from the file (`hits-bench` times it). A key
+/// asked for again soon, as a pipeline's repeated runs do,
 /// still gets there at its second read. Two bitsets of about 8 bits per key
 /// of the window, the current one and the one before, so that a key seen
 /// just before a turnover still counts; two bits per key.

@@ -73,11 +73,10 @@ impl Default for StoreConfig {
 }
 
 /// Stripes of the lock that orders lookups-that-reserve against publishes.
-/// A PutExecution holds its key's stripe until its batch is applied: with 64,
-/// each of 32 concurrent writers would find its stripe held by another with
-/// a chance of ~39%, and wait a batch longer (smaller batches, fewer puts;
-/// BENCHMARKS.md, "Sorted commits and more key-lock stripes"). 4096 stripes
-/// cost 16 KiB.
+/// A PutExecution holds its key's stripe until its batch is applied: with
+/// few stripes, concurrent writers often find theirs held by another and
+/// wait a batch longer (smaller batches, fewer puts). 4096 stripes cost
+/// 16 KiB.
 const KEY_LOCKS: usize = 4096;
 
 /// sled generator values fetched at once (see `Store::allocate`).
@@ -1250,10 +1249,9 @@ impl Store {
 
     /// Flushes, closes, then checkpoints: brings the snapshot sled reads at
     /// open up to the end of the log (the catch-up `open` would otherwise do
-    /// first), so that the next start replays nothing. After a run that wrote,
-    /// that replay was most of a restart on a large store (BENCHMARKS.md,
-    /// "Memory and startup"). A store that was not closed (a crash) is caught
-    /// up by the next open as before.
+    /// first), so that the next start replays nothing: after a run that
+    /// wrote, that replay is most of a restart on a large store. A store that
+    /// was not closed (a crash) is caught up by the next open.
     pub fn close(self) -> Result<()> {
         // The hits file's index is valid for the store as it is now: both
         // record one epoch, and the next open uses the index only if they
@@ -1561,7 +1559,7 @@ fn associate_tx(
 
 /// Most PutExecution writes applied in one transaction (see `combine`): a
 /// batch holds sled's transaction lock, which reads outside the hot cache
-/// wait for, for ~0.5 ms per write on the benchmark machine.
+/// wait for, so a batch stays short.
 const WRITE_BATCH: usize = 16;
 
 /// An execution write waiting for its batch, with what was read and allocated
