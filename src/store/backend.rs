@@ -1,4 +1,6 @@
-//! `Backend` on the sled store: every method is the store's own.
+//! `Backend` on the sled store: the store's own methods, with the reads
+//! checked for writes not yet durable (`store::unflushed`) and maintenance
+//! writes registered.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
