@@ -111,12 +111,13 @@ impl From<sled::Error> for Error {
 /// cannot be written), as the code that says so: RESOURCE_EXHAUSTED for a
 /// full disk, UNAVAILABLE for one that fails writes. By kind, not errno:
 /// sled hands later callers a copy of its first error, which keeps only the
-/// kind. sled keeps failing writes after such an error until the server
-/// restarts; the message says so.
+/// kind. Writes fail after such an error until the server has opened the
+/// store again, which it does by itself once the disk can be written
+/// (`store::reopen`); the message says so.
 pub fn disk_fault(e: &std::io::Error) -> Option<Error> {
     use std::io::ErrorKind;
-    let fix = "free space or fix the disk, then restart the server \
-               (writes fail until then)";
+    let fix = "free space or fix the disk: writes fail until then, and the \
+               server resumes them by itself";
     match e.kind() {
         ErrorKind::StorageFull | ErrorKind::QuotaExceeded => Some(Error::ResourceExhausted(
             format!("the store's disk is full ({e}): {fix}"),

@@ -402,7 +402,9 @@ impl Store {
         if let Ok(mut fault) = self.write_fault.lock() {
             let message = match e {
                 Error::Storage(m) => {
-                    format!("the store cannot write ({m}): fix the disk, then restart the server")
+                    format!(
+                        "the store cannot write ({m}): fix the disk; writes resume by themselves"
+                    )
                 }
                 other => other.to_string(),
             };
