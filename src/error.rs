@@ -203,7 +203,7 @@ mod tests {
         assert_eq!(sled_io(libc::EROFS).code(), Code::Unavailable);
         assert_eq!(sled_io(libc::EIO).code(), Code::Unavailable);
         assert_eq!(sled_io(libc::EBADF).code(), Code::Internal);
-        assert!(sled_io(libc::ENOSPC).to_string().contains("restart"));
+        assert!(sled_io(libc::ENOSPC).to_string().contains("free space"));
         // sled's copy of its first error keeps only the kind.
         let copied = std::io::Error::new(std::io::ErrorKind::StorageFull, "Os { code: 28 }");
         assert_eq!(
