@@ -28,6 +28,20 @@ impl Tmpfs {
     }
 }
 
+/// A tmpfs of `mib` MiB under `root` for a sled data dir, or None, saying
+/// why, where the test cannot run (on PostgreSQL; where this process may not
+/// mount).
+fn small_disk(root: &Path, mib: u32) -> Option<Tmpfs> {
+    if on_postgres("a sled data dir on a small tmpfs") {
+        return None;
+    }
+    let fs = Tmpfs::mount(root, mib);
+    if fs.is_none() {
+        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+    }
+    fs
+}
+
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
@@ -119,12 +133,8 @@ async fn health_status(channel: &Channel) -> i32 {
 /// NOT_SERVING.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_writes_cleanly_and_keeps_durable_reads() {
-    if on_postgres("a sled data dir on a small tmpfs") {
-        return;
-    }
     let root = tempfile::tempdir().unwrap();
-    let Some(fs) = Tmpfs::mount(root.path(), 16) else {
-        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+    let Some(fs) = small_disk(root.path(), 16) else {
         return;
     };
     let (server, channel) = serve(&fs.0.join("data")).await;
@@ -279,12 +289,8 @@ async fn list_all(meta: &mut MetadataStoreServiceClient<Channel>, ns: &str) -> V
 /// answered, and the failed write seen by no reader, then or after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_recovers_by_itself_when_space_returns() {
-    if on_postgres("a sled data dir on a small tmpfs") {
-        return;
-    }
     let root = tempfile::tempdir().unwrap();
-    let Some(fs) = Tmpfs::mount(root.path(), 24) else {
-        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+    let Some(fs) = small_disk(root.path(), 24) else {
         return;
     };
     let filler = fs.0.join("filler");
@@ -369,12 +375,8 @@ async fn only_acknowledged(
 /// fault, and after the recovery the last acknowledged version.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_update_is_never_read() {
-    if on_postgres("a sled data dir on a small tmpfs") {
-        return;
-    }
     let root = tempfile::tempdir().unwrap();
-    let Some(fs) = Tmpfs::mount(root.path(), 16) else {
-        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
+    let Some(fs) = small_disk(root.path(), 16) else {
         return;
     };
     let filler = fs.0.join("filler");
