@@ -40,7 +40,7 @@ use anyhow::Context as _;
 use crate::backend::Backend;
 use crate::error::code_name;
 use crate::store::activity::WriteTotals;
-use crate::store::Store;
+use crate::store::reopen::Reopening;
 use stats::Stats;
 
 /// Labels of the per-call metrics.
@@ -80,6 +80,7 @@ struct WriteCounters {
     batch_seconds: Counter<f64, AtomicU64>,
     flushes: Counter,
     flush_seconds: Counter<f64, AtomicU64>,
+    hits_write_failures: Counter,
 }
 
 impl WriteCounters {
@@ -110,6 +111,12 @@ impl WriteCounters {
             "Time spent in group flushes",
             self.flush_seconds.clone(),
         );
+        registry.register(
+            "hits_file_write_failures",
+            "Writes of the hits file that failed or were dropped (a full, read-only or \
+             stalled disk); the lookups that made them were served all the same",
+            self.hits_write_failures.clone(),
+        );
     }
 
     /// Raises each counter to the store's total (totals only grow).
@@ -128,6 +135,7 @@ impl WriteCounters {
         seconds(&self.batch_seconds, t.batch_seconds);
         whole(&self.flushes, t.flushes);
         seconds(&self.flush_seconds, t.flush_seconds);
+        whole(&self.hits_write_failures, t.hits_write_failures);
     }
 }
 
@@ -147,7 +155,7 @@ struct Inner {
     /// store (and its directory lock) open.
     store: Weak<dyn Backend>,
     /// The sled store behind `store`, whose write path counts its batches.
-    sled: Option<Weak<Store>>,
+    sled: Option<Weak<Reopening>>,
     /// One scrape at a time sets the scrape-time gauges.
     scrape: Mutex<()>,
     /// Whether reservations are counted per namespace (else all as one).
@@ -167,7 +175,7 @@ impl Metrics {
     /// `sled`: the store behind `store` when it is the sled one.
     pub fn new(
         store: &Arc<dyn Backend>,
-        sled: Option<&Arc<Store>>,
+        sled: Option<&Arc<Reopening>>,
         stats: &Stats,
         label_namespaces: bool,
     ) -> Metrics {

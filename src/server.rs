@@ -131,8 +131,7 @@ pub async fn run(
         },
     };
     let sled = match opened {
-        // The store open now (its write counters stop at a reopen).
-        Opened::Sled(sled) => sled.current(),
+        Opened::Sled(sled) => Some(sled),
         // Other replicas' publishes wake this one's waiters.
         Opened::Pg(pg) => {
             let waiters = shared.waiters.clone();

@@ -3,129 +3,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-
+use common::disk::*;
 use common::*;
 use stepcache::proto::cache_service_client::CacheServiceClient;
 use stepcache::proto::metadata_store_service_client::MetadataStoreServiceClient;
 use stepcache::proto::*;
 use tonic::transport::Channel;
-
-/// A tmpfs of `mib` MiB, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(root: &Path, mib: u32) -> Option<Tmpfs> {
-        let dir = root.join("tmpfs");
-        std::fs::create_dir_all(&dir).ok()?;
-        let ok = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
-            .arg(&dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        ok.then_some(Tmpfs(dir))
-    }
-}
-
-/// A tmpfs of `mib` MiB under `root` for a sled data dir, or None, saying
-/// why, where the test cannot run (on PostgreSQL; where this process may not
-/// mount).
-fn small_disk(root: &Path, mib: u32) -> Option<Tmpfs> {
-    if on_postgres("a sled data dir on a small tmpfs") {
-        return None;
-    }
-    let fs = Tmpfs::mount(root, mib);
-    if fs.is_none() {
-        eprintln!("skipped: cannot mount a tmpfs here (not root?)");
-    }
-    fs
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-/// A server process, killed when dropped (as an operator restarts a server
-/// whose disk failed).
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `stepcache serve` on `dir`, and a channel to it.
-async fn serve(dir: &Path) -> (Server, Channel) {
-    // The log goes next to the tmpfs, not into it.
-    let log = dir.parent().unwrap().with_extension("log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .unwrap();
-    match try_serve(dir, log).await {
-        Ok(up) => up,
-        Err(status) => panic!("the server did not come up: {status}"),
-    }
-}
-
-/// `stepcache serve` on `dir` with its log to `log`; the exit status when it
-/// stops before it answers.
-async fn try_serve(
-    dir: &Path,
-    log: std::fs::File,
-) -> Result<(Server, Channel), std::process::ExitStatus> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let server = Server(
-        Command::new(env!("CARGO_BIN_EXE_stepcache"))
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(dir)
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
-    let mut server = server;
-    for _ in 0..1000 {
-        if let Ok(c) = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .unwrap()
-            .connect()
-            .await
-        {
-            return Ok((server, c));
-        }
-        if let Ok(Some(status)) = server.0.try_wait() {
-            return Err(status);
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
-    panic!("the server did not come up");
-}
-
-async fn health_status(channel: &Channel) -> i32 {
-    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
-    health
-        .check(tonic_health::pb::HealthCheckRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .status
-}
 
 /// Fills a 16 MiB tmpfs with PutExecutions: the one that fails answers
 /// RESOURCE_EXHAUSTED and is seen by no reader (no HIT, not listed, not
@@ -137,7 +20,7 @@ async fn a_full_disk_fails_writes_cleanly_and_keeps_durable_reads() {
     let Some(fs) = small_disk(root.path(), 16) else {
         return;
     };
-    let (server, channel) = serve(&fs.0.join("data")).await;
+    let (server, channel) = serve(&fs.dir.join("data")).await;
     let mut meta = MetadataStoreServiceClient::new(channel.clone());
     let mut cache = CacheServiceClient::new(channel.clone());
     let first = iface("first", &[], &[]);
@@ -202,7 +85,7 @@ async fn a_full_disk_fails_writes_cleanly_and_keeps_durable_reads() {
     // saying the disk is full, without advising a restore: nothing is corrupt.
     let log_path = root.path().join("restart.log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let exited = match try_serve(&fs.0.join("data"), log).await {
+    let exited = match try_serve(&fs.dir.join("data"), log).await {
         Ok((mut server, channel)) => {
             let lookup = CacheServiceClient::new(channel)
                 .get_cached_execution(lookup_req("ns", &first))
@@ -228,22 +111,6 @@ async fn a_full_disk_fails_writes_cleanly_and_keeps_durable_reads() {
     }
 }
 
-const SERVING: i32 = 1;
-const NOT_SERVING: i32 = 2;
-
-/// Polls health (checked by the server every 2 s) until it says `want`.
-async fn wait_health(channel: &Channel, want: i32) {
-    let mut status = health_status(channel).await;
-    for _ in 0..600 {
-        if status == want {
-            return;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        status = health_status(channel).await;
-    }
-    assert_eq!(status, want, "health status");
-}
-
 /// PutExecutions of 60 KB until one fails (RESOURCE_EXHAUSTED): how many
 /// were acknowledged, and the interface of the failed one.
 async fn fill_with_executions(
@@ -261,29 +128,6 @@ async fn fill_with_executions(
     panic!("the disk did not fill up");
 }
 
-/// Every execution of namespace `ns`, by ListExecutions.
-async fn list_all(meta: &mut MetadataStoreServiceClient<Channel>, ns: &str) -> Vec<Execution> {
-    let mut listed = Vec::new();
-    let mut token = String::new();
-    loop {
-        let page = meta
-            .list_executions(ListExecutionsRequest {
-                namespace: ns.into(),
-                page_size: 20,
-                page_token: token,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        listed.extend(page.executions);
-        token = page.next_page_token;
-        if token.is_empty() {
-            return listed;
-        }
-    }
-}
-
 /// After a write fails on a full disk, freeing space brings the server back
 /// by itself: health SERVING again, writes accepted, the durable data
 /// answered, and the failed write seen by no reader, then or after a restart.
@@ -293,9 +137,9 @@ async fn the_server_recovers_by_itself_when_space_returns() {
     let Some(fs) = small_disk(root.path(), 24) else {
         return;
     };
-    let filler = fs.0.join("filler");
+    let filler = fs.dir.join("filler");
     std::fs::write(&filler, vec![1u8; 6 << 20]).unwrap();
-    let data = fs.0.join("data");
+    let data = fs.dir.join("data");
     let (server, channel) = serve(&data).await;
     let mut meta = MetadataStoreServiceClient::new(channel.clone());
     let mut cache = CacheServiceClient::new(channel.clone());
@@ -306,8 +150,12 @@ async fn the_server_recovers_by_itself_when_space_returns() {
         .unwrap()
         .into_inner()
         .execution_id;
+    let hits_failed = "stepcache_hits_file_write_failures_total";
+    assert_eq!(server.metric(hits_failed).await, 0.0);
     let (filled, failed) = fill_with_executions(&mut meta).await;
     wait_health(&channel, NOT_SERVING).await;
+    let flushes = "stepcache_store_flushes_total";
+    let flushes_before = server.metric(flushes).await;
     // Every durable hit is served on the full disk, though each first
     // lookup fails to write it to the hits file.
     let big = "x".repeat(60_000);
@@ -320,6 +168,15 @@ async fn the_server_recovers_by_itself_when_space_returns() {
         assert_eq!(r.into_inner().outcome(), Outcome::Hit, "{i}");
     }
 
+    // Lookups do not wait for their writes of the hits file, which fail.
+    for _ in 0..100 {
+        if server.metric(hits_failed).await > 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(server.metric(hits_failed).await > 0.0);
+
     std::fs::remove_file(&filler).unwrap();
     wait_health(&channel, SERVING).await;
     let after = iface("after", &[], &[]);
@@ -329,6 +186,8 @@ async fn the_server_recovers_by_itself_when_space_returns() {
         .expect("a write after the recovery")
         .into_inner()
         .execution_id;
+    // The store opened again counts on from the first one's totals.
+    assert!(server.metric(flushes).await > flushes_before);
 
     let answered = [(&first, first_id), (&after, after_id)];
     only_acknowledged(&channel, &answered, &failed, filled + 2).await;
@@ -379,9 +238,9 @@ async fn a_failed_update_is_never_read() {
     let Some(fs) = small_disk(root.path(), 16) else {
         return;
     };
-    let filler = fs.0.join("filler");
+    let filler = fs.dir.join("filler");
     std::fs::write(&filler, vec![1u8; 4 << 20]).unwrap();
-    let (server, channel) = serve(&fs.0.join("data")).await;
+    let (server, channel) = serve(&fs.dir.join("data")).await;
     let mut meta = MetadataStoreServiceClient::new(channel.clone());
     let artifact = |id: i64, n: u32, pad: &str| Artifact {
         id,

@@ -24,6 +24,22 @@ pub struct WriteTotals {
     pub batch_seconds: f64,
     pub flushes: u64,
     pub flush_seconds: f64,
+    /// Writes of the hits file that failed or were dropped.
+    pub hits_write_failures: u64,
+}
+
+impl std::ops::Add for WriteTotals {
+    type Output = WriteTotals;
+    fn add(self, o: WriteTotals) -> WriteTotals {
+        WriteTotals {
+            batches: self.batches + o.batches,
+            writes: self.writes + o.writes,
+            batch_seconds: self.batch_seconds + o.batch_seconds,
+            flushes: self.flushes + o.flushes,
+            flush_seconds: self.flush_seconds + o.flush_seconds,
+            hits_write_failures: self.hits_write_failures + o.hits_write_failures,
+        }
+    }
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -53,6 +69,7 @@ impl WriteActivity {
             batch_seconds: secs(&self.batch_nanos),
             flushes: self.flushes.load(Ordering::Relaxed),
             flush_seconds: secs(&self.flush_nanos),
+            hits_write_failures: 0,
         }
     }
 }

@@ -179,7 +179,8 @@ impl Backend for Store {
         Some(self)
     }
     fn writable(&self) -> Result<()> {
-        Store::writable(self)
+        Store::writable(self)?;
+        self.not_stalled()
     }
     fn close(self: Arc<Self>) -> Result<()> {
         // Background work (`Store::warm_in_background`) lets go of its handle

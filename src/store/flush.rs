@@ -3,6 +3,7 @@
 //! flush running starts one for every ticket taken so far; the others wait.
 
 use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::error::Error;
 
@@ -12,7 +13,8 @@ struct State {
     taken: u64,
     /// Every ticket up to this one is durable.
     durable: u64,
-    running: bool,
+    /// When the flush running now began.
+    running: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -33,13 +35,13 @@ impl GroupFlush {
             if s.durable >= ticket {
                 return Ok(());
             }
-            if !s.running {
-                s.running = true;
+            if s.running.is_none() {
+                s.running = Some(Instant::now());
                 let target = s.taken;
                 drop(s);
                 let result = flush();
                 s = self.state.lock().map_err(|_| poisoned())?;
-                s.running = false;
+                s.running = None;
                 if result.is_ok() {
                     s.durable = s.durable.max(target);
                 }
@@ -49,6 +51,12 @@ impl GroupFlush {
             }
             s = self.done.wait(s).map_err(|_| poisoned())?;
         }
+    }
+
+    /// How long the flush running now has been waiting for the disk.
+    pub fn running_for(&self) -> Option<Duration> {
+        let s = self.state.lock().ok()?;
+        s.running.map(|since| since.elapsed())
     }
 }
 
@@ -108,6 +116,32 @@ mod tests {
         });
         assert!(failures > 0, "some waits saw a failed flush");
         assert!(calls < 16 * 50 * 2, "flushes were shared: {calls}");
+    }
+
+    #[test]
+    fn a_running_flush_reports_how_long_it_runs() {
+        let g = Arc::new(GroupFlush::default());
+        assert_eq!(g.running_for(), None);
+        let (started, release) = (
+            Arc::new(std::sync::Barrier::new(2)),
+            Arc::new(std::sync::Barrier::new(2)),
+        );
+        let flusher = {
+            let (g, started, release) = (g.clone(), started.clone(), release.clone());
+            std::thread::spawn(move || {
+                g.wait_durable(|| {
+                    started.wait();
+                    release.wait();
+                    Ok(())
+                })
+            })
+        };
+        started.wait();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(g.running_for() >= Some(Duration::from_millis(20)));
+        release.wait();
+        flusher.join().unwrap().unwrap();
+        assert_eq!(g.running_for(), None);
     }
 
     #[test]

@@ -23,6 +23,7 @@
 
 use std::hash::BuildHasherDefault;
 use std::num::NonZeroUsize;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
@@ -108,7 +109,16 @@ struct Inner {
     cleared: u64,
     stripes: Vec<u64>,
     tier: Option<Tier>,
+    /// Lookups' records waiting for the hits writer (`write_ready`), and
+    /// their bytes.
+    ready: Vec<Batch>,
+    ready_bytes: usize,
 }
+
+/// Bytes of lookups' records that may wait for the hits writer; past it
+/// (a disk that does not take writes) records are dropped, which costs the
+/// file those hits, never a lookup.
+const READY_LIMIT: usize = 16 << 20;
 
 /// The second tier: every hit given to the cache, in the hits file.
 struct Tier {
@@ -326,9 +336,15 @@ pub struct Generation {
 pub struct HotHits {
     inner: Mutex<Inner>,
     log: Option<HitLog>,
-    /// Writes of the hits file that failed (a full or read-only disk): the
-    /// lookups that made them were served all the same.
+    /// Writes of the hits file that failed (a full or read-only disk) or
+    /// were dropped while the disk did not take them: the lookups that made
+    /// them were served all the same.
     write_failures: std::sync::atomic::AtomicU64,
+    /// A hits writer runs (`write_ready`): lookups queue their records for
+    /// it instead of writing the file themselves, so a lookup never waits
+    /// on a disk that stalls (a write into the page cache does, while the
+    /// filesystem is frozen).
+    deferred: std::sync::atomic::AtomicBool,
 }
 
 impl HotHits {
@@ -354,16 +370,18 @@ impl HotHits {
                 cleared: 0,
                 stripes: vec![0; STRIPES],
                 tier,
+                ready: Vec::new(),
+                ready_bytes: 0,
             }),
             log,
             write_failures: Default::default(),
+            deferred: Default::default(),
         }
     }
 
     /// How many writes of the hits file failed since the store was opened.
     pub fn write_failures(&self) -> u64 {
-        self.write_failures
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.write_failures.load(Ordering::Relaxed)
     }
 
     /// Read before reading the store; pass to `insert`.
@@ -467,12 +485,19 @@ impl HotHits {
             if memory {
                 inner.remember(tag, ns, key, Arc::new(hit));
             }
-            match (record, self.log.as_ref()) {
+            let batch = match (record, self.log.as_ref()) {
                 (Some(record), Some(log)) => {
                     let new = (tag, generation, record);
                     self.append(&mut inner, log, new, !memory)
                 }
                 _ => None,
+            };
+            match batch {
+                Some(batch) if memory && self.deferred.load(Ordering::Relaxed) => {
+                    self.queue(&mut inner, batch);
+                    None
+                }
+                batch => batch,
             }
         };
         if let Some(batch) = batch {
@@ -530,9 +555,7 @@ impl HotHits {
     /// evicted meanwhile.
     fn write(&self, batch: Batch) {
         if let Err(e) = batch.segment.write(batch.at, &batch.bytes) {
-            let before = self
-                .write_failures
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let before = self.write_failures.fetch_add(1, Ordering::Relaxed);
             if before == 0 {
                 tracing::warn!(
                     "the hits file cannot be written ({e}): lookups are served from \
@@ -559,6 +582,43 @@ impl HotHits {
                     tier.index.insert(r.tag, r.packed);
                 }
             }
+        }
+    }
+
+    /// Leaves a lookup's batch to the hits writer, or drops it past
+    /// `READY_LIMIT`.
+    fn queue(&self, inner: &mut Inner, batch: Batch) {
+        if inner.ready_bytes + batch.bytes.len() > READY_LIMIT {
+            self.write_failures.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        inner.ready_bytes += batch.bytes.len();
+        inner.ready.push(batch);
+    }
+
+    /// From now on lookups queue their records, and the caller (the hits
+    /// writer) calls `write_ready` often.
+    pub fn defer_writes(&self) {
+        self.deferred.store(true, Ordering::Relaxed);
+    }
+
+    /// Undoes `defer_writes` (no writer could start).
+    pub fn write_directly(&self) {
+        self.deferred.store(false, Ordering::Relaxed);
+        self.write_ready();
+    }
+
+    /// Writes the records lookups queued (`defer_writes`).
+    pub fn write_ready(&self) {
+        let ready = match self.inner.lock() {
+            Ok(mut inner) => {
+                inner.ready_bytes = 0;
+                std::mem::take(&mut inner.ready)
+            }
+            Err(_) => return,
+        };
+        for batch in ready {
+            self.write(batch);
         }
     }
 
@@ -662,6 +722,7 @@ impl HotHits {
     /// Every key of the store was given to the hits file, and nothing was
     /// cleared since `clears` read `since`.
     pub fn filled(&self, since: u64) {
+        self.write_ready();
         self.write_pending();
         if let Ok(mut inner) = self.inner.lock() {
             let current = inner.cleared == since;
@@ -682,6 +743,7 @@ impl HotHits {
     /// Writes the hits file's index for the next open with `epoch` (at a
     /// clean close, after the store's last write).
     pub fn persist(&self, epoch: u64) -> std::io::Result<()> {
+        self.write_ready();
         self.write_pending();
         let inner = self
             .inner
@@ -803,7 +865,7 @@ mod tests {
     /// fields do not compress, against the dictionary or each other.
     fn sized_hit(size: usize) -> HotHit {
         static SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let seed = SEED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seed = SEED.fetch_add(1, Ordering::Relaxed);
         let mut x = 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(seed);
         let noise = (0..size).map(|_| {
             x ^= x << 13;

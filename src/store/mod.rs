@@ -80,6 +80,10 @@ impl Default for StoreConfig {
 /// 16 KiB.
 const KEY_LOCKS: usize = 4096;
 
+/// A flush waiting for the disk this long means the disk has stalled: new
+/// writes fail at once and health says NOT_SERVING until it finishes.
+const STALLED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// sled generator values fetched at once (see `Store::allocate`).
 const ID_BLOCK: usize = 64;
 
@@ -422,10 +426,32 @@ impl Store {
         w: &unflushed::Writing,
         write: impl FnOnce() -> Result<T>,
     ) -> Result<T> {
-        self.unflushed.add(w);
+        self.register(w)?;
         let result = write();
         self.settled(w, result.as_ref().err());
         result
+    }
+
+    /// Registers a write about to apply (`unflushed`), unless a flush has
+    /// waited for the disk for `STALLED_AFTER`: the write then fails at once,
+    /// having applied nothing, instead of queueing behind it.
+    fn register(&self, w: &unflushed::Writing) -> Result<()> {
+        self.not_stalled()?;
+        self.unflushed.add(w);
+        Ok(())
+    }
+
+    /// An error while a flush has waited for the disk for `STALLED_AFTER`
+    /// (health says NOT_SERVING then; reads go on).
+    pub fn not_stalled(&self) -> Result<()> {
+        match self.flush.running_for() {
+            Some(waited) if waited >= STALLED_AFTER => Err(Error::Unavailable(format!(
+                "the store's disk has not finished a write for {} s: writes resume when it \
+                 does; retry later",
+                waited.as_secs()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// A registered write returned: unregistered, unless it failed in
@@ -656,7 +682,7 @@ impl Store {
             created: alloc.ids.clone(),
             touched,
         };
-        self.unflushed.add(&writing);
+        self.register(&writing)?;
         let pending = PendingWrite {
             write: w.clone(),
             alloc,
@@ -1004,29 +1030,38 @@ impl Store {
         }
     }
 
-    /// Once a second, marks again which pages of the hits file the page
-    /// cache holds (`HotHits::refresh_resident`): a page the kernel dropped
-    /// is then read with `preadv2` on the async threads, never through the
-    /// mapping, where it would wait for the disk. A mark can be at most this
-    /// old; `mincore` of a 1M-hit file (~64k pages) takes well under a
-    /// millisecond.
+    /// The hits writer: writes the records lookups queued (`HotHits::
+    /// write_ready`) every few milliseconds, so that no lookup waits on the
+    /// disk; and once a second marks again which pages of the hits file the
+    /// page cache holds (`HotHits::refresh_resident`): a page the kernel
+    /// dropped is then read with `preadv2` on the async threads, never
+    /// through the mapping, where it would wait for the disk. `mincore` of
+    /// a 1M-hit file (~64k pages) takes well under a millisecond.
     pub fn watch_hits_in_background(store: &Arc<Store>) {
-        const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+        const WRITE_EVERY: std::time::Duration = std::time::Duration::from_millis(10);
+        const REFRESH_EVERY: u32 = 100;
         let weak = Arc::downgrade(store);
+        store.hot.defer_writes();
         let spawned = std::thread::Builder::new()
-            .name("stepcache-hits-watch".into())
-            .spawn(move || loop {
-                std::thread::sleep(EVERY);
-                let Some(store) = weak.upgrade() else {
-                    return;
-                };
-                if store.stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                    return;
+            .name("stepcache-hits".into())
+            .spawn(move || {
+                for round in 1u32.. {
+                    std::thread::sleep(WRITE_EVERY);
+                    let Some(store) = weak.upgrade() else {
+                        return;
+                    };
+                    store.hot.write_ready();
+                    if store.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                        return;
+                    }
+                    if round % REFRESH_EVERY == 0 {
+                        store.hot.refresh_resident();
+                    }
                 }
-                store.hot.refresh_resident();
             });
         if let Err(e) = spawned {
-            tracing::warn!("the hits file's pages are not watched: {e}");
+            tracing::warn!("the hits file is written by lookups themselves: {e}");
+            store.hot.write_directly();
         }
     }
 
@@ -1127,7 +1162,7 @@ impl Store {
             };
             let now = self.now_ms();
             let rkey = keys::reservation(ns, key);
-            self.unflushed.add(&writing);
+            self.register(&writing)?;
             let claim = self.tree.transaction(|tx| {
                 let claim = reservations::claim(reservation_tx(tx, &rkey)?.as_ref(), ask, now);
                 if let Claim::Grant(h) = &claim {
@@ -1286,9 +1321,13 @@ impl Store {
         }
     }
 
-    /// Write batches and flushes since the store was opened.
+    /// Write batches, flushes and failed writes of the hits file since the
+    /// store was opened.
     pub fn write_totals(&self) -> activity::WriteTotals {
-        self.activity.totals()
+        activity::WriteTotals {
+            hits_write_failures: self.hot.write_failures(),
+            ..self.activity.totals()
+        }
     }
 
     /// Makes every write so far durable.

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::backend::{Backend, HitsTier};
@@ -27,6 +27,7 @@ use crate::key::CacheKey;
 use crate::lineage::{Bounds, Dir, Node};
 use crate::proto::{Artifact, Context, Event, Execution};
 use crate::reservations::{Ask, Holder};
+use crate::store::activity::WriteTotals;
 use crate::store::{Store, StoreConfig};
 
 /// How long a reopen waits for in-flight calls to let go of the old store
@@ -43,6 +44,8 @@ struct Inner {
     recovering: AtomicBool,
     /// Set by `close`: recovery stops.
     closing: AtomicBool,
+    /// The write totals of the stores opened before the current one.
+    carried: Mutex<WriteTotals>,
 }
 
 /// The sled store, swapped for a newly opened one after a write fault.
@@ -66,6 +69,7 @@ impl Reopening {
                 current: RwLock::new(Some(store)),
                 recovering: AtomicBool::new(false),
                 closing: AtomicBool::new(false),
+                carried: Mutex::default(),
             }),
         }
     }
@@ -77,6 +81,13 @@ impl Reopening {
     /// The store open now (None while it is being opened again).
     pub fn current(&self) -> Option<Arc<Store>> {
         self.inner.store().ok()
+    }
+
+    /// Write totals since the server opened the store, across reopens.
+    pub fn write_totals(&self) -> WriteTotals {
+        let carried = self.inner.carried.lock().map(|c| *c).unwrap_or_default();
+        let current = self.current().map(|s| s.write_totals()).unwrap_or_default();
+        carried + current
     }
 
     /// Starts the recovery thread unless one runs.
@@ -157,6 +168,9 @@ impl Inner {
                 return Err(Error::Unavailable(
                     "the store is still in use by a call (a stalled disk?)".into(),
                 ));
+            }
+            if let Ok(mut carried) = self.carried.lock() {
+                *carried = *carried + old.write_totals();
             }
             drop(old);
         }
@@ -325,11 +339,12 @@ impl Backend for Reopening {
     }
     /// After a write fault, also starts the recovery (`Reopening`).
     fn writable(&self) -> Result<()> {
-        let writable = self.store().and_then(|s| Backend::writable(s.as_ref()));
-        if writable.is_err() && !self.inner.closing.load(Ordering::SeqCst) {
+        let store = self.store()?;
+        // A fault starts the recovery; a stalled disk only waits.
+        if store.writable().is_err() && !self.inner.closing.load(Ordering::SeqCst) {
             self.recover();
         }
-        writable
+        Backend::writable(store.as_ref())
     }
     fn close(self: Arc<Self>) -> Result<()> {
         self.inner.closing.store(true, Ordering::SeqCst);

@@ -1,6 +1,8 @@
 //! A real server on 127.0.0.1:0 and gRPC clients for the black-box tests.
 #![allow(dead_code)]
 
+pub mod disk;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

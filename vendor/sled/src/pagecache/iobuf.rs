@@ -1013,8 +1013,16 @@ pub(in crate::pagecache) fn make_stable_inner(
 /// to flush some pending writes. Returns the number
 /// of bytes written during this call.
 pub(in crate::pagecache) fn flush(iobufs: &Arc<IoBufs>) -> Result<usize> {
-    let _cc = concurrency_control::read();
-    let max_reserved_lsn = iobufs.max_reserved_lsn.load(Acquire);
+    // stepcache patch 21 begin
+    // The lock orders the flush after the transactions in progress, so the
+    // LSN read under it covers each of them whole; the wait for the disk
+    // needs no lock. Held across it, a stalled disk stalled every read: a
+    // transaction waits for the lock exclusively, and reads queue behind it.
+    let max_reserved_lsn = {
+        let _cc = concurrency_control::read();
+        iobufs.max_reserved_lsn.load(Acquire)
+    };
+    // stepcache patch 21 end
     make_stable(iobufs, max_reserved_lsn)
 }
 
