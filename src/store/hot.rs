@@ -15,7 +15,8 @@
 //! memory of its decoded execution and artifacts.
 //! It only ever holds what the store would
 //! serve: every write that could change an answer (a publish of the key, an
-//! artifact update, invalidation, gc, prune) evicts after it commits, and a
+//! artifact update, invalidation, gc, prune) evicts as it commits (the
+//! store's one way to write, `commit`, sees to it), and a
 //! lookup inserts only if no eviction of its key happened since it began
 //! reading (a generation counter per stripe of keys), so a result read before
 //! a write is never cached after it. Staleness and TTL are judged again at
@@ -627,7 +628,11 @@ impl HotHits {
 
     /// After a write that may change the answer for (ns, key).
     pub fn evict(&self, ns: &str, key: &CacheKey) {
-        let tag = hitlog::tag(ns, key);
+        self.evict_tag(hitlog::tag(ns, key));
+    }
+
+    /// `evict` of the key whose `hitlog::tag` is `tag`.
+    pub fn evict_tag(&self, tag: u64) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.stripes[tag as usize % STRIPES] += 1;
             if let Some(lru) = inner.lru.as_mut() {

@@ -89,7 +89,7 @@ impl Store {
                 }
             }
         }
-        let n = self.tree.transaction(|tx| {
+        let n = self.commit(|tx| {
             let mut n = 0i64;
             for k in &entries {
                 if let Some(v) = tx.get(k)? {
@@ -102,10 +102,6 @@ impl Store {
             Ok(n)
         })?;
         if n > 0 {
-            for k in &entries {
-                let (key, _, _) = keys::parse_cache_entry(k)?;
-                self.hot.evict(ns, &key);
-            }
             self.durable()?;
         }
         Ok(n)
@@ -324,7 +320,7 @@ impl Store {
             }
         }
         for chunk in dead.chunks(1000) {
-            self.tree.transaction(|tx| {
+            self.commit(|tx| {
                 for k in chunk {
                     tx.remove(k.as_slice())?;
                 }
@@ -332,10 +328,6 @@ impl Store {
             })?;
         }
         if !dead.is_empty() {
-            for k in &dead {
-                let (key, _, _) = keys::parse_cache_entry(k)?;
-                self.hot.evict(keys::namespace_of(k)?, &key);
-            }
             self.durable()?;
         }
         Ok(dead.len() as i64)
@@ -492,9 +484,6 @@ impl Store {
             }
             self.remove_all(&doomed)?;
             self.tree.remove(keys::META_PRUNE_PENDING)?;
-            for e in &victims {
-                self.evict_execution(e);
-            }
             self.durable()?;
         }
         Ok(total)
@@ -547,7 +536,7 @@ impl Store {
         if doomed.is_empty() {
             return Ok(());
         }
-        self.tree.transaction(|tx| {
+        self.commit(|tx| {
             for k in doomed {
                 tx.remove(k.as_slice())?;
             }

@@ -9,6 +9,7 @@ pub(crate) mod activity;
 mod backend;
 pub mod backup;
 mod combine;
+mod commit;
 mod entry;
 mod events;
 mod flush;
@@ -28,8 +29,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use prost::Message;
-use sled::transaction::{ConflictableTransactionError, TransactionalTree};
+use sled::transaction::ConflictableTransactionError;
 
+use commit::Tx;
 use events::NewEvents;
 
 use crate::clock::{timestamp, timestamp_ms, Clock};
@@ -45,7 +47,6 @@ use crate::proto::{Artifact, ArtifactState, Context, EventType, Execution, Execu
 use crate::reservations::{self, Ask, Claim, Holder};
 use flush::GroupFlush;
 
-type Tx = TransactionalTree;
 type TxResult<T> = std::result::Result<T, ConflictableTransactionError<Error>>;
 
 fn abort<T>(e: Error) -> TxResult<T> {
@@ -156,7 +157,7 @@ pub struct Store {
     hot: hot::HotHits,
     /// Applies concurrent PutExecution writes in shared transactions, on a
     /// thread of its own (`combine`).
-    writes: combine::Applier<PendingWrite, Written>,
+    writes: combine::Applier<PendingWrite, (Written, commit::Stale)>,
     /// IDs and creation times are allocated together under this lock, so
     /// that ID order is creation order.
     ids: Mutex<IdGen>,
@@ -221,7 +222,7 @@ impl Store {
             let (tree, activity) = (tree.clone(), activity.clone());
             combine::Applier::spawn("stepcache-apply", WRITE_BATCH, move |batch| {
                 let started = std::time::Instant::now();
-                let written = transactions(&tree, &batch);
+                let written = commit::transactions(&tree, &batch);
                 activity.batch(batch.len(), started.elapsed());
                 written
             })
@@ -497,7 +498,7 @@ impl Store {
             touched,
         };
         self.registered(&writing, || {
-            let ids = self.tree.transaction(|tx| {
+            let ids = self.commit(|tx| {
                 let mut pool = Ids::of(&alloc);
                 let mut ids = Vec::with_capacity(artifacts.len());
                 for (i, (a, producers)) in artifacts.iter().zip(&producers).enumerate() {
@@ -511,39 +512,9 @@ impl Store {
                 }
                 Ok(ids)
             })?;
-            if artifacts.iter().any(|a| a.id != 0) {
-                // A state change (e.g. DELETED) or a new copy changes the hits
-                // of the executions that output the artifact, and only theirs.
-                self.evict_executions(producers.iter().flatten().copied());
-            }
             self.durable()?;
             Ok(ids)
         })
-    }
-
-    /// After a write that changed the hits of executions `ids`: their keys
-    /// leave the hot cache (all of it when one cannot be read).
-    fn evict_executions(&self, ids: impl IntoIterator<Item = i64>) {
-        for id in ids {
-            match self.execution(id, None) {
-                Ok(e) => self.evict_execution(&e),
-                Err(_) => return self.hot.clear(),
-            }
-        }
-    }
-
-    /// After a write that published a new entry of its key: that entry now
-    /// wins, and the key leaves the hot cache.
-    fn evict_published(&self, ns: &str, written: &ExecutionWritten) {
-        if let (true, Ok(k)) = (written.published, written.cache_key.parse::<CacheKey>()) {
-            self.hot.evict(ns, &k);
-        }
-    }
-
-    fn evict_execution(&self, e: &Execution) {
-        if let Ok(key) = e.cache_key.parse::<CacheKey>() {
-            self.hot.evict(&e.namespace, &key);
-        }
     }
 
     /// One atomic write: new output artifacts, the execution, its events and the
@@ -552,7 +523,6 @@ impl Store {
     pub fn put_execution(&self, w: &ExecutionWrite) -> Result<ExecutionWritten> {
         match self.put_execution_unsynced(w)? {
             (Written::New(written), writing) => {
-                self.evict_published(&w.execution.namespace, &written);
                 let durable = self.durable();
                 self.settled(&writing, durable.as_ref().err());
                 durable?;
@@ -573,7 +543,6 @@ impl Store {
         for (i, w) in writes.iter().enumerate() {
             match self.put_execution_unsynced(w) {
                 Ok((Written::New(written), writing)) => {
-                    self.evict_published(&w.execution.namespace, &written);
                     registered.push(writing);
                     out.push(Some(written))
                 }
@@ -662,7 +631,7 @@ impl Store {
             alloc,
             earlier_outputs,
         };
-        let written = self.writes.submit(pending);
+        let written = self.submit(pending);
         // A write refused (a missing input, ...) or replayed applied
         // nothing; one that failed in sled may be applied in memory and
         // stays registered.
@@ -672,13 +641,6 @@ impl Store {
             Err(e) => self.settled(&writing, Some(e)),
         }
         Ok((written?, writing))
-    }
-
-    /// A PutExecution's flush has completed: readers may see it now. The
-    /// key leaves the hot cache again, which may have taken the entry it
-    /// replaces meanwhile.
-    fn flushed(&self, ns: &str, written: &ExecutionWritten) {
-        self.evict_published(ns, written);
     }
 
     /// The answer to a retried PutExecution: the original's IDs, nothing written.
@@ -726,7 +688,7 @@ impl Store {
     ) -> Result<Execution> {
         let now = alloc.now;
         let ns = original.namespace.as_str();
-        let exec = self.tree.transaction(|tx| {
+        let exec = self.commit(|tx| {
             let id = Ids::of(alloc).take()?;
             let exec = Execution {
                 id,
@@ -1128,7 +1090,7 @@ impl Store {
             let now = self.now_ms();
             let rkey = keys::reservation(ns, key);
             self.unflushed.add(&writing);
-            let claim = self.tree.transaction(|tx| {
+            let claim = self.commit(|tx| {
                 let claim = reservations::claim(reservation_tx(tx, &rkey)?.as_ref(), ask, now);
                 if let Claim::Grant(h) = &claim {
                     tx.set(rkey.as_slice(), h.encode())?;
@@ -1142,7 +1104,6 @@ impl Store {
                     claim
                 }
                 Err(e) => {
-                    let e = Error::from(e);
                     self.settled(&writing, Some(&e));
                     return Err(e);
                 }
@@ -1188,7 +1149,7 @@ impl Store {
         let now = self.now_ms();
         let rkey = keys::reservation(ns, key);
         self.registered(&Self::writing_reservation(ns, key), || {
-            let holder = self.tree.transaction(|tx| {
+            let holder = self.commit(|tx| {
                 let current = reservation_tx(tx, &rkey)?;
                 reservations::held_by(current.as_ref(), owner, now, "extend the reservation")
                     .or_else(abort)?;
@@ -1218,7 +1179,7 @@ impl Store {
         let now = self.now_ms();
         let rkey = keys::reservation(ns, key);
         self.registered(&Self::writing_reservation(ns, key), || {
-            self.tree.transaction(|tx| {
+            self.commit(|tx| {
                 let current = reservation_tx(tx, &rkey)?;
                 reservations::held_by(current.as_ref(), owner, now, "release the reservation")
                     .or_else(abort)?;
