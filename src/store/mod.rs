@@ -42,7 +42,7 @@ use crate::domain::{
 };
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
-use crate::policy::{self, Candidate, Ineligible};
+use crate::policy::{self, Candidate, Ineligible, Next, Scan};
 use crate::proto::{Artifact, ArtifactState, Context, EventType, Execution, ExecutionState};
 use crate::reservations::{self, Ask, Claim, Holder};
 use flush::GroupFlush;
@@ -769,10 +769,11 @@ impl Store {
         };
         // Most lookups are answered by the newest entry alone, read without
         // adding its leaf to sled's cache (vendored sled, change 12).
+        let mut scan = Scan::default();
         let newest = match self.tree.first_at_or_after(&judge.prefix)? {
             Some((k, _)) if !k.starts_with(&judge.prefix) => {
                 return Ok(Lookup::Miss {
-                    reason: policy::miss_reason(&[]),
+                    reason: scan.miss_reason(),
                 })
             }
             Some((k, v)) => match self.judge(&judge, &k, v, true)? {
@@ -781,26 +782,24 @@ impl Store {
             },
             None => None,
         };
-        let mut passed_over: Vec<Ineligible> = Vec::new();
         for item in self.tree.scan_prefix(&judge.prefix) {
             let (k, v) = item?;
             // The newest entry, when the short way judged it already.
             let judged = match &newest {
                 Some((newest_k, why)) if *newest_k == k => Err(*why),
-                _ => self.judge(&judge, &k, v, passed_over.is_empty())?,
+                _ => self.judge(&judge, &k, v, scan.at_newest())?,
             };
-            match judged {
-                Ok(hit) => return Ok(Lookup::Hit(hit)),
-                // Entries come newest first: once one is stale, all the rest are.
-                Err(Ineligible::Stale) => {
-                    passed_over.push(Ineligible::Stale);
-                    break;
-                }
-                Err(why) => passed_over.push(why),
+            match (
+                scan.next(judged.as_ref().map(|_| ()).map_err(|why| *why)),
+                judged,
+            ) {
+                (Next::Serve, Ok(hit)) => return Ok(Lookup::Hit(hit)),
+                (Next::Stop, _) => break,
+                _ => {}
             }
         }
         Ok(Lookup::Miss {
-            reason: policy::miss_reason(&passed_over),
+            reason: scan.miss_reason(),
         })
     }
 
