@@ -3,7 +3,6 @@
 
 use super::*;
 
-/// sled could not take the store's file lock: another handle has it open.
 /// An error of the storage itself (not of the request): a write that ends
 /// with one may be applied in memory without being durable.
 pub(super) fn storage_fault(e: &Error) -> bool {
@@ -14,7 +13,6 @@ pub(super) fn storage_fault(e: &Error) -> bool {
 }
 
 impl Store {
-    /// Blocks until every write applied so far is on disk.
     /// An error once a flush has failed: sled fails every write after its
     /// first IO error until the store is opened again, so writes fail at
     /// once instead of waiting on flushes that cannot complete.
@@ -30,6 +28,8 @@ impl Store {
         }
     }
 
+    /// Blocks until every write applied so far is on disk (`writable`'s
+    /// error when a flush has failed).
     pub fn durable(&self) -> Result<()> {
         self.writable()?;
         self.flush

@@ -329,6 +329,7 @@ fn close_epoch(path: &Path) -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// sled could not take the store's file lock: another handle has it open.
 fn lock_busy(e: &sled::Error) -> bool {
     e.to_string().contains("could not acquire lock")
 }
