@@ -8,6 +8,7 @@
 pub(crate) mod activity;
 mod backend;
 pub mod backup;
+mod check;
 mod combine;
 mod commit;
 mod durability;
@@ -21,6 +22,7 @@ mod keys;
 mod lookup;
 mod maintenance;
 mod os;
+mod prune;
 mod put;
 mod query;
 pub(crate) mod reopen;
