@@ -2,8 +2,9 @@
 //! all in one tree with prefixed keys (see `keys`). Every logical write is
 //! atomic, one sled transaction (concurrent PutExecutions share one, each
 //! still whole or absent: `combine`), followed by a group-committed flush;
-//! calls block, so the service runs them on its read and write thread pools
-//! (`crate::pool`).
+//! every write goes through `commit`, which tells the hot cache what it
+//! changed. Calls block, so the service runs them on its read and write
+//! thread pools (`crate::pool`).
 
 pub(crate) mod activity;
 mod backend;

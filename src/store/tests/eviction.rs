@@ -132,6 +132,7 @@ fn only_commit_writes_the_tree_and_evicts() {
         "tree.update_and_fetch(",
         "tree.fetch_and_update(",
         "tree.merge(",
+        "db.clear(",
         "hot.evict",
         "hot.clear(",
     ];
@@ -146,7 +147,7 @@ fn only_commit_writes_the_tree_and_evicts() {
             );
         }
         // Metadata outside the records may be written directly.
-        for w in ["tree.insert(", "tree.remove("] {
+        for w in ["tree.insert(", "tree.remove(", "db.insert(", "db.remove("] {
             for (at, _) in code.match_indices(w) {
                 assert!(
                     code[at + w.len()..].starts_with("keys::META_"),
