@@ -149,6 +149,11 @@ impl Scan {
         }
     }
 
+    /// Whether no entry was passed over yet: the next one is the newest.
+    pub fn at_newest(&self) -> bool {
+        self.passed_over.is_empty()
+    }
+
     /// Why nothing was served.
     pub fn miss_reason(&self) -> String {
         miss_reason(&self.passed_over)

@@ -154,8 +154,7 @@ fn import_marked(data_dir: &Path, input: impl Read) -> anyhow::Result<Summary> {
     let store = Store::open_unchecked(data_dir, &StoreConfig::default(), Arc::new(SystemClock))?;
     if again {
         store
-            .tree
-            .clear()
+            .clear_all()
             .context("clearing what a killed import left")?;
     } else {
         store.ensure_empty()?;
@@ -240,7 +239,7 @@ impl Store {
                 Ok(summary)
             }
             Err(e) => {
-                self.tree.clear().context("clearing a failed import")?;
+                self.clear_all().context("clearing a failed import")?;
                 self.db.flush()?;
                 Err(e)
             }
@@ -308,7 +307,7 @@ impl Store {
                     records += 1;
                     pending += 1;
                     if pending == BATCH {
-                        self.tree.apply_batch(std::mem::take(&mut batch))?;
+                        self.restore_batch(std::mem::take(&mut batch))?;
                         pending = 0;
                     }
                 }
@@ -336,8 +335,7 @@ impl Store {
         if r.inner.read(&mut extra)? != 0 {
             bail!("the backup is corrupted: data follows its trailer");
         }
-        self.tree.apply_batch(batch)?;
-        self.hot.clear();
+        self.restore_batch(batch)?;
         // New IDs above every restored one (and above any floor it carried).
         let floor = match self.tree.get(keys::META_ID_FLOOR)? {
             Some(v) => keys::read_u64(&v, 0)?.max(id_high_water),

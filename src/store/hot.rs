@@ -15,7 +15,8 @@
 //! memory of its decoded execution and artifacts.
 //! It only ever holds what the store would
 //! serve: every write that could change an answer (a publish of the key, an
-//! artifact update, invalidation, gc, prune) evicts after it commits, and a
+//! artifact update, invalidation, gc, prune) evicts as it commits (the
+//! store's one way to write, `commit`, sees to it), and a
 //! lookup inserts only if no eviction of its key happened since it began
 //! reading (a generation counter per stripe of keys), so a result read before
 //! a write is never cached after it. Staleness and TTL are judged again at
@@ -23,7 +24,7 @@
 
 use std::hash::BuildHasherDefault;
 use std::num::NonZeroUsize;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
@@ -31,6 +32,11 @@ use lru::LruCache;
 use super::hitlog::{self, HitLog, Index, Opened, Segment, TagHasher};
 use crate::key::CacheKey;
 use crate::policy::{self, Candidate};
+use doorkeeper::Doorkeeper;
+use pending::{Batch, Pending, Ready, Unwritten};
+
+mod doorkeeper;
+mod pending;
 
 /// A servable hit as the store found it.
 #[derive(Debug)]
@@ -109,16 +115,9 @@ struct Inner {
     cleared: u64,
     stripes: Vec<u64>,
     tier: Option<Tier>,
-    /// Lookups' records waiting for the hits writer (`write_ready`), and
-    /// their bytes.
-    ready: Vec<Batch>,
-    ready_bytes: usize,
+    /// Lookups' records waiting for the hits thread.
+    ready: Ready,
 }
-
-/// Bytes of lookups' records that may wait for the hits writer; past it
-/// (a disk that does not take writes) records are dropped, which costs the
-/// file those hits, never a lookup.
-const READY_LIMIT: usize = 16 << 20;
 
 /// The second tier: every hit given to the cache, in the hits file.
 struct Tier {
@@ -135,138 +134,6 @@ struct Tier {
 /// folios, where one record per small write leaves it in 4 KiB pages, and a
 /// read of a record needs fewer page walks.
 pub const FILL_CHUNK: u64 = 2 << 20;
-
-/// Records reserved in the hits file, from `at` on, and not yet written;
-/// the index learns of each once it is.
-#[derive(Default)]
-struct Pending {
-    at: u64,
-    bytes: Vec<u8>,
-    records: Vec<Unwritten>,
-}
-
-/// A record to index once written, if its key was not evicted meanwhile.
-struct Unwritten {
-    tag: u64,
-    generation: u64,
-    packed: u64,
-}
-
-/// Bytes to write at `at` in `segment`, then the records among them to index.
-struct Batch {
-    segment: Arc<Segment>,
-    at: u64,
-    bytes: Vec<u8>,
-    records: Vec<Unwritten>,
-}
-
-impl Pending {
-    fn end(&self) -> u64 {
-        self.at + self.bytes.len() as u64
-    }
-
-    /// All of it, as one batch for `segment`.
-    fn take(&mut self, segment: &Arc<Segment>) -> Option<Batch> {
-        (!self.bytes.is_empty()).then(|| {
-            let p = std::mem::take(self);
-            Batch {
-                segment: segment.clone(),
-                at: p.at,
-                bytes: p.bytes,
-                records: p.records,
-            }
-        })
-    }
-
-    /// What lies before the first chunk boundary past `at`, once the
-    /// records reach it; the rest stays.
-    fn take_chunk(&mut self, segment: &Arc<Segment>) -> Option<Batch> {
-        let boundary = (self.at / FILL_CHUNK + 1) * FILL_CHUNK;
-        if self.end() < boundary {
-            return None;
-        }
-        let rest = self.bytes.split_off((boundary - self.at) as usize);
-        let (done, waiting) = std::mem::take(&mut self.records)
-            .into_iter()
-            .partition(|r| {
-                let (at, len) = hitlog::unpack(r.packed);
-                at + len as u64 <= boundary
-            });
-        let head = std::mem::replace(
-            self,
-            Pending {
-                at: boundary,
-                bytes: rest,
-                records: waiting,
-            },
-        );
-        Some(Batch {
-            segment: segment.clone(),
-            at: head.at,
-            bytes: head.bytes,
-            records: done,
-        })
-    }
-}
-
-/// Admission to memory of hits read from the hits file, as TinyLFU's
-/// doorkeeper: a key goes into memory at its second read within a window of
-/// about `window` first reads, not at its first. Under draws spread over far
-/// more keys than memory holds, almost every read would otherwise put a hit
-/// in memory only to evict another before either is asked for again: an
-/// allocation kept, an eviction and the CPU cache lines they take, a large
-/// part of the cost of a read from the file (`hits-bench` times it). A key
-/// asked for again soon, as a pipeline's repeated runs do,
-/// still gets there at its second read. Two bitsets of about 8 bits per key
-/// of the window, the current one and the one before, so that a key seen
-/// just before a turnover still counts; two bits per key.
-struct Doorkeeper {
-    current: Vec<u64>,
-    previous: Vec<u64>,
-    added: usize,
-    window: usize,
-}
-
-impl Doorkeeper {
-    fn new(window: usize) -> Self {
-        let window = window.max(1);
-        let words = (window * 8).next_power_of_two().div_ceil(64);
-        Doorkeeper {
-            current: vec![0; words],
-            previous: vec![0; words],
-            added: 0,
-            window,
-        }
-    }
-
-    /// Two bit positions from the tag, a uniform hash already.
-    fn bits(&self, tag: u64) -> [(usize, u64); 2] {
-        let mask = self.current.len() * 64 - 1;
-        [tag as usize & mask, (tag >> 32) as usize & mask].map(|b| (b / 64, 1u64 << (b % 64)))
-    }
-
-    fn contains(set: &[u64], bits: &[(usize, u64); 2]) -> bool {
-        bits.iter().all(|(w, m)| set[*w] & m != 0)
-    }
-
-    /// Whether `tag` was seen within the window; it is seen from now on.
-    fn seen(&mut self, tag: u64) -> bool {
-        let bits = self.bits(tag);
-        if Self::contains(&self.current, &bits) || Self::contains(&self.previous, &bits) {
-            return true;
-        }
-        for (w, m) in bits {
-            self.current[w] |= m;
-        }
-        self.added += 1;
-        if self.added >= self.window {
-            std::mem::swap(&mut self.current, &mut self.previous);
-            self.current.fill(0);
-            self.added = 0;
-        }
-        false
-    }
-}
 
 impl Inner {
     fn generation(&self, tag: u64) -> u64 {
@@ -339,12 +206,12 @@ pub struct HotHits {
     /// Writes of the hits file that failed (a full or read-only disk) or
     /// were dropped while the disk did not take them: the lookups that made
     /// them were served all the same.
-    write_failures: std::sync::atomic::AtomicU64,
-    /// A hits writer runs (`write_ready`): lookups queue their records for
-    /// it instead of writing the file themselves, so a lookup never waits
-    /// on a disk that stalls (a write into the page cache does, while the
+    write_failures: AtomicU64,
+    /// The hits thread runs (`write_ready`): lookups queue their records for
+    /// it instead of writing the file themselves, so a lookup never waits on
+    /// a disk that stalls (a write into the page cache does, while the
     /// filesystem is frozen).
-    deferred: std::sync::atomic::AtomicBool,
+    deferred: AtomicBool,
 }
 
 impl HotHits {
@@ -370,8 +237,7 @@ impl HotHits {
                 cleared: 0,
                 stripes: vec![0; STRIPES],
                 tier,
-                ready: Vec::new(),
-                ready_bytes: 0,
+                ready: Ready::default(),
             }),
             log,
             write_failures: Default::default(),
@@ -494,7 +360,9 @@ impl HotHits {
             };
             match batch {
                 Some(batch) if memory && self.deferred.load(Ordering::Relaxed) => {
-                    self.queue(&mut inner, batch);
+                    if !inner.ready.push(batch) {
+                        self.write_failures.fetch_add(1, Ordering::Relaxed);
+                    }
                     None
                 }
                 batch => batch,
@@ -585,24 +453,13 @@ impl HotHits {
         }
     }
 
-    /// Leaves a lookup's batch to the hits writer, or drops it past
-    /// `READY_LIMIT`.
-    fn queue(&self, inner: &mut Inner, batch: Batch) {
-        if inner.ready_bytes + batch.bytes.len() > READY_LIMIT {
-            self.write_failures.fetch_add(1, Ordering::Relaxed);
-            return;
-        }
-        inner.ready_bytes += batch.bytes.len();
-        inner.ready.push(batch);
-    }
-
     /// From now on lookups queue their records, and the caller (the hits
-    /// writer) calls `write_ready` often.
+    /// thread) calls `write_ready` often.
     pub fn defer_writes(&self) {
         self.deferred.store(true, Ordering::Relaxed);
     }
 
-    /// Undoes `defer_writes` (no writer could start).
+    /// Undoes `defer_writes` (no hits thread could start).
     pub fn write_directly(&self) {
         self.deferred.store(false, Ordering::Relaxed);
         self.write_ready();
@@ -611,10 +468,7 @@ impl HotHits {
     /// Writes the records lookups queued (`defer_writes`).
     pub fn write_ready(&self) {
         let ready = match self.inner.lock() {
-            Ok(mut inner) => {
-                inner.ready_bytes = 0;
-                std::mem::take(&mut inner.ready)
-            }
+            Ok(mut inner) => inner.ready.take(),
             Err(_) => return,
         };
         for batch in ready {
@@ -687,7 +541,11 @@ impl HotHits {
 
     /// After a write that may change the answer for (ns, key).
     pub fn evict(&self, ns: &str, key: &CacheKey) {
-        let tag = hitlog::tag(ns, key);
+        self.evict_tag(hitlog::tag(ns, key));
+    }
+
+    /// `evict` of the key whose `hitlog::tag` is `tag`.
+    pub fn evict_tag(&self, tag: u64) {
         if let Ok(mut inner) = self.inner.lock() {
             inner.stripes[tag as usize % STRIPES] += 1;
             if let Some(lru) = inner.lru.as_mut() {
@@ -757,259 +615,4 @@ impl HotHits {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Inserts into both tiers with the key's current generation.
-    fn insert_now(h: &HotHits, k: &CacheKey, hit: HotHit) {
-        h.insert(h.generation("ns", k), "ns", k, hit, true);
-    }
-
-    fn hit(completed_ms: i64, ttl_ms: Option<i64>) -> HotHit {
-        HotHit {
-            completed_ms,
-            ttl_ms,
-            fields: prost::bytes::Bytes::from_static(&[0u8]),
-        }
-    }
-
-    #[test]
-    fn serves_until_stale_or_expired() {
-        let h = HotHits::new(10, None);
-        let k = CacheKey([1; 32]);
-        insert_now(&h, &k, hit(1_000, Some(500)));
-        assert!(h.get("ns", &k, 1_500, None).is_some());
-        assert!(h.get("ns", &k, 1_501, None).is_none(), "ttl");
-        assert!(h.get("ns", &k, 1_100, Some(99)).is_none(), "staleness");
-        assert!(
-            h.get("other", &k, 1_100, None).is_none(),
-            "namespaces apart"
-        );
-    }
-
-    #[test]
-    fn a_read_that_raced_a_write_is_not_cached() {
-        let h = HotHits::new(10, None);
-        let k = CacheKey([2; 32]);
-        let before = h.generation("ns", &k);
-        h.evict("ns", &k); // a write committed while the lookup was reading
-        h.insert(before, "ns", &k, hit(1, None), true);
-        assert!(h.get("ns", &k, 2, None).is_none());
-        insert_now(&h, &k, hit(1, None));
-        assert!(h.get("ns", &k, 2, None).is_some());
-        h.clear();
-        assert!(h.get("ns", &k, 2, None).is_none());
-    }
-
-    fn with_file(dir: &std::path::Path, cap: u64) -> HotHits {
-        HotHits::new(0, Some(HitLog::open(dir, cap, None).unwrap()))
-    }
-
-    #[test]
-    fn the_hits_file_keeps_what_memory_does_not_and_forgets_alike() {
-        let dir = tempfile::tempdir().unwrap();
-        let h = with_file(dir.path(), 1 << 20);
-        let (k, other) = (CacheKey([4; 32]), CacheKey([5; 32]));
-        insert_now(&h, &k, hit(1_000, Some(500)));
-        let stored = h.get_stored("ns", &k, 1_100, None).unwrap();
-        assert_eq!(&stored.fields[..], &[0u8]);
-        assert!(h.get_stored("ns", &k, 1_501, None).is_none(), "ttl");
-        assert!(h.get_stored("nt", &k, 1_100, None).is_none());
-        assert!(h.get_stored("ns", &other, 1_100, None).is_none());
-
-        // An eviction of another key in another stripe turns no insert away.
-        let before = h.generation("ns", &k);
-        h.evict("ns", &other);
-        h.insert(before, "ns", &k, hit(2_000, None), true);
-        assert_eq!(
-            h.get_stored("ns", &k, 2_100, None).unwrap().completed_ms,
-            2_000
-        );
-        // Its own eviction does, and forgets the stored one.
-        let before = h.generation("ns", &k);
-        h.evict("ns", &k);
-        assert!(h.get_stored("ns", &k, 2_100, None).is_none());
-        h.insert(before, "ns", &k, hit(3_000, None), true);
-        assert!(h.get_stored("ns", &k, 3_100, None).is_none());
-        insert_now(&h, &other, hit(1, None));
-        h.clear();
-        assert!(h.get_stored("ns", &other, 2, None).is_none());
-    }
-
-    #[test]
-    fn a_full_hits_file_starts_over() {
-        let dir = tempfile::tempdir().unwrap();
-        // Room for two records of this size (header 62 + "ns" + 1 byte).
-        let h = with_file(dir.path(), 130);
-        let keys: Vec<CacheKey> = (10..13).map(|i| CacheKey([i; 32])).collect();
-        for k in &keys[..2] {
-            insert_now(&h, k, hit(1, None));
-        }
-        assert!(keys[..2]
-            .iter()
-            .all(|k| h.get_stored("ns", k, 2, None).is_some()));
-        // The third does not fit: the file starts over, empty.
-        insert_now(&h, &keys[2], hit(1, None));
-        assert!(keys
-            .iter()
-            .all(|k| h.get_stored("ns", k, 2, None).is_none()));
-        insert_now(&h, &keys[2], hit(1, None));
-        assert!(h.get_stored("ns", &keys[2], 2, None).is_some());
-        let len = std::fs::metadata(dir.path().join(hitlog::LOG_FILE))
-            .unwrap()
-            .len();
-        assert_eq!(len, 65);
-    }
-
-    /// A hit whose record in the hits file is 62 + 2 + `size` bytes: its
-    /// fields do not compress, against the dictionary or each other.
-    fn sized_hit(size: usize) -> HotHit {
-        static SEED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let seed = SEED.fetch_add(1, Ordering::Relaxed);
-        let mut x = 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(seed);
-        let noise = (0..size).map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        });
-        HotHit {
-            completed_ms: 1,
-            ttl_ms: None,
-            fields: noise.collect(),
-        }
-    }
-
-    #[test]
-    fn a_fill_writes_whole_aligned_chunks_and_indexes_a_record_once_it_is_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let h = with_file(dir.path(), 1 << 30);
-        let file_len = || {
-            std::fs::metadata(dir.path().join(hitlog::LOG_FILE))
-                .unwrap()
-                .len()
-        };
-        let fill =
-            |k: &CacheKey| h.insert(h.generation("ns", k), "ns", k, sized_hit(99_936), false);
-        let stored = |k: &CacheKey| h.get_stored("ns", k, 2, None).is_some();
-        // Records of 100,000 bytes: the 21st crosses the first 2 MiB boundary.
-        let keys: Vec<CacheKey> = (0..45u8).map(|i| CacheKey([i; 32])).collect();
-        for k in &keys[..20] {
-            fill(k);
-        }
-        assert_eq!(file_len(), 0, "nothing written before a chunk is whole");
-        assert!(!keys[..20].iter().any(stored));
-        h.evict("ns", &keys[3]); // evicted while its record waits
-        fill(&keys[20]);
-        assert_eq!(file_len(), FILL_CHUNK, "one write, up to the boundary");
-        assert!(keys[..20]
-            .iter()
-            .enumerate()
-            .all(|(i, k)| stored(k) == (i != 3)));
-        assert!(!stored(&keys[20]), "it straddles the boundary");
-        for k in &keys[21..42] {
-            fill(k);
-        }
-        assert_eq!(file_len(), 2 * FILL_CHUNK);
-        assert!(stored(&keys[20]) && stored(&keys[40]) && !stored(&keys[41]));
-        // A lookup's insert writes what waits with its own record.
-        insert_now(&h, &keys[42], sized_hit(10));
-        assert!(stored(&keys[41]) && stored(&keys[42]));
-        // The end of a fill writes the rest.
-        fill(&keys[43]);
-        assert!(!stored(&keys[43]));
-        let since = h.clears();
-        h.filled(since);
-        assert!(stored(&keys[43]) && !h.needs_filling());
-        assert_eq!(file_len(), 43 * 100_000 + 74);
-        // So does a close: what waits is in the index it keeps.
-        fill(&keys[44]);
-        h.persist(9).unwrap();
-        let again = HitLog::open(dir.path(), 1 << 30, Some(9)).unwrap();
-        assert_eq!(again.index.len(), 44, "all but the evicted one");
-    }
-
-    #[test]
-    fn keys_whose_tags_collide_never_get_each_others_hits() {
-        let h = HotHits::new(10, None);
-        let (k, other) = (CacheKey([6; 32]), CacheKey([7; 32]));
-        let mut inner = h.inner.lock().unwrap();
-        inner.remember(42, "ns", &k, Arc::new(hit(1, None)));
-        assert!(inner.memory(42, "ns", &k).is_some());
-        assert!(inner.memory(42, "ns", &other).is_none(), "another key");
-        assert!(inner.memory(42, "nt", &k).is_none(), "another namespace");
-        inner.remember(42, "ns", &other, Arc::new(hit(2, None)));
-        assert!(inner.memory(42, "ns", &k).is_none(), "the later evicts");
-        assert_eq!(inner.memory(42, "ns", &other).unwrap().completed_ms, 2);
-    }
-
-    /// Whether this file system reads a cached page without waiting
-    /// (RWF_NOWAIT), as `get` needs to read the hits file.
-    fn reads_without_waiting(dir: &std::path::Path) -> bool {
-        let path = dir.join("probe");
-        std::fs::write(&path, [1u8; 16]).unwrap();
-        let file = std::fs::File::open(&path).unwrap();
-        crate::store::os::read_nowait(&file, 16, 0).is_some()
-    }
-
-    #[test]
-    fn a_hit_memory_lost_is_read_from_the_file_and_kept_in_memory_again() {
-        let dir = tempfile::tempdir().unwrap();
-        if !reads_without_waiting(dir.path()) {
-            eprintln!("skipped: the temp dir's file system has no RWF_NOWAIT reads");
-            return;
-        }
-        let log = HitLog::open(dir.path(), 1 << 20, None).unwrap();
-        let h = HotHits::new(1, Some(log));
-        let (a, b) = (CacheKey([8; 32]), CacheKey([9; 32]));
-        insert_now(&h, &a, hit(1_000, Some(500)));
-        insert_now(&h, &b, hit(2_000, None)); // memory holds one: `a` goes
-        let in_memory = |k: &CacheKey| {
-            let mut inner = h.inner.lock().unwrap();
-            inner.memory(hitlog::tag("ns", k), "ns", k).is_some()
-        };
-        assert!(!in_memory(&a) && in_memory(&b));
-        let got = h.get("ns", &a, 1_100, None).expect("a from the hits file");
-        assert_eq!((got.completed_ms, got.ttl_ms), (1_000, Some(500)));
-        assert!(!in_memory(&a), "one read does not pass the doorkeeper");
-        assert!(h.get("ns", &a, 1_100, None).is_some());
-        assert!(
-            in_memory(&a) && !in_memory(&b),
-            "the second goes into memory"
-        );
-        // Judged like any hit, from either tier.
-        assert!(h.get("ns", &b, 2_100, None).is_some(), "b from the file");
-        assert!(h.get("ns", &a, 1_501, None).is_none(), "ttl");
-        assert!(h.get("ns", &CacheKey([10; 32]), 1_100, None).is_none());
-    }
-
-    #[test]
-    fn the_doorkeeper_lets_in_what_it_saw_within_its_window() {
-        // A tag's two bits are its bits 0-9 and 32-41 (1,024 bits for a
-        // window of 100): `t | t << 32` sets bit t only, apart from 7's.
-        let tag = |t: u64| t | t << 32;
-        let mut d = Doorkeeper::new(100);
-        assert!(!d.seen(tag(7)), "a first read");
-        assert!(d.seen(tag(7)), "a second read");
-        // 99 more keys turn the window over once: 7 is in the previous set.
-        for t in 16..115 {
-            assert!(!d.seen(tag(t)));
-        }
-        assert!(d.seen(tag(7)), "seen in the previous window");
-        assert!(d.seen(tag(16)));
-        // Another 100: the window turns over again, and 7 is forgotten.
-        for t in 200..300 {
-            assert!(!d.seen(tag(t)));
-        }
-        assert!(!d.seen(tag(7)));
-        assert!(!d.seen(tag(16)));
-    }
-
-    #[test]
-    fn capacity_zero_is_off() {
-        let h = HotHits::new(0, None);
-        let k = CacheKey([3; 32]);
-        insert_now(&h, &k, hit(1, None));
-        assert!(h.get("ns", &k, 2, None).is_none());
-    }
-}
+mod tests;

@@ -35,7 +35,7 @@ impl Store {
                 .collect(),
         };
         self.registered(&writing, || {
-            let ids = self.tree.transaction(|tx| {
+            let ids = self.commit(|tx| {
                 let mut pool = Ids::of(&alloc);
                 let mut out = Vec::with_capacity(contexts.len());
                 for (i, c) in contexts.iter().enumerate() {

@@ -9,6 +9,9 @@
 //! in-flight calls to let go of it, drops it, and opens the data dir again:
 //! writes applied in memory but never made durable are gone with it, and
 //! the hits file and every other in-memory state are rebuilt as at start.
+//! A flush stalled for long starts the same thread: if its probe fails with
+//! an IO error, the disk is failing rather than slow, and the store takes
+//! that as its fault (`Store::stalled_on`); if the stall ends, it stops.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -139,9 +142,17 @@ impl Inner {
                 std::thread::sleep(Duration::from_millis(50));
             }
             wait = (wait * 2).min(Duration::from_secs(5));
+            // On a disk that stalls, the probe waits as the flush does.
             if let Err(e) = probe_disk(&self.path) {
                 tracing::debug!("the store's disk cannot be written yet: {e}");
+                if let Ok(store) = self.store() {
+                    store.stalled_on(e);
+                }
                 continue;
+            }
+            // A stall that ended by itself: nothing to open again.
+            if self.store().is_ok_and(|s| s.writable().is_ok()) {
+                return;
             }
             match self.reopen() {
                 Ok(()) => {
@@ -340,11 +351,12 @@ impl Backend for Reopening {
     /// After a write fault, also starts the recovery (`Reopening`).
     fn writable(&self) -> Result<()> {
         let store = self.store()?;
-        // A fault starts the recovery; a stalled disk only waits.
-        if store.writable().is_err() && !self.inner.closing.load(Ordering::SeqCst) {
+        // A fault or a stall starts the recovery (which probes the disk).
+        let writable = Backend::writable(store.as_ref());
+        if writable.is_err() && !self.inner.closing.load(Ordering::SeqCst) {
             self.recover();
         }
-        Backend::writable(store.as_ref())
+        writable
     }
     fn close(self: Arc<Self>) -> Result<()> {
         self.inner.closing.store(true, Ordering::SeqCst);

@@ -116,9 +116,9 @@ pub(super) fn put_artifact_tx(
     Ok((a.id, Some(a)))
 }
 
-/// After an update of `artifact`: rewrites its copy in the hit record of each
-/// of `producers` (executions with an OUTPUT event on it) whose cache entry
-/// has one. Only the execution whose write created the artifact can hold a
+/// After an update of `artifact`: the hits of each of `producers`
+/// (executions with an OUTPUT event on it) change, and its copy is
+/// rewritten in the hit record of each whose cache entry has one. Only the execution whose write created the artifact can hold a
 /// copy (`entry`), and its OUTPUT event was written with the artifact, so a
 /// scan of the artifact's OUTPUT events before the transaction finds it.
 pub(super) fn refresh_copies_tx(tx: &Tx, artifact: &Artifact, producers: &[i64]) -> TxResult<()> {
@@ -126,6 +126,8 @@ pub(super) fn refresh_copies_tx(tx: &Tx, artifact: &Artifact, producers: &[i64])
         let Some(exec) = tx_get::<Execution>(tx, &keys::execution(*exec_id))? else {
             continue;
         };
+        // A state change (e.g. DELETED) or a new copy changes its hits.
+        tx.hits_change(&exec);
         let (Ok(key), Some(done)) = (exec.cache_key.parse::<CacheKey>(), &exec.update_time) else {
             continue;
         };
@@ -222,28 +224,9 @@ pub(super) struct PendingWrite {
 }
 
 impl PendingWrite {
-    fn apply(&self, tx: &Tx) -> TxResult<Written> {
+    pub(super) fn apply(&self, tx: &Tx) -> TxResult<Written> {
         put_execution_tx(tx, &self.write, &self.alloc, &self.earlier_outputs)
     }
-}
-
-/// Applies a batch of execution writes in one transaction; when one of
-/// them fails nothing of the batch is applied, and each is applied alone,
-/// so that a bad write fails by itself.
-pub(super) fn transactions(tree: &sled::Tree, batch: &[PendingWrite]) -> Vec<Result<Written>> {
-    let one = |p: &PendingWrite| -> Result<Written> { Ok(tree.transaction(|tx| p.apply(tx))?) };
-    if batch.len() > 1 {
-        let all = tree.transaction(|tx| {
-            batch
-                .iter()
-                .map(|p| p.apply(tx))
-                .collect::<TxResult<Vec<_>>>()
-        });
-        if let Ok(written) = all {
-            return written.into_iter().map(Ok).collect();
-        }
-    }
-    batch.iter().map(one).collect()
 }
 
 /// What the write transaction did: wrote, or found the original of a retry.
