@@ -1,7 +1,7 @@
 //! Lookups and reservations: the newest servable entry of a key, and the
 //! lease that lets one caller compute a missing result.
 
-use postgres::GenericClient;
+use super::pool::Sql;
 
 use super::rows::{col, key_lock, lock, notify, outputs_of, ttl_ms};
 use super::PgStore;
@@ -13,7 +13,7 @@ use crate::proto::{ArtifactState, Execution};
 use crate::reservations::{self, Ask, Claim, Holder};
 
 pub(super) fn reservation_of(
-    c: &mut impl GenericClient,
+    c: &mut impl Sql,
     ns: &str,
     key: &str,
     for_update: bool,
@@ -32,12 +32,7 @@ pub(super) fn reservation_of(
     }
 }
 
-pub(super) fn set_reservation(
-    c: &mut impl GenericClient,
-    ns: &str,
-    key: &str,
-    h: &Holder,
-) -> Result<()> {
+pub(super) fn set_reservation(c: &mut impl Sql, ns: &str, key: &str, h: &Holder) -> Result<()> {
     c.execute(
         "INSERT INTO reservations (namespace, cache_key, owner, expire_ms) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (namespace, cache_key) DO UPDATE SET owner = EXCLUDED.owner, \
@@ -50,7 +45,7 @@ pub(super) fn set_reservation(
 impl PgStore {
     fn lookup_in(
         &self,
-        c: &mut impl GenericClient,
+        c: &mut impl Sql,
         ns: &str,
         key: &CacheKey,
         max_staleness_ms: Option<i64>,
@@ -103,7 +98,7 @@ impl PgStore {
         key: &CacheKey,
         max_staleness_ms: Option<i64>,
     ) -> Result<Lookup> {
-        self.lookup_in(&mut *self.conn()?, ns, key, max_staleness_ms)
+        self.lookup_in(&mut self.conn()?, ns, key, max_staleness_ms)
     }
 
     pub(super) fn lookup_or_claim(
@@ -115,7 +110,7 @@ impl PgStore {
     ) -> Result<Claimed> {
         let mut c = self.conn()?;
         // Hits need no lock.
-        if let Lookup::Hit(hit) = self.lookup_in(&mut *c, ns, key, max_staleness_ms)? {
+        if let Lookup::Hit(hit) = self.lookup_in(&mut c, ns, key, max_staleness_ms)? {
             return Ok(Claimed::Hit(hit));
         }
         let mut tx = c.transaction()?;
@@ -139,7 +134,7 @@ impl PgStore {
     }
 
     pub(super) fn reservation(&self, ns: &str, key: &CacheKey) -> Result<Option<Holder>> {
-        reservation_of(&mut *self.conn()?, ns, &key.to_string(), false)
+        reservation_of(&mut self.conn()?, ns, &key.to_string(), false)
     }
 
     pub(super) fn extend_reservation(

@@ -16,8 +16,8 @@
 //! - The in-memory hot-hit cache is off: another replica may invalidate or
 //!   supersede an entry at any time.
 //!
-//! Calls block (the sync `postgres` client); the service runs them on
-//! `spawn_blocking` threads, like the sled store's.
+//! Calls block on the store's own runtime (`pool`); the service runs them on
+//! its store threads, like the sled store's.
 
 mod backend;
 mod lookup;
@@ -28,12 +28,13 @@ mod rows;
 mod schema;
 mod write;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use postgres::error::SqlState;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, Notification};
 
 use crate::clock::Clock;
 use crate::error::Error;
@@ -57,17 +58,17 @@ pub fn is_url(s: &str) -> bool {
 pub struct PgStore {
     pool: Pool,
     clock: Arc<dyn Clock>,
-    config: postgres::Config,
-    listener: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
+    config: tokio_postgres::Config,
+    listener: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl PgStore {
     /// Connects and applies the migrations not applied yet.
     pub fn open(url: &str, clock: Arc<dyn Clock>) -> crate::error::Result<PgStore> {
-        let config: postgres::Config = url
+        let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| Error::invalid(format!("--store: not a PostgreSQL URL: {e}")))?;
-        let pool = Pool::new(config.clone(), POOL_SIZE);
+        let pool = Pool::new(config.clone(), POOL_SIZE)?;
         {
             let mut c = pool.get()?;
             schema::migrate(&mut c)?;
@@ -93,16 +94,10 @@ impl PgStore {
         if slot.is_some() {
             return Ok(());
         }
-        // Connect once here so that a wrong URL fails the start, not a thread.
-        let first = connect(&self.config)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
+        // Connect once here so that a wrong URL fails the start, not a task.
+        let first = self.pool.block_on(listening(&self.config))?;
         let config = self.config.clone();
-        let handle = std::thread::Builder::new()
-            .name("pg-listen".into())
-            .spawn(move || listen(config, first, waiters, stop2))
-            .map_err(|e| Error::Internal(format!("cannot start the LISTEN thread: {e}")))?;
-        *slot = Some((stop, handle));
+        *slot = Some(self.pool.handle().spawn(listen(config, first, waiters)));
         Ok(())
     }
 
@@ -111,9 +106,8 @@ impl PgStore {
             Ok(mut slot) => slot.take(),
             Err(_) => None,
         };
-        if let Some((stop, handle)) = taken {
-            stop.store(true, Ordering::SeqCst);
-            let _ = handle.join();
+        if let Some(task) = taken {
+            task.abort();
         }
     }
 }
@@ -122,10 +116,6 @@ impl Drop for PgStore {
     fn drop(&mut self) {
         self.stop_listener();
     }
-}
-
-fn connect(config: &postgres::Config) -> crate::error::Result<postgres::Client> {
-    config.connect(postgres::NoTls).map_err(Error::from)
 }
 
 /// The longest namespace a NOTIFY payload names (PostgreSQL takes < 8000 bytes).
@@ -145,66 +135,72 @@ fn parse_payload(p: &str) -> Option<(&str, CacheKey)> {
     Some((ns, k.parse().ok()?))
 }
 
+/// A connection that LISTENs: its client, and its notifications, which end
+/// when the connection is lost.
+type Listening = (
+    tokio_postgres::Client,
+    mpsc::UnboundedReceiver<Notification>,
+);
+
+async fn listening(config: &tokio_postgres::Config) -> crate::error::Result<Listening> {
+    let (client, mut conn) = config.connect(tokio_postgres::NoTls).await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if tx.send(n).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "LISTEN connection lost");
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    Ok((client, rx))
+}
+
 /// The LISTEN loop of one replica: wakes local waiters of each key another
 /// replica (or this one) published or released. After a lost connection it
-/// reconnects and wakes every waiter, since it may have missed notifications.
-fn listen(
-    config: postgres::Config,
-    first: postgres::Client,
-    waiters: Arc<Waiters>,
-    stop: Arc<AtomicBool>,
-) {
-    let mut client = Some(first);
-    let mut reconnected = false;
-    while !stop.load(Ordering::SeqCst) {
-        let mut c = match client.take() {
-            Some(c) => c,
-            None => match connect(&config) {
-                Ok(c) => c,
+/// reconnects and, once listening again, wakes every waiter, since it may
+/// have missed notifications.
+async fn listen(config: tokio_postgres::Config, first: Listening, waiters: Arc<Waiters>) {
+    let mut current = Some(first);
+    loop {
+        let (client, mut notes) = match current.take() {
+            Some(l) => l,
+            None => match listening(&config).await {
+                Ok(l) => {
+                    waiters.notify_all();
+                    l
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "LISTEN: cannot reconnect; retrying");
-                    std::thread::sleep(Duration::from_millis(500));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
             },
         };
-        if let Err(e) = c.batch_execute(&format!("LISTEN {CHANNEL}")) {
-            tracing::warn!(error = %e, "LISTEN failed; reconnecting");
-            std::thread::sleep(Duration::from_millis(200));
-            continue;
-        }
-        if reconnected {
-            waiters.notify_all();
-        }
-        reconnected = true;
-        let lost = loop {
-            if stop.load(Ordering::SeqCst) {
-                break false;
+        while let Some(n) = notes.recv().await {
+            match parse_payload(n.payload()) {
+                Some((ns, key)) => waiters.notify(ns, &key),
+                None => waiters.notify_all(),
             }
-            let mut notes = c.notifications();
-            let mut it = notes.timeout_iter(Duration::from_millis(200));
-            match postgres::fallible_iterator::FallibleIterator::next(&mut it) {
-                Ok(Some(n)) => match parse_payload(n.payload()) {
-                    Some((ns, key)) => waiters.notify(ns, &key),
-                    None => waiters.notify_all(),
-                },
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
-                    break true;
-                }
-            }
-        };
-        if lost {
-            std::thread::sleep(Duration::from_millis(100));
-        } else {
-            client = Some(c);
         }
+        tracing::warn!("LISTEN connection lost; reconnecting");
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-impl From<postgres::Error> for Error {
-    fn from(e: postgres::Error) -> Error {
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Error {
         match e.code() {
             Some(c) if *c == SqlState::UNIQUE_VIOLATION => Error::AlreadyExists(format!(
                 "a record with this identity exists already: {}",

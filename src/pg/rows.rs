@@ -3,8 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use postgres::types::ToSql;
-use postgres::{GenericClient, Row};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use super::pool::Sql;
 
 use super::{payload, CHANNEL};
 use crate::domain::decode;
@@ -16,7 +18,7 @@ use crate::proto::{Artifact, Context, Event, EventType, Execution};
 pub(super) type Params = Vec<Box<dyn ToSql + Sync>>;
 
 /// A column of a row, without panicking on a type mismatch.
-pub(super) fn col<'a, T: postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
+pub(super) fn col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
     row.try_get(i)
         .map_err(|e| Error::Storage(format!("PostgreSQL: unexpected column {i}: {e}")))
 }
@@ -60,7 +62,7 @@ pub(super) fn key_lock(ns: &str, key: &CacheKey) -> i64 {
 }
 
 /// Takes the advisory locks of a transaction, in one order for everyone.
-pub(super) fn lock(c: &mut impl GenericClient, mut ids: Vec<i64>) -> Result<()> {
+pub(super) fn lock(c: &mut impl Sql, mut ids: Vec<i64>) -> Result<()> {
     ids.sort_unstable();
     ids.dedup();
     for id in ids {
@@ -69,7 +71,7 @@ pub(super) fn lock(c: &mut impl GenericClient, mut ids: Vec<i64>) -> Result<()> 
     Ok(())
 }
 
-pub(super) fn notify(c: &mut impl GenericClient, ns: &str, key: &CacheKey) -> Result<()> {
+pub(super) fn notify(c: &mut impl Sql, ns: &str, key: &CacheKey) -> Result<()> {
     c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload(ns, key)])?;
     Ok(())
 }
@@ -88,21 +90,21 @@ impl Ids {
     }
 }
 
-pub(super) fn get_execution(c: &mut impl GenericClient, id: i64) -> Result<Option<Execution>> {
+pub(super) fn get_execution(c: &mut impl Sql, id: i64) -> Result<Option<Execution>> {
     match c.query_opt("SELECT record FROM executions WHERE id = $1", &[&id])? {
         Some(r) => Ok(Some(decode(col::<&[u8]>(&r, 0)?)?)),
         None => Ok(None),
     }
 }
 
-pub(super) fn get_artifact(c: &mut impl GenericClient, id: i64) -> Result<Option<Artifact>> {
+pub(super) fn get_artifact(c: &mut impl Sql, id: i64) -> Result<Option<Artifact>> {
     match c.query_opt("SELECT record FROM artifacts WHERE id = $1", &[&id])? {
         Some(r) => Ok(Some(decode(col::<&[u8]>(&r, 0)?)?)),
         None => Ok(None),
     }
 }
 
-pub(super) fn get_context(c: &mut impl GenericClient, id: i64) -> Result<Option<Context>> {
+pub(super) fn get_context(c: &mut impl Sql, id: i64) -> Result<Option<Context>> {
     match c.query_opt("SELECT record FROM contexts WHERE id = $1", &[&id])? {
         Some(r) => Ok(Some(decode(col::<&[u8]>(&r, 0)?)?)),
         None => Ok(None),
@@ -110,7 +112,7 @@ pub(super) fn get_context(c: &mut impl GenericClient, id: i64) -> Result<Option<
 }
 
 /// Whether an artifact exists in the namespace.
-pub(super) fn artifact_in(c: &mut impl GenericClient, id: i64, ns: &str) -> Result<bool> {
+pub(super) fn artifact_in(c: &mut impl Sql, id: i64, ns: &str) -> Result<bool> {
     Ok(c.query_opt(
         "SELECT 1 FROM artifacts WHERE id = $1 AND namespace = $2",
         &[&id, &ns],
@@ -119,7 +121,7 @@ pub(super) fn artifact_in(c: &mut impl GenericClient, id: i64, ns: &str) -> Resu
 }
 
 pub(super) fn events_of(
-    c: &mut impl GenericClient,
+    c: &mut impl Sql,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Event>> {
@@ -144,7 +146,7 @@ pub(super) const EVENTS_OF_ARTIFACT_TYPED: &str =
      ORDER BY execution_id, octet_length(name), name COLLATE \"C\", idx";
 
 pub(super) fn outputs_of(
-    c: &mut impl GenericClient,
+    c: &mut impl Sql,
     exec_id: i64,
 ) -> Result<BTreeMap<String, Vec<Artifact>>> {
     let rows = c.query(

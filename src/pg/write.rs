@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use postgres::GenericClient;
+use super::pool::Sql;
 use prost::Message;
 
 use super::lookup::reservation_of;
@@ -26,7 +26,7 @@ use crate::reservations;
 /// Some(original id) when `external_id` names a record with the same content;
 /// ALREADY_EXISTS when the content differs.
 pub(super) fn resolve_external_id(
-    c: &mut impl GenericClient,
+    c: &mut impl Sql,
     artifact: bool,
     ns: &str,
     external_id: &str,
@@ -54,7 +54,7 @@ pub(super) fn resolve_external_id(
 }
 
 pub(super) fn write_artifact(
-    c: &mut impl GenericClient,
+    c: &mut impl Sql,
     a: &Artifact,
     digest: Option<&[u8; 32]>,
 ) -> Result<()> {
@@ -79,7 +79,7 @@ pub(super) fn write_artifact(
 }
 
 pub(super) fn put_artifact(
-    c: &mut impl GenericClient,
+    c: &mut impl Sql,
     mut a: Artifact,
     now: i64,
     field: &str,
@@ -106,11 +106,7 @@ pub(super) fn put_artifact(
     Ok(a.id)
 }
 
-pub(super) fn insert_execution(
-    c: &mut impl GenericClient,
-    e: &Execution,
-    digest: &[u8; 32],
-) -> Result<()> {
+pub(super) fn insert_execution(c: &mut impl Sql, e: &Execution, digest: &[u8; 32]) -> Result<()> {
     let component = e.interface.as_ref().map(|i| i.component.as_str());
     let digest = nonempty(&e.external_id).map(|_| digest.to_vec());
     c.execute(
@@ -133,7 +129,7 @@ pub(super) fn insert_execution(
 }
 
 pub(super) fn insert_event(
-    c: &mut impl GenericClient,
+    c: &mut impl Sql,
     exec_id: i64,
     artifact_id: i64,
     kind: EventType,
@@ -168,7 +164,7 @@ pub(super) fn insert_event(
 /// Associates an execution with contexts of its namespace and attributes
 /// `artifacts` to them.
 pub(super) fn associate(
-    c: &mut impl GenericClient,
+    c: &mut impl Sql,
     ns: &str,
     context_ids: &[i64],
     exec_id: i64,
@@ -347,7 +343,7 @@ impl PgStore {
 }
 
 pub(super) fn put_execution_tx(
-    tx: &mut postgres::Transaction<'_>,
+    tx: &mut super::pool::Tx<'_>,
     w: &ExecutionWrite,
     now: i64,
     ids: &mut Ids,
