@@ -3,7 +3,9 @@
 #   bash scripts/ci-postgres.sh cargo test --release
 # Installs PostgreSQL from Debian's packages when no server is on the machine,
 # creates a cluster in a temp dir (trust auth, 127.0.0.1, a free port), exports
-# STEPCACHE_TEST_POSTGRES=postgres://postgres@127.0.0.1:PORT/postgres, runs the
+# STEPCACHE_TEST_POSTGRES=postgres://postgres@127.0.0.1:PORT/postgres and
+# STEPCACHE_TEST_PG_CTL (pg_ctl on that cluster: `$STEPCACHE_TEST_PG_CTL stop`,
+# `... start`, for the tests that restart PostgreSQL under a server), runs the
 # command, and stops the server and removes the cluster whatever happens.
 set -euo pipefail
 
@@ -45,10 +47,26 @@ trap stop EXIT
 
 as_pg "$INITDB" -D "$DIR/data" -U postgres --auth=trust --no-sync -E UTF8 >"$DIR/initdb.log" 2>&1 ||
     { cat "$DIR/initdb.log" >&2; exit 1; }
-# fsync off: a test cluster thrown away at the end need not survive a crash.
-as_pg "$PG_CTL" -D "$DIR/data" -l "$DIR/server.log" -w -t 60 start \
-    -o "-h 127.0.0.1 -p $PORT -k $DIR -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=500" \
-    >/dev/null || { cat "$DIR/server.log" >&2; exit 1; }
+# The settings go in postgresql.conf, so that a restart keeps them. fsync off:
+# a test cluster thrown away at the end need not survive a crash.
+cat >>"$DIR/data/postgresql.conf" <<EOF
+listen_addresses = '127.0.0.1'
+port = $PORT
+unix_socket_directories = '$DIR'
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+max_connections = 500
+EOF
+RUN_AS=""
+[ "$(id -u)" = 0 ] && RUN_AS="runuser -u postgres --"
+cat >"$DIR/pg_ctl" <<EOF
+#!/bin/sh
+exec $RUN_AS "$PG_CTL" -D "$DIR/data" -l "$DIR/server.log" -w -t 60 "\$@"
+EOF
+chmod 755 "$DIR/pg_ctl"
+"$DIR/pg_ctl" start >/dev/null || { cat "$DIR/server.log" >&2; exit 1; }
+export STEPCACHE_TEST_PG_CTL="$DIR/pg_ctl"
 
 export STEPCACHE_TEST_POSTGRES="postgres://postgres@127.0.0.1:$PORT/postgres"
 echo "ci-postgres: PostgreSQL at $STEPCACHE_TEST_POSTGRES" >&2

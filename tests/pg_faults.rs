@@ -10,48 +10,18 @@ use std::time::Duration;
 
 use common::*;
 use stepcache::proto::*;
-use stepcache::server::Config;
 use tonic::Code;
-
-/// A server on a fresh database of the test PostgreSQL (and that database's
-/// URL); None, after saying so, without PostgreSQL.
-async fn pg_server(name: &str) -> Option<(TestServer, String, tempfile::TempDir)> {
-    let Some(base) = postgres_base() else {
-        eprintln!("skipped: STEPCACHE_TEST_POSTGRES is not set (this test needs PostgreSQL)");
-        return None;
-    };
-    let db = format!(
-        "f_{name}_{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let url = create_database(&base, &db).await;
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = Config::new(dir.path());
-    config.store_url = Some(url.clone());
-    Some((TestServer::start_with(config).await, url, dir))
-}
-
-/// Runs `sql` on the test PostgreSQL server (through its base URL); the rows.
-async fn pg_query(sql: &str) -> Vec<postgres::Row> {
-    let (base, sql) = (postgres_base().unwrap(), sql.to_string());
-    tokio::task::spawn_blocking(move || {
-        let mut c = postgres::Client::connect(&base, postgres::NoTls).unwrap();
-        c.query(sql.as_str(), &[]).unwrap()
-    })
-    .await
-    .unwrap()
-}
 
 /// Terminates every connection to database `db` (as an administrator, or a
 /// failover, would); how many.
 async fn terminate_connections(db: &str) -> usize {
-    pg_query(&format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+    pg_rows(
+        &postgres_base().unwrap(),
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
          WHERE datname = '{db}' AND pid <> pg_backend_pid()"
-    ))
+        ),
+    )
     .await
     .len()
 }
@@ -82,10 +52,11 @@ async fn lookups_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killed_connections_fail_unavailable_and_the_pool_replaces_them() {
-    let Some((server, url, _dir)) = pg_server("kill").await else {
+    let Some((url, db)) = fresh_database("kill").await else {
         return;
     };
-    let db = url.rsplit('/').next().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_on(&url, dir.path()).await;
     let ti = iface("kill", &[("n", num(1.0))], &[]);
     let mut meta = server.meta().await;
     meta.put_execution(put_req("default", &ti, ExecutionState::Complete, "mem://k"))

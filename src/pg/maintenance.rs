@@ -130,7 +130,7 @@ impl PgStore {
         if victims.is_empty() {
             return Ok(Pruned::default());
         }
-        let count = |tx: &mut super::pool::Tx<'_>, sql: &str| -> Result<i64> {
+        let count = |tx: &mut super::pool::Tx<'_, '_>, sql: &str| -> Result<i64> {
             col(&tx.query_one(sql, &[&victims])?, 0)
         };
         let events = count(

@@ -11,8 +11,11 @@
 //! - A publish or release sends `NOTIFY stepcache, '<key hex><namespace>'` in
 //!   its transaction; every replica LISTENs on one connection and wakes its
 //!   local waiters (`watch_other_writers`).
-//! - IDs come from one sequence; creation times never go back across replicas
-//!   (see `allocate`).
+//! - IDs come from one sequence, drawn in the write's transaction in the
+//!   statement that takes its locks (`rows::lock_and_ids`): unique across
+//!   replicas, no row lock, no commit of their own. Creation times are the
+//!   writing replica's clock, so ID order need not be creation order across
+//!   replicas; created-time filters use the `created_ms` column.
 //! - The in-memory hot-hit cache is off: another replica may invalidate or
 //!   supersede an entry at any time.
 //!
@@ -200,22 +203,29 @@ async fn listen(config: tokio_postgres::Config, first: Listening, waiters: Arc<W
 }
 
 impl From<tokio_postgres::Error> for Error {
-    fn from(e: tokio_postgres::Error) -> Error {
-        match e.code() {
-            Some(c) if *c == SqlState::UNIQUE_VIOLATION => Error::AlreadyExists(format!(
+    fn from(err: tokio_postgres::Error) -> Error {
+        let code = err.code().cloned();
+        // The server's message when it sent one (the driver's own text for a
+        // server error is only "db error").
+        let e = match err.as_db_error() {
+            Some(d) => format!("{}: {}", d.severity(), d.message()),
+            None => err.to_string(),
+        };
+        match code {
+            Some(c) if c == SqlState::UNIQUE_VIOLATION => Error::AlreadyExists(format!(
                 "a record with this identity exists already: {}",
-                e.as_db_error().map(|d| d.message()).unwrap_or_default()
+                err.as_db_error().map(|d| d.message()).unwrap_or_default()
             )),
             Some(c)
-                if *c == SqlState::T_R_SERIALIZATION_FAILURE
-                    || *c == SqlState::T_R_DEADLOCK_DETECTED
-                    || *c == SqlState::ADMIN_SHUTDOWN
-                    || *c == SqlState::CANNOT_CONNECT_NOW
-                    || *c == SqlState::TOO_MANY_CONNECTIONS =>
+                if c == SqlState::T_R_SERIALIZATION_FAILURE
+                    || c == SqlState::T_R_DEADLOCK_DETECTED
+                    || c == SqlState::ADMIN_SHUTDOWN
+                    || c == SqlState::CANNOT_CONNECT_NOW
+                    || c == SqlState::TOO_MANY_CONNECTIONS =>
             {
                 Error::Unavailable(format!("PostgreSQL: {e}; retry"))
             }
-            Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
+            Some(c) if c == SqlState::INVALID_CATALOG_NAME => {
                 Error::Unavailable(format!("PostgreSQL: {e}"))
             }
             Some(_) => Error::Storage(format!("PostgreSQL: {e}")),

@@ -20,10 +20,11 @@
 use std::future::Future;
 use std::time::Duration;
 
-use deadpool_postgres::{GenericClient, Manager, ManagerConfig, RecyclingMethod};
+use deadpool_postgres::{ClientWrapper, GenericClient, Manager, ManagerConfig, RecyclingMethod};
+use futures_util::future::{join3, join_all};
 use tokio::runtime::{Handle, Runtime};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Row;
+use tokio_postgres::{Row, Statement};
 
 use crate::error::{Error, Result};
 
@@ -117,6 +118,9 @@ fn pool_error(e: deadpool_postgres::PoolError) -> Error {
 pub trait Sql {
     fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>>;
     fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64>;
+    /// Runs a statement whose answer is not needed: at once on a connection;
+    /// in a transaction, with the next statement that needs one (see `Tx`).
+    fn defer(&mut self, sql: &'static str, params: Params) -> Result<()>;
 
     fn query_opt(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>> {
         let mut rows = self.query(sql, params)?;
@@ -167,7 +171,14 @@ pub struct Conn<'a> {
     pool: &'a Pool,
 }
 
-impl Conn<'_> {
+impl<'a> Conn<'a> {
+    /// `sql` prepared on this connection (once; then from the cache).
+    fn prepared(&self, sql: &str) -> Result<Statement> {
+        self.pool
+            .block_on(self.obj.prepare_cached(sql))
+            .map_err(Error::from)
+    }
+
     /// Runs statements without parameters (not prepared).
     pub fn batch_execute(&mut self, sql: &str) -> Result<()> {
         self.pool
@@ -175,11 +186,15 @@ impl Conn<'_> {
             .map_err(Error::from)
     }
 
-    /// Starts a transaction; it rolls back unless committed.
-    pub fn transaction(&mut self) -> Result<Tx<'_>> {
-        let pool = self.pool;
-        let tx = pool.block_on(self.obj.transaction())?;
-        Ok(Tx { tx, pool })
+    /// Starts a transaction; it rolls back unless committed. BEGIN goes out
+    /// with the transaction's first statement.
+    pub fn transaction(&mut self) -> Result<Tx<'_, 'a>> {
+        Ok(Tx {
+            conn: self,
+            pending: Vec::new(),
+            begun: false,
+            done: false,
+        })
     }
 }
 
@@ -190,31 +205,129 @@ impl Sql for Conn<'_> {
     fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
         execute_on(self.pool, &self.obj, sql, params)
     }
+    fn defer(&mut self, sql: &'static str, params: Params) -> Result<()> {
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p.as_ref()).collect();
+        self.execute(sql, &refs).map(|_| ())
+    }
 }
 
-/// A transaction on a pooled connection.
-pub struct Tx<'a> {
-    tx: deadpool_postgres::Transaction<'a>,
-    pool: &'a Pool,
+/// Owned statement parameters (of a deferred statement).
+pub type Params = Vec<Box<dyn ToSql + Sync>>;
+
+/// A transaction on a pooled connection. Statements whose answer the write
+/// does not need (`defer`) wait and go out with the next statement that
+/// needs one, or with COMMIT, in one pipeline: one round trip for all. A
+/// deferred statement that fails fails that next call; the transaction is
+/// aborted then, as after any failed statement, and rolls back.
+pub struct Tx<'c, 'a> {
+    conn: &'c mut Conn<'a>,
+    pending: Vec<(&'static str, Params)>,
+    /// Whether BEGIN went out.
+    begun: bool,
+    /// Committed (or the COMMIT failed): nothing to roll back.
+    done: bool,
 }
 
-impl Tx<'_> {
+impl Tx<'_, '_> {
+    /// The connection, the deferred statements (taken) and whether BEGIN
+    /// must go first (it will have gone when they are sent).
+    fn take(&mut self) -> Batch<'_> {
+        let begin = !self.begun;
+        self.begun = true;
+        Batch {
+            pool: self.conn.pool,
+            c: &self.conn.obj,
+            begin,
+            pending: std::mem::take(&mut self.pending),
+        }
+    }
+
     pub fn batch_execute(&mut self, sql: &str) -> Result<()> {
-        self.pool
-            .block_on(self.tx.batch_execute(sql))
-            .map_err(Error::from)
+        let b = self.take();
+        let c = b.c;
+        b.send(c.batch_execute(sql))
     }
 
-    pub fn commit(self) -> Result<()> {
-        self.pool.block_on(self.tx.commit()).map_err(Error::from)
+    pub fn commit(mut self) -> Result<()> {
+        self.done = true;
+        if !self.begun && self.pending.is_empty() {
+            return Ok(());
+        }
+        let b = self.take();
+        let c = b.c;
+        b.send(c.batch_execute("COMMIT"))
     }
 }
 
-impl Sql for Tx<'_> {
+impl Drop for Tx<'_, '_> {
+    fn drop(&mut self) {
+        if self.begun && !self.done {
+            let c = &*self.conn.obj;
+            if let Err(e) = self.conn.pool.block_on(c.batch_execute("ROLLBACK")) {
+                tracing::warn!(error = %e, "PostgreSQL: ROLLBACK failed");
+            }
+        }
+    }
+}
+
+impl Sql for Tx<'_, '_> {
     fn query(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
-        query_on(self.pool, &self.tx, sql, params)
+        let st = self.conn.prepared(sql)?;
+        let b = self.take();
+        let c = b.c;
+        b.send(c.query(&st, params))
     }
     fn execute(&mut self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
-        execute_on(self.pool, &self.tx, sql, params)
+        let st = self.conn.prepared(sql)?;
+        let b = self.take();
+        let c = b.c;
+        b.send(c.execute(&st, params))
+    }
+    fn defer(&mut self, sql: &'static str, params: Params) -> Result<()> {
+        self.pending.push((sql, params));
+        Ok(())
+    }
+}
+
+/// What a transaction sends next, before the statement that needs an answer.
+struct Batch<'t> {
+    pool: &'t Pool,
+    c: &'t ClientWrapper,
+    begin: bool,
+    pending: Vec<(&'static str, Params)>,
+}
+
+impl Batch<'_> {
+    /// Sends BEGIN (if due), the deferred statements and then `last` in one
+    /// pipeline; `last`'s answer, or the first error in order.
+    fn send<T>(
+        self,
+        last: impl Future<Output = std::result::Result<T, tokio_postgres::Error>>,
+    ) -> Result<T> {
+        let c = self.c;
+        self.pool
+            .block_on(async {
+                let mut stmts = Vec::with_capacity(self.pending.len());
+                for (sql, params) in &self.pending {
+                    let refs: Vec<&(dyn ToSql + Sync)> =
+                        params.iter().map(|p| p.as_ref()).collect();
+                    stmts.push((c.prepare_cached(sql).await?, refs));
+                }
+                let begin = async {
+                    match self.begin {
+                        true => c.batch_execute("BEGIN").await,
+                        false => Ok(()),
+                    }
+                };
+                let deferred = join_all(stmts.iter().map(|(st, p)| c.execute(st, p)));
+                // Polled in order, so sent in order.
+                let (b, d, out) = join3(begin, deferred, last).await;
+                b?;
+                for r in d {
+                    r?;
+                }
+                out
+            })
+            .map_err(Error::from)
     }
 }

@@ -7,10 +7,11 @@ use super::pool::Sql;
 use prost::Message;
 use tokio_postgres::types::ToSql;
 
-use super::pool::Conn;
+use super::pool::{Conn, Params};
 use super::rows::{
-    col, events_of, field_error, get_artifact, get_context, get_execution, outputs_of, Params,
-    EVENTS_OF_ARTIFACT, EVENTS_OF_ARTIFACT_TYPED, EVENTS_OF_EXECUTION, EVENTS_OF_EXECUTION_TYPED,
+    col, events_of, field_error, get_artifact, get_context, get_execution, lock_and_ids,
+    outputs_of, EVENTS_OF_ARTIFACT, EVENTS_OF_ARTIFACT_TYPED, EVENTS_OF_EXECUTION,
+    EVENTS_OF_EXECUTION_TYPED,
 };
 use super::PgStore;
 use crate::clock::timestamp;
@@ -49,10 +50,11 @@ impl PgStore {
     }
 
     pub(super) fn put_contexts(&self, contexts: Vec<Context>) -> Result<Vec<i64>> {
+        let now = self.clock.now_ms();
         let mut c = self.conn()?;
-        let (now, mut ids) =
-            self.allocate(&mut c, contexts.iter().filter(|c| c.id == 0).count())?;
         let mut tx = c.transaction()?;
+        let new = contexts.iter().filter(|c| c.id == 0).count();
+        let mut ids = lock_and_ids(&mut tx, Vec::new(), new)?;
         let mut out = Vec::with_capacity(contexts.len());
         for (i, ctx) in contexts.iter().enumerate() {
             let field = format!("contexts[{i}]");

@@ -9,13 +9,11 @@ use tokio_postgres::Row;
 use super::pool::Sql;
 
 use super::{payload, CHANNEL};
-use crate::domain::decode;
+use crate::domain::{decode, not_found};
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::policy;
 use crate::proto::{Artifact, Context, Event, EventType, Execution};
-
-pub(super) type Params = Vec<Box<dyn ToSql + Sync>>;
 
 /// A column of a row, without panicking on a type mismatch.
 pub(super) fn col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
@@ -61,19 +59,31 @@ pub(super) fn key_lock(ns: &str, key: &CacheKey) -> i64 {
     lock_id(LOCK_KEY, ns, &key.to_string())
 }
 
-/// Takes the advisory locks of a transaction, in one order for everyone.
-pub(super) fn lock(c: &mut impl Sql, mut ids: Vec<i64>) -> Result<()> {
-    ids.sort_unstable();
-    ids.dedup();
-    for id in ids {
-        c.execute("SELECT pg_advisory_xact_lock($1)", &[&id])?;
-    }
-    Ok(())
+/// Takes the advisory locks of a transaction, in one order for everyone, and
+/// `n` new IDs from the sequence, in one statement. `nextval` takes no lock
+/// that lasts to the commit and is never rolled back, so concurrent writes
+/// on every replica draw distinct IDs without waiting for each other.
+pub(super) fn lock_and_ids(c: &mut impl Sql, mut locks: Vec<i64>, n: usize) -> Result<Ids> {
+    locks.sort_unstable();
+    locks.dedup();
+    let n = i32::try_from(n).unwrap_or(i32::MAX);
+    let row = c.query_one(
+        "WITH locked AS (SELECT count(pg_advisory_xact_lock(l)) FROM unnest($1::bigint[]) AS l) \
+         SELECT ARRAY(SELECT nextval('ids') FROM generate_series(1, $2)) FROM locked",
+        &[&locks, &n],
+    )?;
+    Ok(Ids {
+        ids: col(&row, 0)?,
+        next: 0,
+    })
 }
 
+/// NOTIFY of a key, sent with the transaction's next statement.
 pub(super) fn notify(c: &mut impl Sql, ns: &str, key: &CacheKey) -> Result<()> {
-    c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload(ns, key)])?;
-    Ok(())
+    c.defer(
+        "SELECT pg_notify($1, $2)",
+        vec![Box::new(CHANNEL), Box::new(payload(ns, key))],
+    )
 }
 
 /// IDs allocated for one write, handed out in order.
@@ -111,13 +121,29 @@ pub(super) fn get_context(c: &mut impl Sql, id: i64) -> Result<Option<Context>> 
     }
 }
 
-/// Whether an artifact exists in the namespace.
-pub(super) fn artifact_in(c: &mut impl Sql, id: i64, ns: &str) -> Result<bool> {
-    Ok(c.query_opt(
-        "SELECT 1 FROM artifacts WHERE id = $1 AND namespace = $2",
-        &[&id, &ns],
-    )?
-    .is_some())
+/// NOT_FOUND for the first of `ids` (in order) that is no artifact of the
+/// namespace, naming it with `field(i)`; one statement for all.
+pub(super) fn artifacts_in(
+    c: &mut impl Sql,
+    ids: &[i64],
+    ns: &str,
+    field: impl Fn(usize) -> String,
+) -> Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let found = c
+        .query(
+            "SELECT id FROM artifacts WHERE id = ANY($1) AND namespace = $2",
+            &[&ids, &ns],
+        )?
+        .iter()
+        .map(|r| col::<i64>(r, 0))
+        .collect::<Result<std::collections::HashSet<i64>>>()?;
+    match ids.iter().position(|id| !found.contains(id)) {
+        Some(i) => Err(not_found(&field(i), ids[i], Some(ns))),
+        None => Ok(()),
+    }
 }
 
 pub(super) fn events_of(

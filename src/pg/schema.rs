@@ -8,7 +8,13 @@ use super::pool::Sql;
 use crate::error::{Error, Result};
 
 /// (version, SQL), in order. Append; never edit an applied one.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/0002_ids_from_the_sequence.sql"),
+    ),
+];
 
 /// The advisory lock key of migrations ("stepcach" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7374_6570_6361_6368;
