@@ -29,6 +29,7 @@ mod pool;
 mod query;
 mod rows;
 mod schema;
+mod tls;
 mod write;
 
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Notification};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::clock::Clock;
 use crate::error::Error;
@@ -62,16 +64,15 @@ pub struct PgStore {
     pool: Pool,
     clock: Arc<dyn Clock>,
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     listener: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl PgStore {
     /// Connects and applies the migrations not applied yet.
     pub fn open(url: &str, clock: Arc<dyn Clock>) -> crate::error::Result<PgStore> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| Error::invalid(format!("--store: not a PostgreSQL URL: {e}")))?;
-        let pool = Pool::new(config.clone(), POOL_SIZE)?;
+        let (config, tls) = tls::parse(url)?;
+        let pool = Pool::new(config.clone(), tls.clone(), POOL_SIZE)?;
         {
             let mut c = pool.get()?;
             schema::migrate(&mut c)?;
@@ -80,6 +81,7 @@ impl PgStore {
             pool,
             clock,
             config,
+            tls,
             listener: Mutex::new(None),
         })
     }
@@ -98,9 +100,13 @@ impl PgStore {
             return Ok(());
         }
         // Connect once here so that a wrong URL fails the start, not a task.
-        let first = self.pool.block_on(listening(&self.config))?;
-        let config = self.config.clone();
-        *slot = Some(self.pool.handle().spawn(listen(config, first, waiters)));
+        let first = self.pool.block_on(listening(&self.config, &self.tls))?;
+        let (config, tls) = (self.config.clone(), self.tls.clone());
+        *slot = Some(
+            self.pool
+                .handle()
+                .spawn(listen(config, tls, first, waiters)),
+        );
         Ok(())
     }
 
@@ -145,8 +151,11 @@ type Listening = (
     mpsc::UnboundedReceiver<Notification>,
 );
 
-async fn listening(config: &tokio_postgres::Config) -> crate::error::Result<Listening> {
-    let (client, mut conn) = config.connect(tokio_postgres::NoTls).await?;
+async fn listening(
+    config: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
+) -> crate::error::Result<Listening> {
+    let (client, mut conn) = config.connect(tls.clone()).await?;
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         loop {
@@ -173,12 +182,17 @@ async fn listening(config: &tokio_postgres::Config) -> crate::error::Result<List
 /// replica (or this one) published or released. After a lost connection it
 /// reconnects and, once listening again, wakes every waiter, since it may
 /// have missed notifications.
-async fn listen(config: tokio_postgres::Config, first: Listening, waiters: Arc<Waiters>) {
+async fn listen(
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    first: Listening,
+    waiters: Arc<Waiters>,
+) {
     let mut current = Some(first);
     loop {
         let (client, mut notes) = match current.take() {
             Some(l) => l,
-            None => match listening(&config).await {
+            None => match listening(&config, &tls).await {
                 Ok(l) => {
                     waiters.notify_all();
                     l
@@ -206,10 +220,18 @@ impl From<tokio_postgres::Error> for Error {
     fn from(err: tokio_postgres::Error) -> Error {
         let code = err.code().cloned();
         // The server's message when it sent one (the driver's own text for a
-        // server error is only "db error").
+        // server error is only "db error"), else the driver's and its causes.
         let e = match err.as_db_error() {
             Some(d) => format!("{}: {}", d.severity(), d.message()),
-            None => err.to_string(),
+            None => {
+                let mut text = err.to_string();
+                let mut cause = std::error::Error::source(&err);
+                while let Some(c) = cause {
+                    text = format!("{text}: {c}");
+                    cause = c.source();
+                }
+                text
+            }
         };
         match code {
             Some(c) if c == SqlState::UNIQUE_VIOLATION => Error::AlreadyExists(format!(

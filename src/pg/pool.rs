@@ -42,7 +42,11 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(config: tokio_postgres::Config, max: usize) -> Result<Pool> {
+    pub fn new(
+        config: tokio_postgres::Config,
+        tls: tokio_postgres_rustls::MakeRustlsConnect,
+        max: usize,
+    ) -> Result<Pool> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("stepcache-pg")
@@ -51,7 +55,7 @@ impl Pool {
             .map_err(|e| Error::Internal(format!("cannot start the PostgreSQL runtime: {e}")))?;
         let manager = Manager::from_config(
             config,
-            tokio_postgres::NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
