@@ -66,14 +66,10 @@ async fn puts_until(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_postgres_restart_mid_traffic_fails_unavailable_and_loses_no_acknowledged_write() {
-    let Some(ctl) = std::env::var("STEPCACHE_TEST_PG_CTL")
-        .ok()
-        .filter(|s| !s.is_empty())
-    else {
-        eprintln!(
-            "skipped: STEPCACHE_TEST_PG_CTL is not set (restarting PostgreSQL needs pg_ctl on \
-             the test cluster; scripts/ci-postgres.sh sets it)"
-        );
+    let Some(ctl) = test_env(
+        "STEPCACHE_TEST_PG_CTL",
+        "restarting PostgreSQL needs pg_ctl on the test cluster; scripts/ci-postgres.sh sets it",
+    ) else {
         return;
     };
     let Some((url, _)) = fresh_database("restart").await else {

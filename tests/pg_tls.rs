@@ -10,6 +10,18 @@ use common::*;
 use stepcache::proto::*;
 use stepcache::server::Config;
 
+/// Asserts that `ti` hits on `server`.
+async fn hits(server: &TestServer, ti: &TaskInterface) {
+    let r = server
+        .cache()
+        .await
+        .get_cached_execution(lookup_req("default", ti))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.outcome(), Outcome::Hit);
+}
+
 /// (connections of database `db` over TLS, all of its connections), not
 /// counting the asking one.
 async fn tls_connections(db: &str) -> (i64, i64) {
@@ -26,14 +38,10 @@ async fn tls_connections(db: &str) -> (i64, i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sslmode_verify_full_connects_over_tls_and_a_foreign_ca_is_refused() {
-    let Some(ca) = std::env::var("STEPCACHE_TEST_POSTGRES_CA")
-        .ok()
-        .filter(|s| !s.is_empty())
-    else {
-        eprintln!(
-            "skipped: STEPCACHE_TEST_POSTGRES_CA is not set (a TLS-enabled PostgreSQL and its \
-             CA; scripts/ci-postgres.sh sets it)"
-        );
+    let Some(ca) = test_env(
+        "STEPCACHE_TEST_POSTGRES_CA",
+        "a TLS-enabled PostgreSQL and its CA; scripts/ci-postgres.sh sets it",
+    ) else {
         return;
     };
     let Some((url, db)) = fresh_database("tls").await else {
@@ -53,14 +61,7 @@ async fn sslmode_verify_full_connects_over_tls_and_a_foreign_ca_is_refused() {
         .put_execution(put_req("default", &ti, ExecutionState::Complete, "mem://t"))
         .await
         .unwrap();
-    let r = server
-        .cache()
-        .await
-        .get_cached_execution(lookup_req("default", &ti))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.outcome(), Outcome::Hit);
+    hits(&server, &ti).await;
     let (tls, all) = tls_connections(&db).await;
     // The pool's connection and the LISTEN connection at least.
     assert!(
@@ -71,14 +72,7 @@ async fn sslmode_verify_full_connects_over_tls_and_a_foreign_ca_is_refused() {
 
     // sslmode=disable: the same data, over plaintext.
     let server = server_on(&format!("{url}?sslmode=disable"), dir.path()).await;
-    let r = server
-        .cache()
-        .await
-        .get_cached_execution(lookup_req("default", &ti))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(r.outcome(), Outcome::Hit);
+    hits(&server, &ti).await;
     let (tls, all) = tls_connections(&db).await;
     assert!(all >= 2 && tls == 0, "{tls} of {all} connections over TLS");
     server.stop().await;

@@ -121,26 +121,35 @@ pub(super) fn get_context(c: &mut impl Sql, id: i64) -> Result<Option<Context>> 
     }
 }
 
+/// The index of the first of `ids` that `sql` (the IDs among $1 of
+/// namespace $2) does not return; one statement for all.
+pub(super) fn first_missing(
+    c: &mut impl Sql,
+    sql: &str,
+    ids: &[i64],
+    ns: &str,
+) -> Result<Option<usize>> {
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let found = c
+        .query(sql, &[&ids, &ns])?
+        .iter()
+        .map(|r| col::<i64>(r, 0))
+        .collect::<Result<std::collections::HashSet<i64>>>()?;
+    Ok(ids.iter().position(|id| !found.contains(id)))
+}
+
 /// NOT_FOUND for the first of `ids` (in order) that is no artifact of the
-/// namespace, naming it with `field(i)`; one statement for all.
+/// namespace, naming it with `field(i)`.
 pub(super) fn artifacts_in(
     c: &mut impl Sql,
     ids: &[i64],
     ns: &str,
     field: impl Fn(usize) -> String,
 ) -> Result<()> {
-    if ids.is_empty() {
-        return Ok(());
-    }
-    let found = c
-        .query(
-            "SELECT id FROM artifacts WHERE id = ANY($1) AND namespace = $2",
-            &[&ids, &ns],
-        )?
-        .iter()
-        .map(|r| col::<i64>(r, 0))
-        .collect::<Result<std::collections::HashSet<i64>>>()?;
-    match ids.iter().position(|id| !found.contains(id)) {
+    let sql = "SELECT id FROM artifacts WHERE id = ANY($1) AND namespace = $2";
+    match first_missing(c, sql, ids, ns)? {
         Some(i) => Err(not_found(&field(i), ids[i], Some(ns))),
         None => Ok(()),
     }

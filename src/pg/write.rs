@@ -2,15 +2,15 @@
 //! contexts, the executions a lookup records. Each is one transaction that
 //! first takes the advisory locks of the names and keys it settles.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use prost::Message;
 
 use super::lookup::{delete_reservation, reservation_of};
 use super::pool::Sql;
 use super::rows::{
-    artifacts_in, col, get_execution, key_lock, lock_and_ids, lock_id, nonempty, notify, ttl_ms,
-    Ids, LOCK_ARTIFACT_EXT, LOCK_EXEC_EXT,
+    artifacts_in, col, first_missing, get_execution, key_lock, lock_and_ids, lock_id, nonempty,
+    notify, ttl_ms, Ids, LOCK_ARTIFACT_EXT, LOCK_EXEC_EXT,
 };
 use super::PgStore;
 use crate::clock::timestamp;
@@ -197,15 +197,8 @@ pub(super) fn associate(
     if context_ids.is_empty() {
         return Ok(());
     }
-    let found = c
-        .query(
-            "SELECT id FROM contexts WHERE id = ANY($1) AND namespace = $2",
-            &[&context_ids, &ns],
-        )?
-        .iter()
-        .map(|r| col::<i64>(r, 0))
-        .collect::<Result<HashSet<i64>>>()?;
-    if let Some(i) = context_ids.iter().position(|id| !found.contains(id)) {
+    let sql = "SELECT id FROM contexts WHERE id = ANY($1) AND namespace = $2";
+    if let Some(i) = first_missing(c, sql, context_ids, ns)? {
         return Err(not_found(
             &format!("context_ids[{i}]: context"),
             context_ids[i],

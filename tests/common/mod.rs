@@ -139,6 +139,16 @@ pub async fn create_database(base: &str, name: &str) -> String {
     format!("{head}/{name}")
 }
 
+/// The value of environment variable `var`, or None after saying that the
+/// test skips without it (`what`: what it names, and who sets it).
+pub fn test_env(var: &str, what: &str) -> Option<String> {
+    let v = std::env::var(var).ok().filter(|s| !s.is_empty());
+    if v.is_none() {
+        eprintln!("skipped: {var} is not set ({what})");
+    }
+    v
+}
+
 /// A fresh database on the test PostgreSQL server, `{prefix}_{nanos}`: (its
 /// URL, its name); None, after saying so, without PostgreSQL.
 pub async fn fresh_database(prefix: &str) -> Option<(String, String)> {
