@@ -110,12 +110,35 @@ async fn a_lookup_is_one_round_trip_and_a_put_a_few() {
     let lookups = relay.turns.load(Ordering::SeqCst) - before;
     assert_eq!(lookups, 50, "round trips of 50 hits");
 
+    // A miss that reserves: the lookup; BEGIN with the key's lock and the
+    // lookup again; the reservation's row; its write with COMMIT. Four each
+    // (a little slack: see the puts below).
+    let reserve = |n: usize| {
+        let mut req = lookup_req("default", &ti(n));
+        req.reservation = Some(ReservationRequest {
+            owner: "me".into(),
+            lease: None,
+        });
+        req
+    };
+    cache.get_cached_execution(reserve(200)).await.unwrap();
+    let before = relay.turns.load(Ordering::SeqCst);
+    for n in 201..211 {
+        let r = cache.get_cached_execution(reserve(n)).await.unwrap();
+        assert_eq!(r.into_inner().outcome(), Outcome::Reserved);
+    }
+    let reserving = relay.turns.load(Ordering::SeqCst) - before;
+    assert!(
+        reserving <= 10 * 4 + 4,
+        "round trips of 10 misses that reserve: {reserving}"
+    );
+
     let before = relay.turns.load(Ordering::SeqCst);
     for n in 100..120 {
         meta.put_execution(put(n)).await.unwrap();
     }
     let puts = relay.turns.load(Ordering::SeqCst) - before;
-    eprintln!("50 hits: {lookups} round trips; 20 puts: {puts}");
+    eprintln!("50 hits: {lookups} round trips; 10 reserving misses: {reserving}; 20 puts: {puts}");
     // Three each: BEGIN with the locks and IDs; the inserts with the read of
     // the key's reservation; COMMIT with the release and NOTIFY. Up to four
     // counted: a pipeline may leave in two writes, and an answer to the first

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::pool::Sql;
 
-use super::rows::{col, key_lock, lock_and_ids, notify, ttl_ms};
+use super::rows::{col, key_lock, lock, notify, ttl_ms};
 use super::PgStore;
 use crate::domain::{decode, not_found, Claimed, Hit, Lookup};
 use crate::error::{Error, Result};
@@ -154,7 +154,7 @@ impl PgStore {
             return Ok(Claimed::Hit(hit));
         }
         let mut tx = c.transaction()?;
-        lock_and_ids(&mut tx, vec![key_lock(ns, key)], 0)?;
+        lock(&mut tx, vec![key_lock(ns, key)])?;
         let reason = match self.lookup_in(&mut tx, ns, key, max_staleness_ms)? {
             Lookup::Hit(hit) => return Ok(Claimed::Hit(hit)),
             Lookup::Miss { reason } => reason,

@@ -59,23 +59,36 @@ pub(super) fn key_lock(ns: &str, key: &CacheKey) -> i64 {
     lock_id(LOCK_KEY, ns, &key.to_string())
 }
 
+/// The SQL of `lock_and_ids` and `lock`.
+const LOCK_AND_IDS: &str = "WITH locked AS \
+     (SELECT count(pg_advisory_xact_lock(l)) FROM unnest($1::bigint[]) AS l) \
+     SELECT ARRAY(SELECT nextval('ids') FROM generate_series(1, $2)) FROM locked";
+
 /// Takes the advisory locks of a transaction, in one order for everyone, and
 /// `n` new IDs from the sequence, in one statement. `nextval` takes no lock
 /// that lasts to the commit and is never rolled back, so concurrent writes
 /// on every replica draw distinct IDs without waiting for each other.
-pub(super) fn lock_and_ids(c: &mut impl Sql, mut locks: Vec<i64>, n: usize) -> Result<Ids> {
-    locks.sort_unstable();
-    locks.dedup();
+pub(super) fn lock_and_ids(c: &mut impl Sql, locks: Vec<i64>, n: usize) -> Result<Ids> {
+    let locks = ordered(locks);
     let n = i32::try_from(n).unwrap_or(i32::MAX);
-    let row = c.query_one(
-        "WITH locked AS (SELECT count(pg_advisory_xact_lock(l)) FROM unnest($1::bigint[]) AS l) \
-         SELECT ARRAY(SELECT nextval('ids') FROM generate_series(1, $2)) FROM locked",
-        &[&locks, &n],
-    )?;
+    let row = c.query_one(LOCK_AND_IDS, &[&locks, &n])?;
     Ok(Ids {
         ids: col(&row, 0)?,
         next: 0,
     })
+}
+
+/// Takes the advisory locks of a transaction (as `lock_and_ids`), sent with
+/// the transaction's next statement: that one runs holding them.
+pub(super) fn lock(c: &mut impl Sql, locks: Vec<i64>) -> Result<()> {
+    c.defer(LOCK_AND_IDS, vec![Box::new(ordered(locks)), Box::new(0i32)])
+}
+
+/// Lock keys in the one order every transaction takes them in.
+fn ordered(mut locks: Vec<i64>) -> Vec<i64> {
+    locks.sort_unstable();
+    locks.dedup();
+    locks
 }
 
 /// NOTIFY of a key, sent with the transaction's next statement.
