@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use stepcache::proto::*;
-use stepcache::server::Config;
 use tonic::Code;
 
 fn dur(ms: i64) -> prost_types::Duration {
@@ -21,27 +20,10 @@ fn dur(ms: i64) -> prost_types::Duration {
 
 /// Two servers on one fresh database; None (after saying so) without PostgreSQL.
 async fn two_replicas(name: &str) -> Option<(TestServer, TestServer, Vec<tempfile::TempDir>)> {
-    let Some(base) = postgres_base() else {
-        eprintln!("skipped: STEPCACHE_TEST_POSTGRES is not set (replicas need PostgreSQL)");
-        return None;
-    };
-    let db = format!(
-        "r_{name}_{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    );
-    let url = create_database(&base, &db).await;
+    let (url, _) = fresh_database(&format!("r_{name}")).await?;
     let dirs = vec![tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let mut servers = Vec::new();
-    for d in &dirs {
-        let mut config = Config::new(d.path());
-        config.store_url = Some(url.clone());
-        servers.push(TestServer::start_with(config).await);
-    }
-    let b = servers.pop().unwrap();
-    let a = servers.pop().unwrap();
+    let a = server_on(&url, dirs[0].path()).await;
+    let b = server_on(&url, dirs[1].path()).await;
     Some((a, b, dirs))
 }
 

@@ -1,19 +1,36 @@
 //! Lookups and reservations: the newest servable entry of a key, and the
 //! lease that lets one caller compute a missing result.
 
-use postgres::GenericClient;
+use std::collections::BTreeMap;
 
-use super::rows::{col, key_lock, lock, notify, outputs_of, ttl_ms};
+use super::pool::Sql;
+
+use super::rows::{col, key_lock, lock, notify, ttl_ms};
 use super::PgStore;
 use crate::domain::{decode, not_found, Claimed, Hit, Lookup};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::policy::{self, Candidate, Next, Scan};
-use crate::proto::{ArtifactState, Execution};
+use crate::proto::{Artifact, ArtifactState, EventType, Execution};
 use crate::reservations::{self, Ask, Claim, Holder};
 
+/// Entries of a key read in the first round trip of a lookup.
+const FIRST_ENTRIES: i64 = 4;
+
+/// The entries of key $2 in namespace $1, newest first, at most $4 (NULL:
+/// all), each with its execution and its outputs ($3: the output event type)
+/// joined LATERAL: names and artifact records in (name, index) order.
+const ENTRIES: &str = "SELECT c.completed_ms, c.invalidated, e.record, e.namespace, \
+     o.names, o.records FROM cache_entries c JOIN executions e ON e.id = c.execution_id \
+     LEFT JOIN LATERAL (SELECT array_agg(v.name ORDER BY v.name, v.idx, v.artifact_id) AS names, \
+       array_agg(a.record ORDER BY v.name, v.idx, v.artifact_id) AS records \
+       FROM events v JOIN artifacts a ON a.id = v.artifact_id \
+       WHERE v.execution_id = c.execution_id AND v.type = $3) o ON true \
+     WHERE c.namespace = $1 AND c.cache_key = $2 \
+     ORDER BY c.completed_ms DESC, c.execution_id DESC LIMIT $4";
+
 pub(super) fn reservation_of(
-    c: &mut impl GenericClient,
+    c: &mut impl Sql,
     ns: &str,
     key: &str,
     for_update: bool,
@@ -32,69 +49,87 @@ pub(super) fn reservation_of(
     }
 }
 
-pub(super) fn set_reservation(
-    c: &mut impl GenericClient,
-    ns: &str,
-    key: &str,
-    h: &Holder,
-) -> Result<()> {
-    c.execute(
+pub(super) fn set_reservation(c: &mut impl Sql, ns: &str, key: &str, h: &Holder) -> Result<()> {
+    c.defer(
         "INSERT INTO reservations (namespace, cache_key, owner, expire_ms) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (namespace, cache_key) DO UPDATE SET owner = EXCLUDED.owner, \
          expire_ms = EXCLUDED.expire_ms",
-        &[&ns, &key, &h.owner, &h.expire_ms],
-    )?;
-    Ok(())
+        vec![
+            Box::new(ns.to_string()),
+            Box::new(key.to_string()),
+            Box::new(h.owner.clone()),
+            Box::new(h.expire_ms),
+        ],
+    )
+}
+
+pub(super) fn delete_reservation(c: &mut impl Sql, ns: &str, key: String) -> Result<()> {
+    c.defer(
+        "DELETE FROM reservations WHERE namespace = $1 AND cache_key = $2",
+        vec![Box::new(ns.to_string()), Box::new(key)],
+    )
 }
 
 impl PgStore {
     fn lookup_in(
         &self,
-        c: &mut impl GenericClient,
+        c: &mut impl Sql,
         ns: &str,
         key: &CacheKey,
         max_staleness_ms: Option<i64>,
     ) -> Result<Lookup> {
         let now = self.clock.now_ms();
-        let rows = c.query(
-            "SELECT c.completed_ms, c.invalidated, e.record, e.namespace \
-             FROM cache_entries c JOIN executions e ON e.id = c.execution_id \
-             WHERE c.namespace = $1 AND c.cache_key = $2 \
-             ORDER BY c.completed_ms DESC, c.execution_id DESC",
-            &[&ns, &key.to_string()],
-        )?;
-        let mut scan = Scan::default();
-        for r in &rows {
-            let completed_ms: i64 = col(r, 0)?;
-            let invalidated: bool = col(r, 1)?;
-            let execution: Execution = decode(col::<&[u8]>(r, 2)?)?;
-            if col::<&str>(r, 3)? != ns {
-                return Err(not_found("execution", execution.id, Some(ns)));
-            }
-            let outputs = outputs_of(c, execution.id)?;
-            let candidate = Candidate {
-                completed_ms,
-                ttl_ms: ttl_ms(&execution),
-                outputs_live: outputs
-                    .values()
-                    .flatten()
-                    .all(|a| a.state == ArtifactState::Live as i32),
-                invalidated,
-            };
-            match scan.next(policy::eligibility(&candidate, now, max_staleness_ms)) {
-                Next::Serve => {
-                    return Ok(Lookup::Hit(Hit::Decoded {
-                        execution: Box::new(execution),
-                        outputs,
-                    }))
+        let ks = key.to_string();
+        let output = EventType::Output as i32;
+        // Nearly every scan ends at its first entry: the first few come in
+        // one round trip; a key with more skipped entries reads them all.
+        for limit in [Some(FIRST_ENTRIES), None] {
+            let rows = c.query(ENTRIES, &[&ns, &ks, &output, &limit])?;
+            let mut scan = Scan::default();
+            for r in &rows {
+                let execution: Execution = decode(col::<&[u8]>(r, 2)?)?;
+                if col::<&str>(r, 3)? != ns {
+                    return Err(not_found("execution", execution.id, Some(ns)));
                 }
-                Next::Skip => {}
-                Next::Stop => break,
+                let names: Vec<String> = col::<Option<_>>(r, 4)?.unwrap_or_default();
+                let records: Vec<&[u8]> = col::<Option<_>>(r, 5)?.unwrap_or_default();
+                let mut outputs: BTreeMap<String, Vec<Artifact>> = BTreeMap::new();
+                for (name, record) in names.into_iter().zip(records) {
+                    outputs.entry(name).or_default().push(decode(record)?);
+                }
+                let candidate = Candidate {
+                    completed_ms: col(r, 0)?,
+                    ttl_ms: ttl_ms(&execution),
+                    outputs_live: outputs
+                        .values()
+                        .flatten()
+                        .all(|a| a.state == ArtifactState::Live as i32),
+                    invalidated: col(r, 1)?,
+                };
+                match scan.next(policy::eligibility(&candidate, now, max_staleness_ms)) {
+                    Next::Serve => {
+                        return Ok(Lookup::Hit(Hit::Decoded {
+                            execution: Box::new(execution),
+                            outputs,
+                        }))
+                    }
+                    Next::Skip => {}
+                    Next::Stop => {
+                        return Ok(Lookup::Miss {
+                            reason: scan.miss_reason(),
+                        })
+                    }
+                }
+            }
+            if limit.is_none_or(|l| rows.len() < l as usize) {
+                return Ok(Lookup::Miss {
+                    reason: scan.miss_reason(),
+                });
             }
         }
-        Ok(Lookup::Miss {
-            reason: scan.miss_reason(),
-        })
+        Err(Error::Internal(
+            "a lookup scan read past every entry".into(),
+        ))
     }
 
     pub(super) fn lookup(
@@ -103,7 +138,7 @@ impl PgStore {
         key: &CacheKey,
         max_staleness_ms: Option<i64>,
     ) -> Result<Lookup> {
-        self.lookup_in(&mut *self.conn()?, ns, key, max_staleness_ms)
+        self.lookup_in(&mut self.conn()?, ns, key, max_staleness_ms)
     }
 
     pub(super) fn lookup_or_claim(
@@ -115,7 +150,7 @@ impl PgStore {
     ) -> Result<Claimed> {
         let mut c = self.conn()?;
         // Hits need no lock.
-        if let Lookup::Hit(hit) = self.lookup_in(&mut *c, ns, key, max_staleness_ms)? {
+        if let Lookup::Hit(hit) = self.lookup_in(&mut c, ns, key, max_staleness_ms)? {
             return Ok(Claimed::Hit(hit));
         }
         let mut tx = c.transaction()?;
@@ -139,7 +174,7 @@ impl PgStore {
     }
 
     pub(super) fn reservation(&self, ns: &str, key: &CacheKey) -> Result<Option<Holder>> {
-        reservation_of(&mut *self.conn()?, ns, &key.to_string(), false)
+        reservation_of(&mut self.conn()?, ns, &key.to_string(), false)
     }
 
     pub(super) fn extend_reservation(
@@ -171,10 +206,7 @@ impl PgStore {
         let now = self.clock.now_ms();
         let current = reservation_of(&mut tx, ns, &ks, true)?;
         reservations::held_by(current.as_ref(), owner, now, "release the reservation")?;
-        tx.execute(
-            "DELETE FROM reservations WHERE namespace = $1 AND cache_key = $2",
-            &[&ns, &ks],
-        )?;
+        delete_reservation(&mut tx, ns, ks)?;
         notify(&mut tx, ns, key)?;
         tx.commit()?;
         Ok(())

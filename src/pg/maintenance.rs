@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use super::pool::Sql;
 use super::rows::{col, events_of, get_artifact, get_execution, EVENTS_OF_ARTIFACT};
 use super::PgStore;
 use crate::domain::{not_found, Pruned, Selector};
@@ -23,20 +24,20 @@ impl PgStore {
         match selector {
             Selector::Key(key) => targets.push((key.to_string(), None)),
             Selector::Execution(id) => {
-                let e = match get_execution(&mut *c, *id)? {
+                let e = match get_execution(&mut c, *id)? {
                     Some(e) if e.namespace == ns => e,
                     _ => return Err(not_found("execution", *id, Some(ns))),
                 };
                 targets.extend(entry_of(&e));
             }
             Selector::Artifact(id) => {
-                match get_artifact(&mut *c, *id)? {
+                match get_artifact(&mut c, *id)? {
                     Some(a) if a.namespace == ns => {}
                     _ => return Err(not_found("artifact", *id, Some(ns))),
                 }
-                for ev in events_of(&mut *c, EVENTS_OF_ARTIFACT, &[id])? {
+                for ev in events_of(&mut c, EVENTS_OF_ARTIFACT, &[id])? {
                     if ev.r#type == EventType::Output as i32 {
-                        let e = match get_execution(&mut *c, ev.execution_id)? {
+                        let e = match get_execution(&mut c, ev.execution_id)? {
                             Some(e) if e.namespace == ns => e,
                             _ => return Err(not_found("execution", ev.execution_id, Some(ns))),
                         };
@@ -129,7 +130,7 @@ impl PgStore {
         if victims.is_empty() {
             return Ok(Pruned::default());
         }
-        let count = |tx: &mut postgres::Transaction<'_>, sql: &str| -> Result<i64> {
+        let count = |tx: &mut super::pool::Tx<'_, '_>, sql: &str| -> Result<i64> {
             col(&tx.query_one(sql, &[&victims])?, 0)
         };
         let events = count(

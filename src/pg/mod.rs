@@ -11,13 +11,16 @@
 //! - A publish or release sends `NOTIFY stepcache, '<key hex><namespace>'` in
 //!   its transaction; every replica LISTENs on one connection and wakes its
 //!   local waiters (`watch_other_writers`).
-//! - IDs come from one sequence; creation times never go back across replicas
-//!   (see `allocate`).
+//! - IDs come from one sequence, drawn in the write's transaction in the
+//!   statement that takes its locks (`rows::lock_and_ids`): unique across
+//!   replicas, no row lock, no commit of their own. Creation times are the
+//!   writing replica's clock, so ID order need not be creation order across
+//!   replicas; created-time filters use the `created_ms` column.
 //! - The in-memory hot-hit cache is off: another replica may invalidate or
 //!   supersede an entry at any time.
 //!
-//! Calls block (the sync `postgres` client); the service runs them on
-//! `spawn_blocking` threads, like the sled store's.
+//! Calls block on the store's own runtime (`pool`); the service runs them on
+//! its store threads, like the sled store's.
 
 mod backend;
 mod lookup;
@@ -26,14 +29,17 @@ mod pool;
 mod query;
 mod rows;
 mod schema;
+mod tls;
 mod write;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
-use postgres::error::SqlState;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, Notification};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::clock::Clock;
 use crate::error::Error;
@@ -57,17 +63,16 @@ pub fn is_url(s: &str) -> bool {
 pub struct PgStore {
     pool: Pool,
     clock: Arc<dyn Clock>,
-    config: postgres::Config,
-    listener: Mutex<Option<(Arc<AtomicBool>, JoinHandle<()>)>>,
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    listener: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl PgStore {
     /// Connects and applies the migrations not applied yet.
     pub fn open(url: &str, clock: Arc<dyn Clock>) -> crate::error::Result<PgStore> {
-        let config: postgres::Config = url
-            .parse()
-            .map_err(|e| Error::invalid(format!("--store: not a PostgreSQL URL: {e}")))?;
-        let pool = Pool::new(config.clone(), POOL_SIZE);
+        let (config, tls) = tls::parse(url)?;
+        let pool = Pool::new(config.clone(), tls.clone(), POOL_SIZE)?;
         {
             let mut c = pool.get()?;
             schema::migrate(&mut c)?;
@@ -76,6 +81,7 @@ impl PgStore {
             pool,
             clock,
             config,
+            tls,
             listener: Mutex::new(None),
         })
     }
@@ -93,16 +99,14 @@ impl PgStore {
         if slot.is_some() {
             return Ok(());
         }
-        // Connect once here so that a wrong URL fails the start, not a thread.
-        let first = connect(&self.config)?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let config = self.config.clone();
-        let handle = std::thread::Builder::new()
-            .name("pg-listen".into())
-            .spawn(move || listen(config, first, waiters, stop2))
-            .map_err(|e| Error::Internal(format!("cannot start the LISTEN thread: {e}")))?;
-        *slot = Some((stop, handle));
+        // Connect once here so that a wrong URL fails the start, not a task.
+        let first = self.pool.block_on(listening(&self.config, &self.tls))?;
+        let (config, tls) = (self.config.clone(), self.tls.clone());
+        *slot = Some(
+            self.pool
+                .handle()
+                .spawn(listen(config, tls, first, waiters)),
+        );
         Ok(())
     }
 
@@ -111,9 +115,8 @@ impl PgStore {
             Ok(mut slot) => slot.take(),
             Err(_) => None,
         };
-        if let Some((stop, handle)) = taken {
-            stop.store(true, Ordering::SeqCst);
-            let _ = handle.join();
+        if let Some(task) = taken {
+            task.abort();
         }
     }
 }
@@ -122,10 +125,6 @@ impl Drop for PgStore {
     fn drop(&mut self) {
         self.stop_listener();
     }
-}
-
-fn connect(config: &postgres::Config) -> crate::error::Result<postgres::Client> {
-    config.connect(postgres::NoTls).map_err(Error::from)
 }
 
 /// The longest namespace a NOTIFY payload names (PostgreSQL takes < 8000 bytes).
@@ -145,81 +144,110 @@ fn parse_payload(p: &str) -> Option<(&str, CacheKey)> {
     Some((ns, k.parse().ok()?))
 }
 
+/// A connection that LISTENs: its client, and its notifications, which end
+/// when the connection is lost.
+type Listening = (
+    tokio_postgres::Client,
+    mpsc::UnboundedReceiver<Notification>,
+);
+
+async fn listening(
+    config: &tokio_postgres::Config,
+    tls: &MakeRustlsConnect,
+) -> crate::error::Result<Listening> {
+    let (client, mut conn) = config.connect(tls.clone()).await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
+                Some(Ok(AsyncMessage::Notification(n))) => {
+                    if tx.send(n).is_err() {
+                        return;
+                    }
+                }
+                Some(Ok(_)) => {}
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "LISTEN connection lost");
+                    return;
+                }
+                None => return,
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    Ok((client, rx))
+}
+
 /// The LISTEN loop of one replica: wakes local waiters of each key another
 /// replica (or this one) published or released. After a lost connection it
-/// reconnects and wakes every waiter, since it may have missed notifications.
-fn listen(
-    config: postgres::Config,
-    first: postgres::Client,
+/// reconnects and, once listening again, wakes every waiter, since it may
+/// have missed notifications.
+async fn listen(
+    config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    first: Listening,
     waiters: Arc<Waiters>,
-    stop: Arc<AtomicBool>,
 ) {
-    let mut client = Some(first);
-    let mut reconnected = false;
-    while !stop.load(Ordering::SeqCst) {
-        let mut c = match client.take() {
-            Some(c) => c,
-            None => match connect(&config) {
-                Ok(c) => c,
+    let mut current = Some(first);
+    loop {
+        let (client, mut notes) = match current.take() {
+            Some(l) => l,
+            None => match listening(&config, &tls).await {
+                Ok(l) => {
+                    waiters.notify_all();
+                    l
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "LISTEN: cannot reconnect; retrying");
-                    std::thread::sleep(Duration::from_millis(500));
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
             },
         };
-        if let Err(e) = c.batch_execute(&format!("LISTEN {CHANNEL}")) {
-            tracing::warn!(error = %e, "LISTEN failed; reconnecting");
-            std::thread::sleep(Duration::from_millis(200));
-            continue;
-        }
-        if reconnected {
-            waiters.notify_all();
-        }
-        reconnected = true;
-        let lost = loop {
-            if stop.load(Ordering::SeqCst) {
-                break false;
+        while let Some(n) = notes.recv().await {
+            match parse_payload(n.payload()) {
+                Some((ns, key)) => waiters.notify(ns, &key),
+                None => waiters.notify_all(),
             }
-            let mut notes = c.notifications();
-            let mut it = notes.timeout_iter(Duration::from_millis(200));
-            match postgres::fallible_iterator::FallibleIterator::next(&mut it) {
-                Ok(Some(n)) => match parse_payload(n.payload()) {
-                    Some((ns, key)) => waiters.notify(ns, &key),
-                    None => waiters.notify_all(),
-                },
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
-                    break true;
-                }
-            }
-        };
-        if lost {
-            std::thread::sleep(Duration::from_millis(100));
-        } else {
-            client = Some(c);
         }
+        tracing::warn!("LISTEN connection lost; reconnecting");
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-impl From<postgres::Error> for Error {
-    fn from(e: postgres::Error) -> Error {
-        match e.code() {
-            Some(c) if *c == SqlState::UNIQUE_VIOLATION => Error::AlreadyExists(format!(
+impl From<tokio_postgres::Error> for Error {
+    fn from(err: tokio_postgres::Error) -> Error {
+        let code = err.code().cloned();
+        // The server's message when it sent one (the driver's own text for a
+        // server error is only "db error"), else the driver's and its causes.
+        let e = match err.as_db_error() {
+            Some(d) => format!("{}: {}", d.severity(), d.message()),
+            None => {
+                let mut text = err.to_string();
+                let mut cause = std::error::Error::source(&err);
+                while let Some(c) = cause {
+                    text = format!("{text}: {c}");
+                    cause = c.source();
+                }
+                text
+            }
+        };
+        match code {
+            Some(c) if c == SqlState::UNIQUE_VIOLATION => Error::AlreadyExists(format!(
                 "a record with this identity exists already: {}",
-                e.as_db_error().map(|d| d.message()).unwrap_or_default()
+                err.as_db_error().map(|d| d.message()).unwrap_or_default()
             )),
             Some(c)
-                if *c == SqlState::T_R_SERIALIZATION_FAILURE
-                    || *c == SqlState::T_R_DEADLOCK_DETECTED
-                    || *c == SqlState::ADMIN_SHUTDOWN
-                    || *c == SqlState::CANNOT_CONNECT_NOW
-                    || *c == SqlState::TOO_MANY_CONNECTIONS =>
+                if c == SqlState::T_R_SERIALIZATION_FAILURE
+                    || c == SqlState::T_R_DEADLOCK_DETECTED
+                    || c == SqlState::ADMIN_SHUTDOWN
+                    || c == SqlState::CANNOT_CONNECT_NOW
+                    || c == SqlState::TOO_MANY_CONNECTIONS =>
             {
                 Error::Unavailable(format!("PostgreSQL: {e}; retry"))
             }
-            Some(c) if *c == SqlState::INVALID_CATALOG_NAME => {
+            Some(c) if c == SqlState::INVALID_CATALOG_NAME => {
                 Error::Unavailable(format!("PostgreSQL: {e}"))
             }
             Some(_) => Error::Storage(format!("PostgreSQL: {e}")),

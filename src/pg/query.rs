@@ -3,14 +3,15 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
-use postgres::types::ToSql;
-use postgres::GenericClient;
+use super::pool::Sql;
 use prost::Message;
+use tokio_postgres::types::ToSql;
 
-use super::pool::Conn;
+use super::pool::{Conn, Params};
 use super::rows::{
-    col, events_of, field_error, get_artifact, get_context, get_execution, outputs_of, Params,
-    EVENTS_OF_ARTIFACT, EVENTS_OF_ARTIFACT_TYPED, EVENTS_OF_EXECUTION, EVENTS_OF_EXECUTION_TYPED,
+    col, events_of, field_error, get_artifact, get_context, get_execution, lock_and_ids,
+    outputs_of, EVENTS_OF_ARTIFACT, EVENTS_OF_ARTIFACT_TYPED, EVENTS_OF_EXECUTION,
+    EVENTS_OF_EXECUTION_TYPED,
 };
 use super::PgStore;
 use crate::clock::timestamp;
@@ -23,36 +24,37 @@ use crate::proto::{Artifact, Context, Event, Execution};
 
 impl PgStore {
     pub(super) fn execution(&self, id: i64, ns: Option<&str>) -> Result<Execution> {
-        match get_execution(&mut *self.conn()?, id)? {
+        match get_execution(&mut self.conn()?, id)? {
             Some(e) if ns.is_none_or(|ns| e.namespace == ns) => Ok(e),
             _ => Err(not_found("execution", id, ns)),
         }
     }
 
     pub(super) fn artifact(&self, id: i64, ns: Option<&str>) -> Result<Artifact> {
-        match get_artifact(&mut *self.conn()?, id)? {
+        match get_artifact(&mut self.conn()?, id)? {
             Some(a) if ns.is_none_or(|ns| a.namespace == ns) => Ok(a),
             _ => Err(not_found("artifact", id, ns)),
         }
     }
 
     pub(super) fn outputs_of(&self, exec_id: i64) -> Result<BTreeMap<String, Vec<Artifact>>> {
-        outputs_of(&mut *self.conn()?, exec_id)
+        outputs_of(&mut self.conn()?, exec_id)
     }
 
     pub(super) fn events_of_execution(&self, exec_id: i64) -> Result<Vec<Event>> {
-        events_of(&mut *self.conn()?, EVENTS_OF_EXECUTION, &[&exec_id])
+        events_of(&mut self.conn()?, EVENTS_OF_EXECUTION, &[&exec_id])
     }
 
     pub(super) fn events_of_artifact(&self, artifact_id: i64) -> Result<Vec<Event>> {
-        events_of(&mut *self.conn()?, EVENTS_OF_ARTIFACT, &[&artifact_id])
+        events_of(&mut self.conn()?, EVENTS_OF_ARTIFACT, &[&artifact_id])
     }
 
     pub(super) fn put_contexts(&self, contexts: Vec<Context>) -> Result<Vec<i64>> {
+        let now = self.clock.now_ms();
         let mut c = self.conn()?;
-        let (now, mut ids) =
-            self.allocate(&mut c, contexts.iter().filter(|c| c.id == 0).count())?;
         let mut tx = c.transaction()?;
+        let new = contexts.iter().filter(|c| c.id == 0).count();
+        let mut ids = lock_and_ids(&mut tx, Vec::new(), new)?;
         let mut out = Vec::with_capacity(contexts.len());
         for (i, ctx) in contexts.iter().enumerate() {
             let field = format!("contexts[{i}]");
@@ -114,7 +116,7 @@ impl PgStore {
     }
 
     pub(super) fn context(&self, id: i64, ns: Option<&str>) -> Result<Context> {
-        match get_context(&mut *self.conn()?, id)? {
+        match get_context(&mut self.conn()?, id)? {
             Some(c) if ns.is_none_or(|ns| c.namespace == ns) => Ok(c),
             _ => Err(not_found("context", id, ns)),
         }
@@ -135,7 +137,7 @@ impl PgStore {
             conds.push(format!("type = {}", param(&mut params, t.clone())));
         }
         self.list(
-            &mut *self.conn()?,
+            &mut self.conn()?,
             "contexts",
             params,
             conds,
@@ -161,7 +163,7 @@ impl PgStore {
             conds.push(format!("cache_key = {}", param(&mut params, k.to_string())));
         }
         if let Some(cid) = f.context_id {
-            context_in(&mut *c, cid, ns)?;
+            context_in(&mut c, cid, ns)?;
             conds.push(format!(
                 "id IN (SELECT execution_id FROM associations WHERE context_id = {})",
                 param(&mut params, cid)
@@ -174,7 +176,7 @@ impl PgStore {
             conds.push(format!("state = {}", param(&mut params, s as i32)));
         }
         created_conditions(&mut params, &mut conds, &f.created);
-        self.list(&mut *c, "executions", params, conds, page_size, after)
+        self.list(&mut c, "executions", params, conds, page_size, after)
     }
 
     pub(super) fn list_artifacts(
@@ -191,7 +193,7 @@ impl PgStore {
             param(&mut params, ns.to_string())
         )];
         if let Some(cid) = f.context_id {
-            context_in(&mut *c, cid, ns)?;
+            context_in(&mut c, cid, ns)?;
             conds.push(format!(
                 "id IN (SELECT artifact_id FROM attributions WHERE context_id = {})",
                 param(&mut params, cid)
@@ -204,7 +206,7 @@ impl PgStore {
             conds.push(format!("state = {}", param(&mut params, s as i32)));
         }
         created_conditions(&mut params, &mut conds, &f.created);
-        self.list(&mut *c, "artifacts", params, conds, page_size, after)
+        self.list(&mut c, "artifacts", params, conds, page_size, after)
     }
 
     pub(super) fn lineage(
@@ -229,8 +231,8 @@ impl PgStore {
         };
         for node in walk.nodes {
             match node {
-                Node::Artifact(id) => out.artifacts.extend(get_artifact(&mut *c, id)?),
-                Node::Execution(id) => out.executions.extend(get_execution(&mut *c, id)?),
+                Node::Artifact(id) => out.artifacts.extend(get_artifact(&mut c, id)?),
+                Node::Execution(id) => out.executions.extend(get_execution(&mut c, id)?),
             }
         }
         Ok(out)
@@ -238,7 +240,7 @@ impl PgStore {
 
     fn list<T: Message + Default>(
         &self,
-        c: &mut impl GenericClient,
+        c: &mut impl Sql,
         table: &str,
         mut params: Params,
         mut conditions: Vec<String>,
@@ -277,7 +279,7 @@ impl PgStore {
 }
 
 /// NOT_FOUND (naming `context_id`) unless context `cid` exists in `ns`.
-fn context_in(c: &mut impl GenericClient, cid: i64, ns: &str) -> Result<()> {
+fn context_in(c: &mut impl Sql, cid: i64, ns: &str) -> Result<()> {
     match get_context(c, cid)? {
         Some(ctx) if ctx.namespace == ns => Ok(()),
         _ => Err(field_error(
@@ -316,8 +318,8 @@ impl Graph for EventGraph<'_, '_> {
         let t = lineage::edge_type(node, dir) as i32;
         let mut c = self.0.borrow_mut();
         let events = match node {
-            Node::Execution(id) => events_of(&mut ***c, EVENTS_OF_EXECUTION_TYPED, &[&id, &t])?,
-            Node::Artifact(id) => events_of(&mut ***c, EVENTS_OF_ARTIFACT_TYPED, &[&id, &t])?,
+            Node::Execution(id) => events_of(&mut **c, EVENTS_OF_EXECUTION_TYPED, &[&id, &t])?,
+            Node::Artifact(id) => events_of(&mut **c, EVENTS_OF_ARTIFACT_TYPED, &[&id, &t])?,
         };
         Ok(Box::new(events.into_iter().map(Ok)))
     }

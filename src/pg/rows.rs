@@ -3,20 +3,20 @@
 
 use std::collections::BTreeMap;
 
-use postgres::types::ToSql;
-use postgres::{GenericClient, Row};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::Row;
+
+use super::pool::Sql;
 
 use super::{payload, CHANNEL};
-use crate::domain::decode;
+use crate::domain::{decode, not_found};
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::policy;
 use crate::proto::{Artifact, Context, Event, EventType, Execution};
 
-pub(super) type Params = Vec<Box<dyn ToSql + Sync>>;
-
 /// A column of a row, without panicking on a type mismatch.
-pub(super) fn col<'a, T: postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
+pub(super) fn col<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, i: usize) -> Result<T> {
     row.try_get(i)
         .map_err(|e| Error::Storage(format!("PostgreSQL: unexpected column {i}: {e}")))
 }
@@ -59,19 +59,44 @@ pub(super) fn key_lock(ns: &str, key: &CacheKey) -> i64 {
     lock_id(LOCK_KEY, ns, &key.to_string())
 }
 
-/// Takes the advisory locks of a transaction, in one order for everyone.
-pub(super) fn lock(c: &mut impl GenericClient, mut ids: Vec<i64>) -> Result<()> {
-    ids.sort_unstable();
-    ids.dedup();
-    for id in ids {
-        c.execute("SELECT pg_advisory_xact_lock($1)", &[&id])?;
-    }
-    Ok(())
+/// The SQL of `lock_and_ids` and `lock`.
+const LOCK_AND_IDS: &str = "WITH locked AS \
+     (SELECT count(pg_advisory_xact_lock(l)) FROM unnest($1::bigint[]) AS l) \
+     SELECT ARRAY(SELECT nextval('ids') FROM generate_series(1, $2)) FROM locked";
+
+/// Takes the advisory locks of a transaction, in one order for everyone, and
+/// `n` new IDs from the sequence, in one statement. `nextval` takes no lock
+/// that lasts to the commit and is never rolled back, so concurrent writes
+/// on every replica draw distinct IDs without waiting for each other.
+pub(super) fn lock_and_ids(c: &mut impl Sql, locks: Vec<i64>, n: usize) -> Result<Ids> {
+    let locks = ordered(locks);
+    let n = i32::try_from(n).unwrap_or(i32::MAX);
+    let row = c.query_one(LOCK_AND_IDS, &[&locks, &n])?;
+    Ok(Ids {
+        ids: col(&row, 0)?,
+        next: 0,
+    })
 }
 
-pub(super) fn notify(c: &mut impl GenericClient, ns: &str, key: &CacheKey) -> Result<()> {
-    c.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &payload(ns, key)])?;
-    Ok(())
+/// Takes the advisory locks of a transaction (as `lock_and_ids`), sent with
+/// the transaction's next statement: that one runs holding them.
+pub(super) fn lock(c: &mut impl Sql, locks: Vec<i64>) -> Result<()> {
+    c.defer(LOCK_AND_IDS, vec![Box::new(ordered(locks)), Box::new(0i32)])
+}
+
+/// Lock keys in the one order every transaction takes them in.
+fn ordered(mut locks: Vec<i64>) -> Vec<i64> {
+    locks.sort_unstable();
+    locks.dedup();
+    locks
+}
+
+/// NOTIFY of a key, sent with the transaction's next statement.
+pub(super) fn notify(c: &mut impl Sql, ns: &str, key: &CacheKey) -> Result<()> {
+    c.defer(
+        "SELECT pg_notify($1, $2)",
+        vec![Box::new(CHANNEL), Box::new(payload(ns, key))],
+    )
 }
 
 /// IDs allocated for one write, handed out in order.
@@ -88,38 +113,63 @@ impl Ids {
     }
 }
 
-pub(super) fn get_execution(c: &mut impl GenericClient, id: i64) -> Result<Option<Execution>> {
+pub(super) fn get_execution(c: &mut impl Sql, id: i64) -> Result<Option<Execution>> {
     match c.query_opt("SELECT record FROM executions WHERE id = $1", &[&id])? {
         Some(r) => Ok(Some(decode(col::<&[u8]>(&r, 0)?)?)),
         None => Ok(None),
     }
 }
 
-pub(super) fn get_artifact(c: &mut impl GenericClient, id: i64) -> Result<Option<Artifact>> {
+pub(super) fn get_artifact(c: &mut impl Sql, id: i64) -> Result<Option<Artifact>> {
     match c.query_opt("SELECT record FROM artifacts WHERE id = $1", &[&id])? {
         Some(r) => Ok(Some(decode(col::<&[u8]>(&r, 0)?)?)),
         None => Ok(None),
     }
 }
 
-pub(super) fn get_context(c: &mut impl GenericClient, id: i64) -> Result<Option<Context>> {
+pub(super) fn get_context(c: &mut impl Sql, id: i64) -> Result<Option<Context>> {
     match c.query_opt("SELECT record FROM contexts WHERE id = $1", &[&id])? {
         Some(r) => Ok(Some(decode(col::<&[u8]>(&r, 0)?)?)),
         None => Ok(None),
     }
 }
 
-/// Whether an artifact exists in the namespace.
-pub(super) fn artifact_in(c: &mut impl GenericClient, id: i64, ns: &str) -> Result<bool> {
-    Ok(c.query_opt(
-        "SELECT 1 FROM artifacts WHERE id = $1 AND namespace = $2",
-        &[&id, &ns],
-    )?
-    .is_some())
+/// The index of the first of `ids` that `sql` (the IDs among $1 of
+/// namespace $2) does not return; one statement for all.
+pub(super) fn first_missing(
+    c: &mut impl Sql,
+    sql: &str,
+    ids: &[i64],
+    ns: &str,
+) -> Result<Option<usize>> {
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    let found = c
+        .query(sql, &[&ids, &ns])?
+        .iter()
+        .map(|r| col::<i64>(r, 0))
+        .collect::<Result<std::collections::HashSet<i64>>>()?;
+    Ok(ids.iter().position(|id| !found.contains(id)))
+}
+
+/// NOT_FOUND for the first of `ids` (in order) that is no artifact of the
+/// namespace, naming it with `field(i)`.
+pub(super) fn artifacts_in(
+    c: &mut impl Sql,
+    ids: &[i64],
+    ns: &str,
+    field: impl Fn(usize) -> String,
+) -> Result<()> {
+    let sql = "SELECT id FROM artifacts WHERE id = ANY($1) AND namespace = $2";
+    match first_missing(c, sql, ids, ns)? {
+        Some(i) => Err(not_found(&field(i), ids[i], Some(ns))),
+        None => Ok(()),
+    }
 }
 
 pub(super) fn events_of(
-    c: &mut impl GenericClient,
+    c: &mut impl Sql,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Result<Vec<Event>> {
@@ -144,7 +194,7 @@ pub(super) const EVENTS_OF_ARTIFACT_TYPED: &str =
      ORDER BY execution_id, octet_length(name), name COLLATE \"C\", idx";
 
 pub(super) fn outputs_of(
-    c: &mut impl GenericClient,
+    c: &mut impl Sql,
     exec_id: i64,
 ) -> Result<BTreeMap<String, Vec<Artifact>>> {
     let rows = c.query(

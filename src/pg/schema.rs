@@ -2,17 +2,24 @@
 //! each once, recorded in `schema_migrations`. Replicas starting together
 //! serialize on an advisory lock.
 
-use postgres::Client;
+use super::pool::Conn;
+use super::pool::Sql;
 
 use crate::error::{Error, Result};
 
 /// (version, SQL), in order. Append; never edit an applied one.
-pub const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("../../migrations/0001_init.sql"))];
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("../../migrations/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/0002_ids_from_the_sequence.sql"),
+    ),
+];
 
 /// The advisory lock key of migrations ("stepcach" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7374_6570_6361_6368;
 
-pub fn migrate(c: &mut Client) -> Result<()> {
+pub fn migrate(c: &mut Conn<'_>) -> Result<()> {
     c.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])?;
     let r = apply(c);
     let unlocked = c.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]);
@@ -21,7 +28,7 @@ pub fn migrate(c: &mut Client) -> Result<()> {
     Ok(())
 }
 
-fn apply(c: &mut Client) -> Result<()> {
+fn apply(c: &mut Conn<'_>) -> Result<()> {
     c.batch_execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations (
              version integer PRIMARY KEY,

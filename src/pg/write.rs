@@ -4,14 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use postgres::GenericClient;
 use prost::Message;
 
-use super::lookup::reservation_of;
-use super::pool::Conn;
+use super::lookup::{delete_reservation, reservation_of};
+use super::pool::Sql;
 use super::rows::{
-    artifact_in, col, get_execution, key_lock, lock, lock_id, nonempty, notify, ttl_ms, Ids,
-    LOCK_ARTIFACT_EXT, LOCK_EXEC_EXT,
+    artifacts_in, col, first_missing, get_execution, key_lock, lock_and_ids, lock_id, nonempty,
+    notify, ttl_ms, Ids, LOCK_ARTIFACT_EXT, LOCK_EXEC_EXT,
 };
 use super::PgStore;
 use crate::clock::timestamp;
@@ -26,7 +25,7 @@ use crate::reservations;
 /// Some(original id) when `external_id` names a record with the same content;
 /// ALREADY_EXISTS when the content differs.
 pub(super) fn resolve_external_id(
-    c: &mut impl GenericClient,
+    c: &mut impl Sql,
     artifact: bool,
     ns: &str,
     external_id: &str,
@@ -54,32 +53,30 @@ pub(super) fn resolve_external_id(
 }
 
 pub(super) fn write_artifact(
-    c: &mut impl GenericClient,
+    c: &mut impl Sql,
     a: &Artifact,
     digest: Option<&[u8; 32]>,
 ) -> Result<()> {
-    let digest = digest.map(|d| d.to_vec());
-    c.execute(
+    c.defer(
         "INSERT INTO artifacts (id, namespace, type, state, external_id, digest, created_ms, record) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
          ON CONFLICT (id) DO UPDATE SET type = EXCLUDED.type, state = EXCLUDED.state, \
          record = EXCLUDED.record",
-        &[
-            &a.id,
-            &a.namespace,
-            &a.r#type,
-            &a.state,
-            &nonempty(&a.external_id),
-            &digest,
-            &created_ms(a.create_time.as_ref()),
-            &a.encode_to_vec(),
+        vec![
+            Box::new(a.id),
+            Box::new(a.namespace.clone()),
+            Box::new(a.r#type.clone()),
+            Box::new(a.state),
+            Box::new(nonempty(&a.external_id).map(str::to_string)),
+            Box::new(digest.map(|d| d.to_vec())),
+            Box::new(created_ms(a.create_time.as_ref())),
+            Box::new(a.encode_to_vec()),
         ],
-    )?;
-    Ok(())
+    )
 }
 
 pub(super) fn put_artifact(
-    c: &mut impl GenericClient,
+    c: &mut impl Sql,
     mut a: Artifact,
     now: i64,
     field: &str,
@@ -106,100 +103,120 @@ pub(super) fn put_artifact(
     Ok(a.id)
 }
 
-pub(super) fn insert_execution(
-    c: &mut impl GenericClient,
-    e: &Execution,
-    digest: &[u8; 32],
-) -> Result<()> {
-    let component = e.interface.as_ref().map(|i| i.component.as_str());
+pub(super) fn insert_execution(c: &mut impl Sql, e: &Execution, digest: &[u8; 32]) -> Result<()> {
+    let component = e.interface.as_ref().map(|i| i.component.clone());
     let digest = nonempty(&e.external_id).map(|_| digest.to_vec());
-    c.execute(
+    c.defer(
         "INSERT INTO executions (id, namespace, component, state, cache_key, external_id, \
          digest, cache_ttl_ms, created_ms, record) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        &[
-            &e.id,
-            &e.namespace,
-            &component,
-            &e.state,
-            &e.cache_key,
-            &nonempty(&e.external_id),
-            &digest,
-            &ttl_ms(e),
-            &created_ms(e.create_time.as_ref()),
-            &e.encode_to_vec(),
+        vec![
+            Box::new(e.id),
+            Box::new(e.namespace.clone()),
+            Box::new(component),
+            Box::new(e.state),
+            Box::new(e.cache_key.clone()),
+            Box::new(nonempty(&e.external_id).map(str::to_string)),
+            Box::new(digest),
+            Box::new(ttl_ms(e)),
+            Box::new(created_ms(e.create_time.as_ref())),
+            Box::new(e.encode_to_vec()),
         ],
-    )?;
-    Ok(())
+    )
 }
 
-pub(super) fn insert_event(
-    c: &mut impl GenericClient,
+/// The events of one execution a write records, inserted in one statement.
+pub(super) struct Events {
     exec_id: i64,
-    artifact_id: i64,
-    kind: EventType,
-    name: &str,
-    index: usize,
     now: i64,
-) -> Result<()> {
-    let index = i32::try_from(index).unwrap_or(i32::MAX);
-    let ev = Event {
-        artifact_id,
-        execution_id: exec_id,
-        r#type: kind as i32,
-        name: name.to_string(),
-        index,
-        time: Some(timestamp(now)),
-    };
-    c.execute(
-        "INSERT INTO events (execution_id, artifact_id, type, name, idx, record) \
-         VALUES ($1, $2, $3, $4, $5, $6)",
-        &[
-            &exec_id,
-            &artifact_id,
-            &(kind as i32),
-            &name,
-            &index,
-            &ev.encode_to_vec(),
-        ],
-    )?;
-    Ok(())
+    artifact: Vec<i64>,
+    kind: Vec<i32>,
+    name: Vec<String>,
+    idx: Vec<i32>,
+    record: Vec<Vec<u8>>,
+}
+
+impl Events {
+    pub(super) fn new(exec_id: i64, now: i64) -> Events {
+        Events {
+            exec_id,
+            now,
+            artifact: Vec::new(),
+            kind: Vec::new(),
+            name: Vec::new(),
+            idx: Vec::new(),
+            record: Vec::new(),
+        }
+    }
+
+    pub(super) fn push(&mut self, artifact_id: i64, kind: EventType, name: &str, index: usize) {
+        let index = i32::try_from(index).unwrap_or(i32::MAX);
+        let ev = Event {
+            artifact_id,
+            execution_id: self.exec_id,
+            r#type: kind as i32,
+            name: name.to_string(),
+            index,
+            time: Some(timestamp(self.now)),
+        };
+        self.artifact.push(artifact_id);
+        self.kind.push(kind as i32);
+        self.name.push(ev.name.clone());
+        self.idx.push(index);
+        self.record.push(ev.encode_to_vec());
+    }
+
+    pub(super) fn write(self, c: &mut impl Sql) -> Result<()> {
+        if self.artifact.is_empty() {
+            return Ok(());
+        }
+        c.defer(
+            "INSERT INTO events (execution_id, artifact_id, type, name, idx, record) \
+             SELECT $1, * FROM unnest($2::bigint[], $3::integer[], $4::text[], \
+             $5::integer[], $6::bytea[])",
+            vec![
+                Box::new(self.exec_id),
+                Box::new(self.artifact),
+                Box::new(self.kind),
+                Box::new(self.name),
+                Box::new(self.idx),
+                Box::new(self.record),
+            ],
+        )
+    }
 }
 
 /// Associates an execution with contexts of its namespace and attributes
 /// `artifacts` to them.
 pub(super) fn associate(
-    c: &mut impl GenericClient,
+    c: &mut impl Sql,
     ns: &str,
     context_ids: &[i64],
     exec_id: i64,
     artifacts: &[i64],
 ) -> Result<()> {
-    for (i, cid) in context_ids.iter().enumerate() {
-        let found = c
-            .query_opt(
-                "SELECT 1 FROM contexts WHERE id = $1 AND namespace = $2",
-                &[cid, &ns],
-            )?
-            .is_some();
-        if !found {
-            return Err(not_found(
-                &format!("context_ids[{i}]: context"),
-                *cid,
-                Some(ns),
-            ));
-        }
-        c.execute(
-            "INSERT INTO associations (context_id, execution_id) VALUES ($1, $2) \
+    if context_ids.is_empty() {
+        return Ok(());
+    }
+    let sql = "SELECT id FROM contexts WHERE id = ANY($1) AND namespace = $2";
+    if let Some(i) = first_missing(c, sql, context_ids, ns)? {
+        return Err(not_found(
+            &format!("context_ids[{i}]: context"),
+            context_ids[i],
+            Some(ns),
+        ));
+    }
+    c.defer(
+        "INSERT INTO associations (context_id, execution_id) \
+         SELECT c, $2 FROM unnest($1::bigint[]) AS c ON CONFLICT DO NOTHING",
+        vec![Box::new(context_ids.to_vec()), Box::new(exec_id)],
+    )?;
+    if !artifacts.is_empty() {
+        c.defer(
+            "INSERT INTO attributions (context_id, artifact_id) \
+             SELECT c, a FROM unnest($1::bigint[]) AS c, unnest($2::bigint[]) AS a \
              ON CONFLICT DO NOTHING",
-            &[cid, &exec_id],
+            vec![Box::new(context_ids.to_vec()), Box::new(artifacts.to_vec())],
         )?;
-        if !artifacts.is_empty() {
-            c.execute(
-                "INSERT INTO attributions (context_id, artifact_id) \
-                 SELECT $1, a FROM unnest($2::bigint[]) AS a ON CONFLICT DO NOTHING",
-                &[cid, &artifacts],
-            )?;
-        }
     }
     Ok(())
 }
@@ -210,35 +227,10 @@ pub(super) enum Written {
 }
 
 impl PgStore {
-    /// `n` new IDs and the creation time of the records they name, never
-    /// earlier than that of an ID allocated before by any replica (unless that
-    /// one is far ahead of the clock, as `Store::allocate` says): one
-    /// statement takes the `id_clock` row and the sequence values together.
-    pub(super) fn allocate(&self, c: &mut Conn<'_>, n: usize) -> Result<(i64, Ids)> {
-        let now = self.clock.now_ms();
-        let n = i32::try_from(n).unwrap_or(i32::MAX);
-        let row = c.query_one(
-            "WITH t AS (UPDATE id_clock SET last_ms = CASE WHEN last_ms > $1::bigint + $3::bigint \
-             THEN $1::bigint ELSE GREATEST(last_ms, $1::bigint) END RETURNING last_ms) \
-             SELECT t.last_ms, ARRAY(SELECT nextval('ids') FROM generate_series(1, $2)) FROM t",
-            &[&now, &n, &crate::policy::FUTURE_TOLERANCE_MS],
-        )?;
-        Ok((
-            col(&row, 0)?,
-            Ids {
-                ids: col(&row, 1)?,
-                next: 0,
-            },
-        ))
-    }
-
     fn put_execution_once(&self, w: &ExecutionWrite) -> Result<ExecutionWritten> {
         let mut c = self.conn()?;
-        let needed =
-            usize::from(w.execution.id == 0) + w.outputs.iter().filter(|(_, a)| a.id == 0).count();
-        let (now, mut ids) = self.allocate(&mut c, needed)?;
         let mut tx = c.transaction()?;
-        let written = put_execution_tx(&mut tx, w, now, &mut ids)?;
+        let written = put_execution_tx(&mut tx, w, self.clock.now_ms())?;
         tx.commit()?;
         match written {
             Written::New(w) => Ok(w),
@@ -257,16 +249,16 @@ impl PgStore {
     }
 
     pub(super) fn put_artifacts(&self, artifacts: Vec<Artifact>) -> Result<Vec<i64>> {
+        let now = self.clock.now_ms();
         let mut c = self.conn()?;
-        let (now, mut ids) =
-            self.allocate(&mut c, artifacts.iter().filter(|a| a.id == 0).count())?;
         let mut tx = c.transaction()?;
         let locks = artifacts
             .iter()
             .filter(|a| a.id == 0 && !a.external_id.is_empty())
             .map(|a| lock_id(LOCK_ARTIFACT_EXT, &a.namespace, &a.external_id))
             .collect();
-        lock(&mut tx, locks)?;
+        let new = artifacts.iter().filter(|a| a.id == 0).count();
+        let mut ids = lock_and_ids(&mut tx, locks, new)?;
         let mut out = Vec::with_capacity(artifacts.len());
         for (i, a) in artifacts.into_iter().enumerate() {
             out.push(put_artifact(
@@ -299,10 +291,11 @@ impl PgStore {
         inputs: &BTreeMap<String, Vec<i64>>,
         context_ids: &[i64],
     ) -> Result<Execution> {
-        let mut c = self.conn()?;
-        let (now, mut ids) = self.allocate(&mut c, 1)?;
+        let now = self.clock.now_ms();
         let ns = original.namespace.as_str();
+        let mut c = self.conn()?;
         let mut tx = c.transaction()?;
+        let mut ids = lock_and_ids(&mut tx, Vec::new(), 1)?;
         let exec = Execution {
             id: ids.take()?,
             namespace: original.namespace.clone(),
@@ -318,26 +311,22 @@ impl PgStore {
             update_time: Some(timestamp(now)),
         };
         insert_execution(&mut tx, &exec, &[0; 32])?;
+        check_inputs(&mut tx, ns, inputs.iter(), "interface.input_artifacts")?;
+        let mut events = Events::new(exec.id, now);
         let mut members = Vec::new();
         for (name, ids) in inputs {
             for (i, id) in ids.iter().enumerate() {
-                if !artifact_in(&mut tx, *id, ns)? {
-                    return Err(not_found(
-                        &format!("interface.input_artifacts.{name}: artifact"),
-                        *id,
-                        Some(ns),
-                    ));
-                }
-                insert_event(&mut tx, exec.id, *id, EventType::Input, name, i, now)?;
+                events.push(*id, EventType::Input, name, i);
                 members.push(*id);
             }
         }
         for (name, arts) in outputs {
             for (i, a) in arts.iter().enumerate() {
-                insert_event(&mut tx, exec.id, a.id, EventType::Output, name, i, now)?;
+                events.push(a.id, EventType::Output, name, i);
                 members.push(a.id);
             }
         }
+        events.write(&mut tx)?;
         members.sort_unstable();
         members.dedup();
         associate(&mut tx, ns, context_ids, exec.id, &members)?;
@@ -346,11 +335,24 @@ impl PgStore {
     }
 }
 
+/// NOT_FOUND for the first input (in order) that is no artifact of `ns`,
+/// naming `{field}.{name}`.
+fn check_inputs<'a>(
+    c: &mut impl Sql,
+    ns: &str,
+    inputs: impl Iterator<Item = (&'a String, &'a Vec<i64>)>,
+    field: &str,
+) -> Result<()> {
+    let (names, ids): (Vec<&String>, Vec<i64>) = inputs
+        .flat_map(|(name, ids)| ids.iter().map(move |id| (name, *id)))
+        .unzip();
+    artifacts_in(c, &ids, ns, |i| format!("{field}.{}: artifact", names[i]))
+}
+
 pub(super) fn put_execution_tx(
-    tx: &mut postgres::Transaction<'_>,
+    tx: &mut super::pool::Tx<'_, '_>,
     w: &ExecutionWrite,
     now: i64,
-    ids: &mut Ids,
 ) -> Result<Written> {
     let req = &w.execution;
     let ns = req.namespace.as_str();
@@ -374,9 +376,12 @@ pub(super) fn put_execution_tx(
             locks.push(lock_id(LOCK_ARTIFACT_EXT, &a.namespace, &a.external_id));
         }
     }
-    lock(tx, locks)?;
+    let needed = usize::from(req.id == 0) + w.outputs.iter().filter(|(_, a)| a.id == 0).count();
+    let mut ids = lock_and_ids(tx, locks, needed)?;
+    let ids = &mut ids;
 
     let exec;
+    let mut events;
     let mut earlier_outputs = Vec::new();
     if req.id == 0 {
         if let Some(id) = resolve_external_id(tx, false, ns, &req.external_id, &w.digest)? {
@@ -394,17 +399,13 @@ pub(super) fn put_execution_tx(
             }
         }
         insert_execution(tx, &exec, &w.digest)?;
+        events = Events::new(exec.id, now);
         if let Some(ti) = &exec.interface {
+            let inputs = ti.input_artifacts.iter().map(|(n, ids)| (n, &ids.ids));
+            check_inputs(tx, ns, inputs, "execution.interface.input_artifacts")?;
             for (name, ids) in &ti.input_artifacts {
                 for (i, id) in ids.ids.iter().enumerate() {
-                    if !artifact_in(tx, *id, ns)? {
-                        return Err(not_found(
-                            &format!("execution.interface.input_artifacts.{name}: artifact"),
-                            *id,
-                            Some(ns),
-                        ));
-                    }
-                    insert_event(tx, exec.id, *id, EventType::Input, name, i, now)?;
+                    events.push(*id, EventType::Input, name, i);
                 }
             }
         }
@@ -433,45 +434,59 @@ pub(super) fn put_execution_tx(
                 .collect::<Result<Vec<i64>>>()?;
         }
         exec = domain::updated_execution(old, req, now);
-        tx.execute(
+        tx.defer(
             "UPDATE executions SET state = $2, cache_ttl_ms = $3, record = $4 WHERE id = $1",
-            &[&exec.id, &exec.state, &ttl_ms(&exec), &exec.encode_to_vec()],
+            vec![
+                Box::new(exec.id),
+                Box::new(exec.state),
+                Box::new(ttl_ms(&exec)),
+                Box::new(exec.encode_to_vec()),
+            ],
         )?;
+        events = Events::new(exec.id, now);
     }
 
+    let given: Vec<i64> = w
+        .outputs
+        .iter()
+        .map(|(_, a)| a.id)
+        .filter(|id| *id != 0)
+        .collect();
+    let positions: Vec<usize> = (0..w.outputs.len())
+        .filter(|i| w.outputs[*i].1.id != 0)
+        .collect();
+    artifacts_in(tx, &given, ns, |i| {
+        format!("outputs[{}].artifact.id: artifact", positions[i])
+    })?;
     let mut output_ids = Vec::with_capacity(w.outputs.len());
     let mut next_index: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, (name, art)) in w.outputs.iter().enumerate() {
         let field = format!("outputs[{i}].artifact");
-        let id = if art.id == 0 {
-            put_artifact(tx, art.clone(), now, &field, ids)?
-        } else {
-            if !artifact_in(tx, art.id, ns)? {
-                return Err(not_found(
-                    &format!("{field}.id: artifact"),
-                    art.id,
-                    Some(ns),
-                ));
-            }
-            art.id
+        let id = match art.id {
+            0 => put_artifact(tx, art.clone(), now, &field, ids)?,
+            id => id,
         };
         let index = next_index.entry(name.as_str()).or_insert(0);
-        // Outputs added by an update follow those already recorded.
-        let idx = i32::try_from(*index).unwrap_or(i32::MAX);
-        let existing = tx.query_opt(
-            "SELECT 1 FROM events WHERE execution_id = $1 AND type = $2 AND name = $3 \
-             AND idx = $4 AND artifact_id = $5",
-            &[&exec.id, &(EventType::Output as i32), &name, &idx, &id],
-        )?;
-        if existing.is_some() {
-            return Err(Error::precondition(format!(
-                "{field}: output {name:?}[{index}] is already recorded"
-            )));
+        // Outputs added by an update follow those already recorded (a new
+        // execution has none).
+        if req.id != 0 {
+            let idx = i32::try_from(*index).unwrap_or(i32::MAX);
+            let existing = tx.query_opt(
+                "SELECT 1 FROM events WHERE execution_id = $1 AND type = $2 AND name = $3 \
+                 AND idx = $4 AND artifact_id = $5",
+                &[&exec.id, &(EventType::Output as i32), &name, &idx, &id],
+            )?;
+            if existing.is_some() {
+                return Err(Error::precondition(format!(
+                    "{field}: output {name:?}[{index}] is already recorded"
+                )));
+            }
         }
-        insert_event(tx, exec.id, id, EventType::Output, name, *index, now)?;
+        events.push(id, EventType::Output, name, *index);
         *index += 1;
         output_ids.push(id);
     }
+    events.write(tx)?;
 
     if !w.context_ids.is_empty() {
         let mut members: Vec<i64> = exec
@@ -490,10 +505,15 @@ pub(super) fn put_execution_tx(
     let key = domain::settled_key(w, &exec);
     let published = domain::publishes(w, &exec, key.as_ref());
     if let (true, Some(key)) = (published, &key) {
-        tx.execute(
+        tx.defer(
             "INSERT INTO cache_entries (namespace, cache_key, completed_ms, execution_id) \
              VALUES ($1, $2, $3, $4)",
-            &[&ns, &key.to_string(), &now, &exec.id],
+            vec![
+                Box::new(ns.to_string()),
+                Box::new(key.to_string()),
+                Box::new(now),
+                Box::new(exec.id),
+            ],
         )?;
     }
 
@@ -507,10 +527,7 @@ pub(super) fn put_execution_tx(
             published,
             &w.reservation_owner,
         ) {
-            tx.execute(
-                "DELETE FROM reservations WHERE namespace = $1 AND cache_key = $2",
-                &[&ns, &ks],
-            )?;
+            delete_reservation(tx, ns, ks)?;
             reservation_released = true;
         }
         if published || reservation_released {

@@ -141,6 +141,62 @@ pub async fn create_database(base: &str, name: &str) -> String {
     format!("{head}/{name}")
 }
 
+/// The value of environment variable `var`, or None after saying that the
+/// test skips without it (`what`: what it names, and who sets it).
+pub fn test_env(var: &str, what: &str) -> Option<String> {
+    let v = std::env::var(var).ok().filter(|s| !s.is_empty());
+    if v.is_none() {
+        eprintln!("skipped: {var} is not set ({what})");
+    }
+    v
+}
+
+/// A fresh database on the test PostgreSQL server, `{prefix}_{nanos}`: (its
+/// URL, its name); None, after saying so, without PostgreSQL.
+pub async fn fresh_database(prefix: &str) -> Option<(String, String)> {
+    let Some(base) = postgres_base() else {
+        eprintln!("skipped: STEPCACHE_TEST_POSTGRES is not set (this test needs PostgreSQL)");
+        return None;
+    };
+    let db = format!(
+        "{prefix}_{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    Some((create_database(&base, &db).await, db))
+}
+
+/// A server on PostgreSQL database `url`, its data dir `dir`.
+pub async fn server_on(url: &str, dir: &Path) -> TestServer {
+    let mut config = Config::new(dir);
+    config.store_url = Some(url.to_string());
+    TestServer::start_with(config).await
+}
+
+/// Runs `sql` (statements without parameters) on PostgreSQL database `url`.
+pub async fn pg_batch(url: &str, sql: &str) {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.batch_execute(&sql).unwrap();
+    })
+    .await
+    .unwrap()
+}
+
+/// The rows of `sql` on PostgreSQL database `url`.
+pub async fn pg_rows(url: &str, sql: &str) -> Vec<postgres::Row> {
+    let (url, sql) = (url.to_string(), sql.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        c.query(sql.as_str(), &[]).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 pub fn num(x: f64) -> Value {
     Value {
         kind: Some(Kind::NumberValue(x)),
