@@ -173,6 +173,25 @@ pub fn new_execution(w: &ExecutionWrite, id: i64, now: i64) -> Execution {
     exec
 }
 
+/// The CACHED execution that records a lookup served from `original`: its
+/// interface, key and output parameters, created now.
+pub fn cached_execution(original: &Execution, id: i64, now: i64) -> Execution {
+    Execution {
+        id,
+        namespace: original.namespace.clone(),
+        external_id: String::new(),
+        interface: original.interface.clone(),
+        cache_key: original.cache_key.clone(),
+        state: ExecutionState::Cached as i32,
+        output_parameters: original.output_parameters.clone(),
+        cached_from_execution_id: original.id,
+        cache_ttl: None,
+        properties: Default::default(),
+        create_time: Some(timestamp(now)),
+        update_time: Some(timestamp(now)),
+    }
+}
+
 /// The stored execution `old` after the update `req` (which
 /// `check_execution_update` allowed): the new state, parameters and
 /// properties merged in, the TTL when given.

@@ -19,7 +19,7 @@ use crate::domain::{
 };
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
-use crate::proto::{Artifact, Event, EventType, Execution, ExecutionState};
+use crate::proto::{Artifact, Event, EventType, Execution};
 use crate::reservations;
 
 /// Some(original id) when `external_id` names a record with the same content;
@@ -296,20 +296,7 @@ impl PgStore {
         let mut c = self.conn()?;
         let mut tx = c.transaction()?;
         let mut ids = lock_and_ids(&mut tx, Vec::new(), 1)?;
-        let exec = Execution {
-            id: ids.take()?,
-            namespace: original.namespace.clone(),
-            external_id: String::new(),
-            interface: original.interface.clone(),
-            cache_key: original.cache_key.clone(),
-            state: ExecutionState::Cached as i32,
-            output_parameters: original.output_parameters.clone(),
-            cached_from_execution_id: original.id,
-            cache_ttl: None,
-            properties: BTreeMap::new(),
-            create_time: Some(timestamp(now)),
-            update_time: Some(timestamp(now)),
-        };
+        let exec = domain::cached_execution(original, ids.take()?, now);
         insert_execution(&mut tx, &exec, &[0; 32])?;
         check_inputs(&mut tx, ns, inputs.iter(), "interface.input_artifacts")?;
         let mut events = Events::new(exec.id, now);

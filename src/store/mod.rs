@@ -45,7 +45,7 @@ use events::NewEvents;
 use ids::{record_create_ms, Alloc, IdGen, Ids};
 use lookup::Judge;
 
-use crate::clock::{timestamp, timestamp_ms, Clock};
+use crate::clock::{timestamp_ms, Clock};
 use crate::domain::replay;
 use crate::domain::{
     self, check_execution_update, content_digest, create_ms, created_ms, decode, not_found,

@@ -224,20 +224,7 @@ impl Store {
         let ns = original.namespace.as_str();
         let exec = self.commit(|tx| {
             let id = Ids::of(alloc).take()?;
-            let exec = Execution {
-                id,
-                namespace: original.namespace.clone(),
-                external_id: String::new(),
-                interface: original.interface.clone(),
-                cache_key: original.cache_key.clone(),
-                state: ExecutionState::Cached as i32,
-                output_parameters: original.output_parameters.clone(),
-                cached_from_execution_id: original.id,
-                cache_ttl: None,
-                properties: BTreeMap::new(),
-                create_time: Some(timestamp(now)),
-                update_time: Some(timestamp(now)),
-            };
+            let exec = domain::cached_execution(original, id, now);
             insert_new_execution_tx(tx, &exec, now)?;
             let mut events = NewEvents::new(exec.id, now);
             let mut members = Vec::new();
