@@ -316,8 +316,9 @@ pub async fn open(config: &Config) -> anyhow::Result<Opened> {
     let clock = config.clock.clone();
     Ok(match &config.store_url {
         Some(url) => {
-            let url = url.clone();
-            let store = tokio::task::spawn_blocking(move || PgStore::open(&url, clock)).await??;
+            let (url, hot_hits) = (url.clone(), config.store.hot_hits);
+            let store =
+                tokio::task::spawn_blocking(move || PgStore::open(&url, clock, hot_hits)).await??;
             Opened::Pg(Arc::new(store))
         }
         None => {

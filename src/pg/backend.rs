@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::PgStore;
-use crate::backend::Backend;
+use crate::backend::{Backend, HitsTier};
 use crate::domain::{
     ArtifactFilter, Claimed, ContextFilter, ExecutionFilter, ExecutionWrite, ExecutionWritten,
     LineageResult, Lookup, Page, Pruned, Selector,
@@ -137,9 +137,29 @@ impl Backend for PgStore {
     fn prune(&self, ns: &str, older_than_ms: i64, dry_run: bool) -> Result<Pruned> {
         PgStore::prune(self, ns, older_than_ms, dry_run)
     }
+    fn hits(&self) -> Option<&dyn HitsTier> {
+        self.hits.enabled().then_some(self as &dyn HitsTier)
+    }
     fn close(self: Arc<Self>) -> Result<()> {
         self.stop_listener();
+        self.leave();
         self.pool.clear();
+        Ok(())
+    }
+}
+
+impl HitsTier for PgStore {
+    fn lookup_hot(
+        &self,
+        ns: &str,
+        key: &CacheKey,
+        max_staleness_ms: Option<i64>,
+    ) -> Option<Lookup> {
+        self.hits
+            .get(ns, key, self.clock.now_ms(), max_staleness_ms)
+    }
+    /// No hits file on PostgreSQL.
+    fn fill_hits_file(&self) -> Result<()> {
         Ok(())
     }
 }

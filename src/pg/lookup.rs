@@ -3,6 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use prost::bytes::Bytes;
+
 use super::pool::Sql;
 
 use super::rows::{col, key_lock, lock, notify, ttl_ms};
@@ -11,8 +13,9 @@ use crate::domain::{decode, not_found, Claimed, Hit, Lookup};
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::policy::{self, Candidate, Next, Scan};
-use crate::proto::{Artifact, ArtifactState, EventType, Execution};
+use crate::proto::{encode_hit_fields, Artifact, ArtifactState, EventType, Execution};
 use crate::reservations::{self, Ask, Claim, Holder};
+use crate::store::hot::{Generation, HotHit};
 
 /// Entries of a key read in the first round trip of a lookup.
 const FIRST_ENTRIES: i64 = 4;
@@ -71,12 +74,16 @@ pub(super) fn delete_reservation(c: &mut impl Sql, ns: &str, key: String) -> Res
 }
 
 impl PgStore {
+    /// The newest servable entry of `key`. With `memo` (the key's
+    /// generation, read before this), a hit that is the key's newest entry
+    /// goes into memory too.
     fn lookup_in(
         &self,
         c: &mut impl Sql,
         ns: &str,
         key: &CacheKey,
         max_staleness_ms: Option<i64>,
+        memo: Option<Generation>,
     ) -> Result<Lookup> {
         let now = self.clock.now_ms();
         let ks = key.to_string();
@@ -86,16 +93,20 @@ impl PgStore {
         for limit in [Some(FIRST_ENTRIES), None] {
             let rows = c.query(ENTRIES, &[&ns, &ks, &output, &limit])?;
             let mut scan = Scan::default();
-            for r in &rows {
-                let execution: Execution = decode(col::<&[u8]>(r, 2)?)?;
+            for (i, r) in rows.iter().enumerate() {
+                let record: &[u8] = col(r, 2)?;
+                let execution: Execution = decode(record)?;
                 if col::<&str>(r, 3)? != ns {
                     return Err(not_found("execution", execution.id, Some(ns)));
                 }
-                let names: Vec<String> = col::<Option<_>>(r, 4)?.unwrap_or_default();
+                let names: Vec<&str> = col::<Option<_>>(r, 4)?.unwrap_or_default();
                 let records: Vec<&[u8]> = col::<Option<_>>(r, 5)?.unwrap_or_default();
                 let mut outputs: BTreeMap<String, Vec<Artifact>> = BTreeMap::new();
-                for (name, record) in names.into_iter().zip(records) {
-                    outputs.entry(name).or_default().push(decode(record)?);
+                for (name, record) in names.iter().zip(&records) {
+                    outputs
+                        .entry(name.to_string())
+                        .or_default()
+                        .push(decode(record)?);
                 }
                 let candidate = Candidate {
                     completed_ms: col(r, 0)?,
@@ -108,10 +119,24 @@ impl PgStore {
                 };
                 match scan.next(policy::eligibility(&candidate, now, max_staleness_ms)) {
                     Next::Serve => {
+                        let newest = i == 0 && limit.is_some();
+                        if let (Some(g), true) = (memo, newest) {
+                            let fields = Bytes::from(encode_hit_fields(
+                                record,
+                                grouped(names.iter().copied().zip(records.iter().copied())),
+                            ));
+                            let hot = HotHit {
+                                completed_ms: candidate.completed_ms,
+                                ttl_ms: candidate.ttl_ms,
+                                fields: fields.clone(),
+                            };
+                            self.hits.insert(g, ns, key, hot);
+                            return Ok(Lookup::Hit(Hit::Encoded(fields)));
+                        }
                         return Ok(Lookup::Hit(Hit::Decoded {
                             execution: Box::new(execution),
                             outputs,
-                        }))
+                        }));
                     }
                     Next::Skip => {}
                     Next::Stop => {
@@ -132,13 +157,25 @@ impl PgStore {
         ))
     }
 
+    /// A lookup outside a transaction: what it finds may go into memory.
+    fn lookup_memo(
+        &self,
+        c: &mut impl Sql,
+        ns: &str,
+        key: &CacheKey,
+        max_staleness_ms: Option<i64>,
+    ) -> Result<Lookup> {
+        let memo = self.hits.enabled().then(|| self.hits.generation(ns, key));
+        self.lookup_in(c, ns, key, max_staleness_ms, memo)
+    }
+
     pub(super) fn lookup(
         &self,
         ns: &str,
         key: &CacheKey,
         max_staleness_ms: Option<i64>,
     ) -> Result<Lookup> {
-        self.lookup_in(&mut self.conn()?, ns, key, max_staleness_ms)
+        self.lookup_memo(&mut self.conn()?, ns, key, max_staleness_ms)
     }
 
     pub(super) fn lookup_or_claim(
@@ -150,12 +187,12 @@ impl PgStore {
     ) -> Result<Claimed> {
         let mut c = self.conn()?;
         // Hits need no lock.
-        if let Lookup::Hit(hit) = self.lookup_in(&mut c, ns, key, max_staleness_ms)? {
+        if let Lookup::Hit(hit) = self.lookup_memo(&mut c, ns, key, max_staleness_ms)? {
             return Ok(Claimed::Hit(hit));
         }
         let mut tx = c.transaction()?;
         lock(&mut tx, vec![key_lock(ns, key)])?;
-        let reason = match self.lookup_in(&mut tx, ns, key, max_staleness_ms)? {
+        let reason = match self.lookup_in(&mut tx, ns, key, max_staleness_ms, None)? {
             Lookup::Hit(hit) => return Ok(Claimed::Hit(hit)),
             Lookup::Miss { reason } => reason,
         };
@@ -211,4 +248,16 @@ impl PgStore {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// (name, record) pairs in name order, as (name, records of that name).
+fn grouped<'a>(pairs: impl Iterator<Item = (&'a str, &'a [u8])>) -> Vec<(&'a str, Vec<&'a [u8]>)> {
+    let mut out: Vec<(&str, Vec<&[u8]>)> = Vec::new();
+    for (name, record) in pairs {
+        match out.last_mut() {
+            Some((last, records)) if *last == name => records.push(record),
+            _ => out.push((name, vec![record])),
+        }
+    }
+    out
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use super::hits::Stale;
 use super::pool::Sql;
 use super::rows::{col, events_of, get_artifact, get_execution, EVENTS_OF_ARTIFACT};
 use super::PgStore;
@@ -46,26 +47,43 @@ impl PgStore {
                 }
             }
             Selector::Component(component) => {
-                let n = c.execute(
+                let mut tx = c.transaction()?;
+                let n = tx.execute(
                     "UPDATE cache_entries SET invalidated = true WHERE namespace = $1 \
                      AND NOT invalidated AND cache_key IN \
                      (SELECT cache_key FROM executions WHERE namespace = $1 AND component = $2)",
                     &[&ns, component],
                 )?;
+                self.commit_fenced(tx, (n > 0).then_some(Stale::All))?;
                 return Ok(i64::try_from(n).unwrap_or(i64::MAX));
             }
         }
         let mut tx = c.transaction()?;
         let mut n = 0u64;
+        let mut changed = Vec::new();
         for (key, exec) in targets {
-            n += tx.execute(
+            let k = tx.execute(
                 "UPDATE cache_entries SET invalidated = true WHERE namespace = $1 \
                  AND cache_key = $2 AND ($3::bigint IS NULL OR execution_id = $3) \
                  AND NOT invalidated",
                 &[&ns, &key, &exec],
             )?;
+            if k > 0 {
+                changed.push(key);
+            }
+            n += k;
         }
-        tx.commit()?;
+        changed.sort_unstable();
+        changed.dedup();
+        let stale = match changed.as_slice() {
+            [] => None,
+            [one] => Some(
+                one.parse::<CacheKey>()
+                    .map_or(Stale::All, |key| Stale::Key(ns.to_string(), key)),
+            ),
+            _ => Some(Stale::All),
+        };
+        self.commit_fenced(tx, stale)?;
         Ok(i64::try_from(n).unwrap_or(i64::MAX))
     }
 
@@ -176,7 +194,7 @@ impl PgStore {
         ] {
             tx.execute(sql, &[&dying])?;
         }
-        tx.commit()?;
+        self.commit_fenced(tx, Some(Stale::All))?;
         Ok(total)
     }
 }

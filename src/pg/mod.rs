@@ -16,13 +16,16 @@
 //!   replicas, no row lock, no commit of their own. Creation times are the
 //!   writing replica's clock, so ID order need not be creation order across
 //!   replicas; created-time filters use the `created_ms` column.
-//! - The in-memory hot-hit cache is off: another replica may invalidate or
-//!   supersede an entry at any time.
+//! - Hits are served from memory where that is safe across replicas: every
+//!   write that changes hits waits until every replica serving from memory
+//!   has evicted them (`hits`).
 //!
 //! Calls block on the store's own runtime (`pool`); the service runs them on
 //! its store threads, like the sled store's.
 
 mod backend;
+mod hits;
+mod listen;
 mod lookup;
 mod maintenance;
 mod pool;
@@ -33,12 +36,9 @@ mod tls;
 mod write;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{AsyncMessage, Notification};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::clock::Clock;
@@ -46,6 +46,7 @@ use crate::error::Error;
 use crate::key::CacheKey;
 use crate::reservations::Waiters;
 
+pub use listen::APPLICATION_NAME as LISTEN_APPLICATION_NAME;
 pub use pool::Pool;
 
 /// The NOTIFY channel of publishes and releases.
@@ -66,11 +67,17 @@ pub struct PgStore {
     config: tokio_postgres::Config,
     tls: MakeRustlsConnect,
     listener: Mutex<Option<JoinHandle<()>>>,
+    hits: Arc<hits::Hits>,
 }
 
 impl PgStore {
-    /// Connects and applies the migrations not applied yet.
-    pub fn open(url: &str, clock: Arc<dyn Clock>) -> crate::error::Result<PgStore> {
+    /// Connects and applies the migrations not applied yet; `hot_hits` hits
+    /// are kept in memory (0: none).
+    pub fn open(
+        url: &str,
+        clock: Arc<dyn Clock>,
+        hot_hits: usize,
+    ) -> crate::error::Result<PgStore> {
         let (config, tls) = tls::parse(url)?;
         let pool = Pool::new(config.clone(), tls.clone(), POOL_SIZE)?;
         {
@@ -83,6 +90,7 @@ impl PgStore {
             config,
             tls,
             listener: Mutex::new(None),
+            hits: Arc::new(hits::Hits::new(hot_hits)),
         })
     }
 
@@ -90,22 +98,49 @@ impl PgStore {
         self.pool.get()
     }
 
-    /// Wakes `waiters` when another replica publishes or releases a key.
+    /// Starts the LISTEN loop (`listen`): wakes `waiters` when another
+    /// replica publishes or releases a key, and lets this one serve hits from
+    /// memory.
     pub fn watch_other_writers(&self, waiters: Arc<Waiters>) -> crate::error::Result<()> {
+        self.start_listener(Some(waiters))
+    }
+
+    /// The LISTEN loop runs (a write that changes hits hears the other
+    /// replicas' acknowledgements through it), with waiters of its own when
+    /// none were given.
+    fn listening(&self) -> crate::error::Result<()> {
+        self.start_listener(None)
+    }
+
+    fn start_listener(&self, waiters: Option<Arc<Waiters>>) -> crate::error::Result<()> {
         let mut slot = self
             .listener
             .lock()
             .map_err(|_| Error::Internal("listener lock poisoned".into()))?;
-        if slot.is_some() {
-            return Ok(());
+        match (slot.take(), &waiters) {
+            (Some(running), None) => {
+                *slot = Some(running);
+                return Ok(());
+            }
+            // Restarted with the server's waiters: memory serves again once
+            // the new loop has joined.
+            (Some(running), Some(_)) => {
+                running.abort();
+                self.hits.stop();
+            }
+            (None, _) => {}
         }
         // Connect once here so that a wrong URL fails the start, not a task.
-        let first = self.pool.block_on(listening(&self.config, &self.tls))?;
+        let first = self
+            .pool
+            .block_on(listen::listening(&self.config, &self.tls))?;
         let (config, tls) = (self.config.clone(), self.tls.clone());
+        let hits = self.hits.clone();
+        let waiters = waiters.unwrap_or_default();
         *slot = Some(
             self.pool
                 .handle()
-                .spawn(listen(config, tls, first, waiters)),
+                .spawn(listen::listen(config, tls, first, waiters, hits)),
         );
         Ok(())
     }
@@ -142,78 +177,6 @@ pub fn payload(ns: &str, key: &CacheKey) -> String {
 fn parse_payload(p: &str) -> Option<(&str, CacheKey)> {
     let (k, ns) = (p.get(..64)?, p.get(64..)?);
     Some((ns, k.parse().ok()?))
-}
-
-/// A connection that LISTENs: its client, and its notifications, which end
-/// when the connection is lost.
-type Listening = (
-    tokio_postgres::Client,
-    mpsc::UnboundedReceiver<Notification>,
-);
-
-async fn listening(
-    config: &tokio_postgres::Config,
-    tls: &MakeRustlsConnect,
-) -> crate::error::Result<Listening> {
-    let (client, mut conn) = config.connect(tls.clone()).await?;
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            match std::future::poll_fn(|cx| conn.poll_message(cx)).await {
-                Some(Ok(AsyncMessage::Notification(n))) => {
-                    if tx.send(n).is_err() {
-                        return;
-                    }
-                }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "LISTEN connection lost");
-                    return;
-                }
-                None => return,
-            }
-        }
-    });
-    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
-    Ok((client, rx))
-}
-
-/// The LISTEN loop of one replica: wakes local waiters of each key another
-/// replica (or this one) published or released. After a lost connection it
-/// reconnects and, once listening again, wakes every waiter, since it may
-/// have missed notifications.
-async fn listen(
-    config: tokio_postgres::Config,
-    tls: MakeRustlsConnect,
-    first: Listening,
-    waiters: Arc<Waiters>,
-) {
-    let mut current = Some(first);
-    loop {
-        let (client, mut notes) = match current.take() {
-            Some(l) => l,
-            None => match listening(&config, &tls).await {
-                Ok(l) => {
-                    waiters.notify_all();
-                    l
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "LISTEN: cannot reconnect; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
-                }
-            },
-        };
-        while let Some(n) = notes.recv().await {
-            match parse_payload(n.payload()) {
-                Some((ns, key)) => waiters.notify(ns, &key),
-                None => waiters.notify_all(),
-            }
-        }
-        tracing::warn!("LISTEN connection lost; reconnecting");
-        drop(client);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 impl From<tokio_postgres::Error> for Error {

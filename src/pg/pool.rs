@@ -21,7 +21,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use deadpool_postgres::{ClientWrapper, GenericClient, Manager, ManagerConfig, RecyclingMethod};
-use futures_util::future::{join3, join_all};
+use futures_util::future::{join, join3, join_all};
 use tokio::runtime::{Handle, Runtime};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Row, Statement};
@@ -88,6 +88,18 @@ impl Pool {
     pub fn get(&self) -> Result<Conn<'_>> {
         let obj = self.block_on(self.pool.get()).map_err(pool_error)?;
         Ok(Conn { obj, pool: self })
+    }
+
+    /// A connection if one is idle or can be opened now; None when every
+    /// one is in use (nothing waits for one to come back).
+    pub fn try_get(&self) -> Result<Option<Conn<'_>>> {
+        let mut timeouts = self.pool.timeouts();
+        timeouts.wait = Some(Duration::ZERO);
+        match self.block_on(self.pool.timeout_get(&timeouts)) {
+            Ok(obj) => Ok(Some(Conn { obj, pool: self })),
+            Err(deadpool_postgres::PoolError::Timeout(_)) => Ok(None),
+            Err(e) => Err(pool_error(e)),
+        }
     }
 
     /// Closes the idle connections (and the ones in use when they come back).
@@ -260,6 +272,24 @@ impl Tx<'_, '_> {
         let b = self.take();
         let c = b.c;
         b.send(c.batch_execute("COMMIT"))
+    }
+}
+
+impl Tx<'_, '_> {
+    /// Commits, with `sql` run last in the transaction: the deferred
+    /// statements, `sql` and COMMIT go out in one pipeline. `sql`'s rows.
+    pub fn commit_query(mut self, sql: &str) -> Result<Vec<Row>> {
+        let st = self.conn.prepared(sql)?;
+        self.done = true;
+        let b = self.take();
+        let c = b.c;
+        b.send(async {
+            // Polled in order, so sent in order.
+            let (rows, commit) = join(c.query(&st, &[]), c.batch_execute("COMMIT")).await;
+            let rows = rows?;
+            commit?;
+            Ok(rows)
+        })
     }
 }
 

@@ -14,6 +14,7 @@ pub const MIGRATIONS: &[(i32, &str)] = &[
         2,
         include_str!("../../migrations/0002_ids_from_the_sequence.sql"),
     ),
+    (3, include_str!("../../migrations/0003_replicas.sql")),
 ];
 
 /// The advisory lock key of migrations ("stepcach" in ASCII).

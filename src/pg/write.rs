@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use prost::Message;
 
+use super::hits::Stale;
 use super::lookup::{delete_reservation, reservation_of};
 use super::pool::Sql;
 use super::rows::{
@@ -231,7 +232,17 @@ impl PgStore {
         let mut c = self.conn()?;
         let mut tx = c.transaction()?;
         let written = put_execution_tx(&mut tx, w, self.clock.now_ms())?;
-        tx.commit()?;
+        // A publish supersedes the key's hit; an update of an execution
+        // changes the hit it is.
+        let stale = match &written {
+            Written::New(n) if n.published || w.execution.id != 0 => n
+                .cache_key
+                .parse::<CacheKey>()
+                .ok()
+                .map(|key| Stale::Key(w.execution.namespace.clone(), key)),
+            _ => None,
+        };
+        self.commit_fenced(tx, stale)?;
         match written {
             Written::New(w) => Ok(w),
             Written::Replayed(id) => {
@@ -258,6 +269,7 @@ impl PgStore {
             .map(|a| lock_id(LOCK_ARTIFACT_EXT, &a.namespace, &a.external_id))
             .collect();
         let new = artifacts.iter().filter(|a| a.id == 0).count();
+        let updates = new < artifacts.len();
         let mut ids = lock_and_ids(&mut tx, locks, new)?;
         let mut out = Vec::with_capacity(artifacts.len());
         for (i, a) in artifacts.into_iter().enumerate() {
@@ -269,7 +281,9 @@ impl PgStore {
                 &mut ids,
             )?);
         }
-        tx.commit()?;
+        // An update of an artifact changes the hits of every execution that
+        // output it.
+        self.commit_fenced(tx, updates.then_some(Stale::All))?;
         Ok(out)
     }
 

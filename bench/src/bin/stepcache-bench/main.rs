@@ -179,6 +179,7 @@ fn main() -> anyhow::Result<()> {
             salt,
             next_put: Arc::new(AtomicU64::new(0)),
             server_pid: server.as_ref().map(|s| s.child.id()).or(args.server_pid),
+            postgres: args.store.is_some(),
             seed: args.seed,
         };
         let limit = match args.count {

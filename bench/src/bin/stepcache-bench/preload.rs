@@ -70,7 +70,7 @@ pub fn served_preload(dir: &Path, n: u64) -> anyhow::Result<Gen> {
 pub fn preload_direct(dir: &Path, url: Option<&str>, n: u64, batch: usize) -> anyhow::Result<Gen> {
     std::fs::create_dir_all(dir)?;
     let store: Arc<dyn Backend> = match url {
-        Some(url) => Arc::new(PgStore::open(url, Arc::new(SystemClock))?),
+        Some(url) => Arc::new(PgStore::open(url, Arc::new(SystemClock), 0)?),
         None => Arc::new(Store::open(
             dir,
             &StoreConfig::default(),

@@ -28,16 +28,42 @@ pub struct Usage {
     pub server_cpu: Option<f64>,
     pub server_writes: Option<u64>,
     pub bench_cpu: Option<f64>,
+    /// Every `postgres` process on this machine (the store's database
+    /// server, when it runs here).
+    pub postgres_cpu: Option<f64>,
 }
 
 impl Usage {
-    pub fn of(server_pid: Option<&str>) -> Usage {
+    pub fn of(server_pid: Option<&str>, postgres: bool) -> Usage {
         Usage {
             server_cpu: server_pid.and_then(cpu_secs),
             server_writes: server_pid.and_then(storage_writes),
             bench_cpu: cpu_secs("self"),
+            postgres_cpu: postgres.then(postgres_cpu_secs).flatten(),
         }
     }
+}
+
+/// User+system CPU seconds of the live processes named `postgres`; None
+/// when there are none.
+pub fn postgres_cpu_secs() -> Option<f64> {
+    let mut total = None;
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .filter(|p| p.bytes().all(|b| b.is_ascii_digit()))
+        else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim_end() == "postgres" {
+            if let Some(secs) = cpu_secs(pid) {
+                total = Some(total.unwrap_or(0.0) + secs);
+            }
+        }
+    }
+    total
 }
 
 /// User+system CPU seconds of a process so far (clock ticks of 1/100 s).

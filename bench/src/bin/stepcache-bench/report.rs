@@ -19,6 +19,8 @@ pub struct Result1 {
     pub server_rss: Option<(f64, f64)>,
     pub server_cores: Option<f64>,
     pub bench_cores: Option<f64>,
+    /// PostgreSQL's processes, when the store is PostgreSQL.
+    pub postgres_cores: Option<f64>,
     /// Bytes the server sent to storage over the window (its data dir).
     pub server_writes: Option<u64>,
     pub first_error: Option<String>,
@@ -58,6 +60,13 @@ impl Result1 {
             ),
             (None, Some(b)) => format!("  cpu bench {b:.2} cores"),
             _ => String::new(),
+        };
+        let cpu = match self.postgres_cores {
+            Some(p) => format!(
+                "{cpu} + postgres {p:.2} cores ({:.0} us per op)",
+                self.cpu_us_per_op(p)
+            ),
+            None => cpu,
         };
         // Only workloads that write (reads write nothing but sled's own
         // housekeeping), and only a server that writes files itself (on
@@ -117,6 +126,7 @@ impl Result1 {
                 "server_cores": self.server_cores,
                 "server_cpu_us_per_op": self.server_cores.map(|c| self.cpu_us_per_op(c)),
                 "bench_cpu_us_per_op": self.bench_cores.map(|c| self.cpu_us_per_op(c)),
+                "postgres_cpu_us_per_op": self.postgres_cores.map(|c| self.cpu_us_per_op(c)),
                 "server_writes_kib_per_op": self.writes_kib_per_op(),
                 "rounds": self.round + 1,
                 "bench_cores": self.bench_cores,
@@ -143,6 +153,7 @@ pub fn merge_rounds(results: &[Result1]) -> anyhow::Result<Vec<Result1>> {
                 server_rss: None,
                 server_cores: Some(0.0),
                 bench_cores: Some(0.0),
+                postgres_cores: r.postgres_cores.map(|_| 0.0),
                 server_writes: Some(0),
                 first_error: None,
             });
@@ -150,6 +161,7 @@ pub fn merge_rounds(results: &[Result1]) -> anyhow::Result<Vec<Result1>> {
         let weigh = |acc: Option<f64>, x: Option<f64>| Some(acc? + x? * r.secs);
         m.server_cores = weigh(m.server_cores, r.server_cores);
         m.bench_cores = weigh(m.bench_cores, r.bench_cores);
+        m.postgres_cores = weigh(m.postgres_cores, r.postgres_cores);
         m.server_writes = m.server_writes.zip(r.server_writes).map(|(a, b)| a + b);
         m.round = m.round.max(r.round);
         m.secs += r.secs;
@@ -170,6 +182,7 @@ pub fn merge_rounds(results: &[Result1]) -> anyhow::Result<Vec<Result1>> {
         .map(|mut m| {
             m.server_cores = m.server_cores.map(|c| c / m.secs);
             m.bench_cores = m.bench_cores.map(|c| c / m.secs);
+            m.postgres_cores = m.postgres_cores.map(|c| c / m.secs);
             m
         })
         .collect())

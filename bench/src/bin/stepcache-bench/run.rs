@@ -33,6 +33,8 @@ pub struct Ctx {
     pub salt: u64,
     pub next_put: Arc<AtomicU64>,
     pub server_pid: Option<u32>,
+    /// The store is PostgreSQL: its CPU is measured too.
+    pub postgres: bool,
     pub seed: u64,
 }
 
@@ -58,7 +60,7 @@ pub async fn run_workload(
     let taken = Arc::new(AtomicU64::new(0));
     let measure_start = Arc::new(Mutex::new(None::<Instant>));
     let server_pid = ctx.server_pid.map(|p| p.to_string());
-    let usage_now = || Usage::of(server_pid.as_deref());
+    let usage_now = || Usage::of(server_pid.as_deref(), ctx.postgres);
     let mut usage0 = Usage::default();
 
     let mut handles = Vec::with_capacity(concurrency);
@@ -165,6 +167,7 @@ pub async fn run_workload(
         secs,
         server_cores: cores(usage0.server_cpu, usage1.server_cpu),
         bench_cores: cores(usage0.bench_cpu, usage1.bench_cpu),
+        postgres_cores: cores(usage0.postgres_cpu, usage1.postgres_cpu),
         server_writes: usage1
             .server_writes
             .zip(usage0.server_writes)
