@@ -203,8 +203,13 @@ def parallel(args, workload, items):
     ctx = multiprocessing.get_context("fork")
     start, done, sampled = (ctx.Barrier(n + 1) for _ in range(3))
     out = ctx.Queue()
+    # Puts go to processes a run at a time (tasks i // 5 share a run
+    # context), as one driver records one run: processes that create one
+    # context at once fail on its unique name and lose the put.
+    share = ((lambda k: [i for i in items if (i // 5) % n == k]) if workload == "put"
+             else (lambda k: items[k::n]))
     procs = [ctx.Process(target=worker, args=(args.backend, args.db, args.pg_url, workload,
-                                              items[k::n], args.max_seconds, start, done,
+                                              share(k), args.max_seconds, start, done,
                                               sampled, out))
              for k in range(n)]
     for p in procs:

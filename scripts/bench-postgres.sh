@@ -30,7 +30,7 @@ if [ -x bench/.venv/bin/python ]; then
     echo "== ML Metadata on the same PostgreSQL, ${MLMD_PROCESSES:-8} processes"
     bench/.venv/bin/python bench/mlmd_peer.py --backend postgresql \
         --pg-url "${STEPCACHE_TEST_POSTGRES%/*}/$MLMD_DB" --processes "${MLMD_PROCESSES:-8}" \
-        --preload "${N:-10000}" --count "${MLMD_COUNT:-2000}" --max-seconds 60 \
+        --preload "${N:-10000}" --count "${MLMD_COUNT:-2000}" --max-seconds "${MLMD_MAX_SECONDS:-900}" \
         --workloads put,lookup-filter,lookup-hit 2>&1 | grep -v '^I[0-9]'
     psql "$STEPCACHE_TEST_POSTGRES" -qc "DROP DATABASE $MLMD_DB"
 fi
