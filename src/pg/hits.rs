@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use super::pool::{Pool, Sql, Tx};
 use super::rows::col;
 use super::PgStore;
-use crate::domain::{Hit, Lookup};
+use crate::domain::Lookup;
 use crate::error::{Error, Result};
 use crate::key::CacheKey;
 use crate::store::hot::{Generation, HotHit, HotHits};
@@ -76,10 +76,19 @@ pub(super) enum Stale {
 }
 
 impl Stale {
+    /// As a notification names it.
     fn what(&self) -> String {
         match self {
             Stale::Key(ns, key) => super::payload(ns, key),
             Stale::All => "*".into(),
+        }
+    }
+
+    /// What a notification names (`*`, or a key too long to name: every key).
+    fn named(what: &str) -> Stale {
+        match super::parse_payload(what) {
+            Some((ns, key)) => Stale::Key(ns.to_string(), key),
+            None => Stale::All,
         }
     }
 }
@@ -169,8 +178,7 @@ impl Hits {
         if !self.serving() {
             return None;
         }
-        let hit = self.hot.get(ns, key, now_ms, max_staleness_ms)?;
-        Some(Lookup::Hit(Hit::Encoded(hit.into_fields())))
+        self.hot.lookup(ns, key, now_ms, max_staleness_ms)
     }
 
     /// Read before reading PostgreSQL; pass to `insert`.
@@ -179,15 +187,13 @@ impl Hits {
     }
 
     pub fn insert(&self, g: Generation, ns: &str, key: &CacheKey, hit: HotHit) {
-        if self.enabled {
-            self.hot.insert(g, ns, key, hit, true);
-        }
+        self.hot.insert(g, ns, key, hit, true);
     }
 
-    pub(super) fn forget(&self, what: &str) {
-        match super::parse_payload(what) {
-            Some((ns, key)) => self.hot.evict(ns, &key),
-            None => self.hot.clear(),
+    pub(super) fn forget(&self, stale: &Stale) {
+        match stale {
+            Stale::Key(ns, key) => self.hot.evict(ns, key),
+            Stale::All => self.hot.clear(),
         }
     }
 
@@ -229,16 +235,8 @@ impl Hits {
     /// out. The leases are read again every `POLL` when a connection is free;
     /// without one the wait ends at the latest with the leases last read.
     pub fn settle(&self, pool: &Pool, a: Announced<'_>, replicas: Vec<(String, i64)>) {
-        self.forget(&a.stale.what());
-        // This process's rows, of any incarnation (the current one may be
-        // committed before the LISTEN loop has noted it): evicted just now.
-        let mine = format!("{}-", self.process);
-        let read = Instant::now();
-        let mut pending: HashMap<String, Instant> = replicas
-            .into_iter()
-            .filter(|(r, _)| !r.starts_with(&mine))
-            .map(|(r, left)| (r, read + lease_left(left)))
-            .collect();
+        self.forget(&a.stale);
+        let mut pending = self.deadlines(replicas);
         let Ok(mut waits) = self.waits.lock() else {
             return;
         };
@@ -259,13 +257,7 @@ impl Hits {
             }
             drop(waits);
             match leases(pool, &pending) {
-                Ok(Some(current)) => {
-                    let read = Instant::now();
-                    pending = current
-                        .into_iter()
-                        .map(|(r, left)| (r, read + lease_left(left)))
-                        .collect();
-                }
+                Ok(Some(current)) => pending = self.deadlines(current),
                 Ok(None) => {}
                 Err(e) => tracing::debug!(error = %e, "cannot read the replicas' leases"),
             }
@@ -274,6 +266,22 @@ impl Hits {
             };
             waits = guard;
         }
+    }
+
+    /// When each replica's lease (row, ms left) ends, but this process's
+    /// rows, of any incarnation (the current one may be committed before the
+    /// LISTEN loop has noted it): its writer evicts for itself.
+    fn deadlines(&self, leases: Vec<(String, i64)>) -> HashMap<String, Instant> {
+        let mine = format!("{}-", self.process);
+        let read = Instant::now();
+        leases
+            .into_iter()
+            .filter(|(r, _)| !r.starts_with(&mine))
+            .map(|(r, left)| {
+                let left = Duration::from_millis(u64::try_from(left).unwrap_or(0));
+                (r, read + left)
+            })
+            .collect()
     }
 
     // The LISTEN loop's side.
@@ -290,7 +298,7 @@ impl Hits {
     /// acknowledge when another process wrote it and this one is registered.
     pub fn changed(&self, payload: &str) -> Option<String> {
         let (token, what) = payload.split_once(' ')?;
-        self.forget(what);
+        self.forget(&Stale::named(what));
         let mine = token
             .split_once(':')
             .is_some_and(|(p, _)| p == self.process);
@@ -327,7 +335,7 @@ impl Hits {
 
     /// Acknowledgement payloads for `tokens`, each under PostgreSQL's limit.
     pub fn acks(&self, tokens: &[String]) -> Vec<String> {
-        let Some(row) = self.row.lock().ok().and_then(|r| r.clone()) else {
+        let Some(row) = self.row() else {
             return Vec::new();
         };
         let mut out = Vec::new();
@@ -355,8 +363,7 @@ impl Hits {
     /// A new row to register as, and the row it replaces.
     pub fn next_row(&self) -> (String, Option<String>) {
         let n = self.incarnations.fetch_add(1, Ordering::Relaxed);
-        let old = self.row.lock().ok().and_then(|r| r.clone());
-        (format!("{}-{n}", self.process), old)
+        (format!("{}-{n}", self.process), self.row())
     }
 
     /// Registered as `row` (or renewed), the lease sent at `sent`: serves
@@ -394,11 +401,9 @@ impl PgStore {
         };
         self.listening()?;
         let announced = self.hits.announce(&mut tx, stale.clone())?;
-        let committed = tx.commit_query(&replicas_sql()).and_then(|rows| {
-            rows.iter()
-                .map(|r| Ok((col::<String>(r, 0)?, col::<i64>(r, 1)?)))
-                .collect::<Result<Vec<_>>>()
-        });
+        let committed = tx
+            .commit_query(&replicas_sql())
+            .and_then(|rows| lease_rows(&rows));
         match committed {
             Ok(replicas) => {
                 self.hits.settle(&self.pool, announced, replicas);
@@ -407,14 +412,12 @@ impl PgStore {
             // It may have committed all the same (the answer to COMMIT was
             // lost): this replica's memory forgets it at least.
             Err(e) => {
-                self.hits.forget(&stale.what());
+                self.hits.forget(&stale);
                 Err(e)
             }
         }
     }
-}
 
-impl PgStore {
     /// Leaves `replicas`, once the LISTEN loop has stopped: memory serves no
     /// more, and writers stop waiting for this replica.
     pub(super) fn leave(&self) {
@@ -430,8 +433,11 @@ impl PgStore {
     }
 }
 
-fn lease_left(ms: i64) -> Duration {
-    Duration::from_millis(u64::try_from(ms).unwrap_or(0))
+/// Rows of (replica row, ms its lease has left).
+fn lease_rows(rows: &[tokio_postgres::Row]) -> Result<Vec<(String, i64)>> {
+    rows.iter()
+        .map(|r| Ok((col::<String>(r, 0)?, col::<i64>(r, 1)?)))
+        .collect()
 }
 
 /// The leases of `replicas` still registered (row, ms left; 0 or less: run
@@ -445,11 +451,7 @@ fn leases(pool: &Pool, replicas: &HashMap<String, Instant>) -> Result<Option<Vec
         &format!("SELECT id, lease_until_ms - {NOW_MS} FROM replicas WHERE id = ANY($1)"),
         &[&ids],
     )?;
-    let rows = rows
-        .iter()
-        .map(|r| Ok((col::<String>(r, 0)?, col::<i64>(r, 1)?)))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Some(rows))
+    lease_rows(&rows).map(Some)
 }
 
 #[cfg(test)]

@@ -117,18 +117,14 @@ impl PgStore {
             .listener
             .lock()
             .map_err(|_| Error::Internal("listener lock poisoned".into()))?;
-        match (slot.take(), &waiters) {
-            (Some(running), None) => {
-                *slot = Some(running);
-                return Ok(());
-            }
-            // Restarted with the server's waiters: memory serves again once
-            // the new loop has joined.
-            (Some(running), Some(_)) => {
-                running.abort();
-                self.hits.stop();
-            }
-            (None, _) => {}
+        if slot.is_some() && waiters.is_none() {
+            return Ok(());
+        }
+        // Restarted with the server's waiters: memory serves again once the
+        // new loop has joined.
+        if let Some(running) = slot.take() {
+            running.abort();
+            self.hits.stop();
         }
         // Connect once here so that a wrong URL fails the start, not a task.
         let first = self

@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use lru::LruCache;
 
 use super::hitlog::{self, HitLog, Index, Opened, Segment, TagHasher};
+use crate::domain::{Hit, Lookup};
 use crate::key::CacheKey;
 use crate::policy::{self, Candidate};
 use doorkeeper::Doorkeeper;
@@ -283,6 +284,18 @@ impl HotHits {
         };
         self.read_stored(tag, stored, ns, key, true)?
             .servable(now_ms, max_staleness_ms)
+    }
+
+    /// `get` as a lookup's answer: the hit's reply fields, served as they are.
+    pub fn lookup(
+        &self,
+        ns: &str,
+        key: &CacheKey,
+        now_ms: i64,
+        max_staleness_ms: Option<i64>,
+    ) -> Option<Lookup> {
+        let hit = self.get(ns, key, now_ms, max_staleness_ms)?;
+        Some(Lookup::Hit(Hit::Encoded(hit.into_fields())))
     }
 
     /// As `get`, from the hits file only, waiting for the disk if need be.

@@ -156,9 +156,7 @@ impl Store {
         key: &CacheKey,
         max_staleness_ms: Option<i64>,
     ) -> Option<Lookup> {
-        let now = self.now_ms();
-        let hit = self.hot.get(ns, key, now, max_staleness_ms)?;
-        Some(Lookup::Hit(Hit::Encoded(hit.into_fields())))
+        self.hot.lookup(ns, key, self.now_ms(), max_staleness_ms)
     }
 
     /// A hit that is not one whole record: the record's execution with its
